@@ -1,0 +1,233 @@
+"""A decoder-only transformer covering GPT-2, Llama and Qwen2, in Flax linen.
+
+Parameters are a plain nested dict of arrays (layers stacked on a leading axis,
+scanned with ``nn.scan``); every parameter is created with logical axis names
+(``vocab``, ``embed``, ``heads``, ``kv_heads``, ``head_dim``, ``mlp``,
+``layers``) so the trainer can shard it from one rule table
+(``logical_axes``).
+
+The module takes an explicit boolean attention mask [B, T, S] and an optional
+KV cache, which makes one code path serve full forward passes (S = T) and
+cached decoding (S = cache length).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgrpo.models.config import ModelConfig
+
+Cache = dict[str, jax.Array]  # {"k": [L, B, S, KV, Dh], "v": [L, B, S, KV, Dh]}
+
+_INIT = nn.initializers.normal(0.02)
+
+
+def _dtype(cfg: ModelConfig):
+  return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def _param(mod: nn.Module, name: str, shape, axes, init=_INIT):
+  return mod.param(name, nn.with_logical_partitioning(init, axes), shape, _dtype(mod.config))
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """Rotary inverse frequencies (float32, like transformers), with Llama-3 scaling."""
+  d = cfg.head_dim
+  inv = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))).astype(np.float32)
+  s = cfg.rope_scaling
+  if s is None:
+    return inv
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv
+  scaled = np.where(wavelen > low_wavelen, inv / s.factor, inv)
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin: float32[B, T, head_dim] for integer positions [B, T]."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x: [B, T, N, Dh]; the rotate-half convention of HF checkpoints."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+  return x * cos + rotated * sin
+
+
+class Norm(nn.Module):
+  """RMSNorm (Llama/Qwen2) or LayerNorm (GPT-2), statistics in float32."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    scale = _param(self, "scale", (cfg.hidden_size,), ("embed",), nn.initializers.ones)
+    h = x.astype(jnp.float32)
+    if cfg.is_gpt2:
+      bias = _param(self, "bias", (cfg.hidden_size,), ("embed",), nn.initializers.zeros)
+      h = h - jnp.mean(h, axis=-1, keepdims=True)
+      h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + cfg.norm_eps)
+      return (h * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + cfg.norm_eps)
+    return scale * h.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, rope, mask, layer_cache, cache_index):
+    cfg = self.config
+    d, h, kv, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    wq = _param(self, "q_kernel", (d, h, dh), ("embed", "heads", "head_dim"))
+    wk = _param(self, "k_kernel", (d, kv, dh), ("embed", "kv_heads", "head_dim"))
+    wv = _param(self, "v_kernel", (d, kv, dh), ("embed", "kv_heads", "head_dim"))
+    wo = _param(self, "o_kernel", (h, dh, d), ("heads", "head_dim", "embed"))
+    q = jnp.einsum("btd,dhk->bthk", x, wq)
+    k = jnp.einsum("btd,dhk->bthk", x, wk)
+    v = jnp.einsum("btd,dhk->bthk", x, wv)
+    if cfg.qkv_bias:
+      z = nn.initializers.zeros
+      q = q + _param(self, "q_bias", (h, dh), ("heads", "head_dim"), z)
+      k = k + _param(self, "k_bias", (kv, dh), ("kv_heads", "head_dim"), z)
+      v = v + _param(self, "v_bias", (kv, dh), ("kv_heads", "head_dim"), z)
+    if rope is not None:
+      q = _apply_rope(q, *rope)
+      k = _apply_rope(k, *rope)
+    new_cache = None
+    if layer_cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype), cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype), cache_index, axis=1)
+      new_cache = {"k": k, "v": v}
+    b, t = x.shape[:2]
+    qg = q.reshape(b, t, kv, h // kv, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) / math.sqrt(dh)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
+    y = jnp.einsum("bthk,hkd->btd", out, wo)
+    if cfg.out_bias:
+      y = y + _param(self, "o_bias", (d,), ("embed",), nn.initializers.zeros)
+    return y, new_cache
+
+
+class MLP(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    up = x @ _param(self, "up_kernel", (d, f), ("embed", "mlp"))
+    if cfg.mlp_bias:
+      up = up + _param(self, "up_bias", (f,), ("mlp",), nn.initializers.zeros)
+    if cfg.activation == "silu":
+      gate = x @ _param(self, "gate_kernel", (d, f), ("embed", "mlp"))
+      if cfg.mlp_bias:
+        gate = gate + _param(self, "gate_bias", (f,), ("mlp",), nn.initializers.zeros)
+      hidden = jax.nn.silu(gate) * up
+    else:
+      hidden = jax.nn.gelu(up, approximate=True)  # GPT-2's gelu_new
+    y = hidden @ _param(self, "down_kernel", (f, d), ("mlp", "embed"))
+    if cfg.mlp_bias:
+      y = y + _param(self, "down_bias", (d,), ("embed",), nn.initializers.zeros)
+    return y
+
+
+class Block(nn.Module):
+  """Pre-norm residual block; the unit scanned over layers."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, layer_cache, rope, mask, cache_index):
+    attn_out, new_cache = Attention(self.config, name="attn")(
+        Norm(self.config, name="attn_norm")(x), rope, mask, layer_cache, cache_index
+    )
+    x = x + attn_out
+    x = x + MLP(self.config, name="mlp")(Norm(self.config, name="mlp_norm")(x))
+    return x, new_cache
+
+
+class Transformer(nn.Module):
+  """Decoder-only LM.  ``__call__`` returns (logits float32[B, T, V], new_cache)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      input_ids: jax.Array,  # int[B, T]
+      positions: jax.Array,  # int[B, T]
+      mask: jax.Array,  # bool[B, T, S]: query t may attend key slot s
+      cache: Cache | None = None,
+      cache_index: jax.Array | int = 0,
+      return_hidden: bool = False,
+  ) -> tuple[jax.Array, Cache | None]:
+    cfg = self.config
+    embed = _param(self, "embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+    x = jnp.take(embed, input_ids, axis=0)
+    rope = None
+    if cfg.is_gpt2:
+      pos_embed = _param(self, "pos_embed", (cfg.max_position_embeddings, cfg.hidden_size), (None, "embed"))
+      x = x + jnp.take(pos_embed, positions, axis=0)
+    else:
+      rope = rope_tables(cfg, positions)
+    layers = nn.scan(
+        Block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, name="layers")
+    x, new_cache = layers(x, cache, rope, mask, cache_index)
+    x = Norm(cfg, name="final_norm")(x)
+    if return_hidden:
+      return x, new_cache
+    if cfg.tie_word_embeddings:
+      logits = x @ embed.T
+    else:
+      logits = x @ _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+    return logits.astype(jnp.float32), new_cache
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+  """Positions for left- (or right-) padded rows: cumsum(mask) − 1, 0 on left padding."""
+  return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def causal_mask(attention_mask: jax.Array) -> jax.Array:
+  """bool[B, T, T]: causal and restricted to valid keys."""
+  t = attention_mask.shape[-1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  return causal[None] & attention_mask.astype(bool)[:, None, :]
+
+
+def init_params(model: Transformer, rng: jax.Array) -> dict[str, Any]:
+  """Random parameters (normal(0.02) weights, zero biases, unit norms)."""
+  ids = jnp.zeros((1, 1), jnp.int32)
+  variables = model.init(rng, ids, ids, jnp.ones((1, 1, 1), bool))
+  return nn.meta.unbox(variables["params"])
+
+
+def logical_axes(model: Transformer) -> dict[str, Any]:
+  """The params pytree with a tuple of logical axis names in place of each array."""
+  ids = jnp.zeros((1, 1), jnp.int32)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, jnp.ones((1, 1, 1), bool)))
+  return nn.get_partition_spec(boxed)["params"]
