@@ -133,6 +133,8 @@ class MLP(nn.Module):
   def __call__(self, x):
     cfg = self.config
     d, f = cfg.hidden_size, cfg.intermediate_size
+    shape = x.shape
+    x = x.reshape(-1, d)  # 2-D matmuls: XLA:CPU's weight gradients are ~1.5x faster than with [B, T, D]
     up = x @ _param(self, "up_kernel", (d, f), ("embed", "mlp"))
     if cfg.mlp_bias:
       up = up + _param(self, "up_bias", (f,), ("mlp",), nn.initializers.zeros)
@@ -146,7 +148,7 @@ class MLP(nn.Module):
     y = hidden @ _param(self, "down_kernel", (f, d), ("mlp", "embed"))
     if cfg.mlp_bias:
       y = y + _param(self, "down_bias", (d,), ("embed",), nn.initializers.zeros)
-    return y
+    return y.reshape(shape)
 
 
 class Block(nn.Module):
