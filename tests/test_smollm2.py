@@ -42,3 +42,28 @@ def test_smollm2_config_and_parity_on_chat_prompts(smollm2_dir):
   assert diff <= 2e-4, diff  # measured 9.7e-5 on logits of magnitude up to ~40
   # the models agree on the next token everywhere
   np.testing.assert_array_equal(ours[valid].argmax(-1), theirs[valid].argmax(-1))
+
+
+def test_smollm2_greedy_equals_transformers_generate_32_tokens(smollm2_dir):
+  import jax
+
+  from jaxgrpo import sampler
+
+  model, params = M.from_pretrained(smollm2_dir)
+  tok = AutoTokenizer.from_pretrained(smollm2_dir)
+  tok.padding_side = "left"
+  chats = [[{"role": "user", "content": "What is the capital of France?"}],
+           [{"role": "user", "content": "Write a haiku about the sea."}]]
+  texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+  batch = tok(texts, return_tensors="np", padding=True)
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  eos = tok.convert_tokens_to_ids("<|im_end|>")
+  out = sampler.sample(model, params, ids, mask, jax.random.PRNGKey(0), group_size=1, max_new_tokens=32,
+                       temperature=0.0, eos_ids=(eos,), pad_id=tok.pad_token_id)
+  hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+  with torch.no_grad():
+    ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                      max_new_tokens=32, eos_token_id=eos, pad_token_id=tok.pad_token_id)[:, ids.shape[1]:].numpy()
+  ref = np.pad(ref, ((0, 0), (0, 32 - ref.shape[1])), constant_values=tok.pad_token_id)
+  np.testing.assert_array_equal(np.asarray(out.tokens[:, 0]), ref)
+  assert "Paris" in tok.decode(np.asarray(out.tokens[0, 0]))

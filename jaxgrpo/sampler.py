@@ -1,0 +1,283 @@
+"""The rollout engine: a jitted group sampler with a preallocated KV cache.
+
+Each prompt is prefilled once; its cache is then shared by (copied to) the G
+completions of its group, which are decoded inside ``lax.while_loop`` until
+every sequence has emitted an EOS id or ``max_new_tokens`` is reached.  The
+decode step donates the cache and loop state, so XLA updates them in place.
+
+What is returned per completion token is what the objectives need:
+* ``logprobs``: log-probability of the sampled token under the distribution it
+  was actually sampled from (allowed-token mask → temperature → top-k → top-p).
+  For greedy decoding (temperature 0) it is the log-probability under the
+  unscaled policy (allowed-token mask only).
+* ``entropies``: full-vocabulary Shannon entropy (nats) of the policy's
+  next-token distribution at the sampling temperature (after the allowed-token
+  mask, before top-k/top-p truncation) — what PRPO segments on.
+* ``mask``: 1 on completion tokens, EOS included; the rest is padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgrpo.models.transformer import Transformer, positions_from_mask
+
+FINISH_EOS = 0
+FINISH_LENGTH = 1
+_NEG = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """How to sample (static under jit)."""
+
+  group_size: int = 1
+  max_new_tokens: int = 128
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0  # 0 = off
+  top_p: float = 1.0  # 1 = off
+  eos_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+
+  def validate(self) -> None:
+    if self.group_size < 1:
+      raise ValueError(f"group_size must be >= 1; got {self.group_size}")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
+    if not self.temperature >= 0:
+      raise ValueError(f"temperature must be >= 0 (0 = greedy); got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0 (0 = off); got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
+
+
+class SampleOutput(NamedTuple):
+  tokens: jax.Array  # int32[B, G, T] completion tokens (pad_id after the end)
+  mask: jax.Array  # int32[B, G, T] 1 on completion tokens, EOS included
+  logprobs: jax.Array  # float32[B, G, T]
+  entropies: jax.Array  # float32[B, G, T]
+  lengths: jax.Array  # int32[B, G]
+  finish_reason: jax.Array  # int32[B, G]: FINISH_EOS | FINISH_LENGTH
+
+
+# ----------------------------------------------------------------------------- logits processing
+
+
+def process_logits(
+    logits: jax.Array, sp: SamplingParams, allowed: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """(policy logits at the sampling temperature, truncated sampling logits).
+
+  Args:
+    logits: float32[N, V] raw next-token logits.
+    allowed: optional bool[V]; disallowed tokens get probability 0.
+  """
+  logits = logits.astype(jnp.float32)
+  if allowed is not None:
+    logits = jnp.where(allowed, logits, _NEG)
+  policy = logits / sp.temperature if sp.temperature > 0 else logits
+  sampling = policy
+  if sp.top_k > 0 and sp.top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(sampling, sp.top_k)[0][..., -1:]
+    sampling = jnp.where(sampling < kth, _NEG, sampling)
+  if sp.top_p < 1.0:
+    desc = jnp.sort(sampling, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(desc, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+    keep = before < sp.top_p  # the smallest prefix with mass >= top_p (always the top token)
+    threshold = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
+    sampling = jnp.where(sampling < threshold, _NEG, sampling)
+  return policy, sampling
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+  """Shannon entropy (nats) of softmax(logits) over the last axis; -1e30 entries count as 0."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.sum(jnp.where(logits > _NEG / 2, jnp.exp(logp) * logp, 0.0), axis=-1)
+
+
+def sample_token(
+    logits: jax.Array, rng: jax.Array, sp: SamplingParams, allowed: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Sample one token per row: (token int32[N], logprob float32[N], entropy float32[N])."""
+  policy, sampling = process_logits(logits, sp, allowed)
+  if sp.temperature == 0:
+    token = jnp.argmax(sampling, axis=-1)
+  else:
+    token = jax.random.categorical(rng, sampling, axis=-1)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(sampling, axis=-1), token[:, None], axis=-1)[:, 0]
+  return token.astype(jnp.int32), logp, entropy(policy)
+
+
+# ----------------------------------------------------------------------------- prefill and decode
+
+
+def init_cache(model: Transformer, batch: int, length: int) -> dict[str, jax.Array]:
+  cfg = model.config
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "cache_len"))
+def prefill(model: Transformer, params, prompt_ids: jax.Array, prompt_mask: jax.Array, cache_len: int):
+  """Run the prompts [B, P] once; returns (last-position logits [B, V], cache with P slots filled)."""
+  b, p = prompt_ids.shape
+  valid = prompt_mask.astype(bool)
+  slots = jnp.arange(cache_len)
+  mask = (slots[None, None, :] <= jnp.arange(p)[None, :, None]) & jnp.pad(valid, ((0, 0), (0, cache_len - p)))[:, None, :]
+  logits, cache = model.apply(
+      {"params": params}, prompt_ids, positions_from_mask(prompt_mask), mask, init_cache(model, b, cache_len), 0
+  )
+  return logits[:, -1], cache
+
+
+def decode_step(model: Transformer, params, cache, tokens: jax.Array, positions: jax.Array, kv_valid: jax.Array, index):
+  """One token per row at cache slot ``index``: returns (logits [N, V], cache).
+
+  Args:
+    tokens, positions: int32[N]; kv_valid: bool[N, S] slots holding real
+      context (prompt tokens and generated tokens up to ``index``).
+  """
+  mask = (kv_valid & (jnp.arange(kv_valid.shape[-1]) <= index))[:, None, :]
+  logits, cache = model.apply({"params": params}, tokens[:, None], positions[:, None], mask, cache, index)
+  return logits[:, 0], cache
+
+
+class _State(NamedTuple):
+  step: jax.Array
+  cache: dict
+  logits: jax.Array  # [N, V] next-token logits
+  kv_valid: jax.Array  # [N, S]
+  tokens: jax.Array  # [N, T]
+  logprobs: jax.Array
+  entropies: jax.Array
+  done: jax.Array  # [N]
+  length: jax.Array  # [N]
+  rng: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("model", "sp"), donate_argnames=("state",))
+def _decode(model: Transformer, params, state: _State, prompt_len: jax.Array, allowed, sp: SamplingParams) -> _State:
+  p = state.kv_valid.shape[-1] - sp.max_new_tokens
+  eos = jnp.asarray(sp.eos_ids if sp.eos_ids else (-1,), jnp.int32)
+
+  def cond(s: _State):
+    return (s.step < sp.max_new_tokens) & ~jnp.all(s.done)
+
+  def body(s: _State):
+    rng, key = jax.random.split(s.rng)
+    tok, logp, ent = sample_token(s.logits, key, sp, allowed)
+    live = ~s.done
+    tok = jnp.where(live, tok, sp.pad_id)
+    col = lambda buf, v: jax.lax.dynamic_update_slice_in_dim(buf, v[:, None], s.step, axis=1)
+    tokens = col(s.tokens, tok)
+    logprobs = col(s.logprobs, jnp.where(live, logp, 0.0))
+    entropies = col(s.entropies, jnp.where(live, ent, 0.0))
+    length = s.length + live.astype(jnp.int32)
+    done = s.done | jnp.isin(tok, eos)
+    index = p + s.step
+    kv_valid = jax.lax.dynamic_update_slice_in_dim(s.kv_valid, jnp.ones((tok.shape[0], 1), bool), index, axis=1)
+    logits, cache = decode_step(model, params, s.cache, tok, prompt_len + s.step, kv_valid, index)
+    return _State(s.step + 1, cache, logits, kv_valid, tokens, logprobs, entropies, done, length, rng)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def _repeat_groups(x: jax.Array, g: int, axis: int = 0) -> jax.Array:
+  return jnp.repeat(x, g, axis=axis)
+
+
+def sample(
+    model: Transformer,
+    params,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    *,
+    group_size: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    allowed_tokens: jax.Array | np.ndarray | None = None,
+) -> SampleOutput:
+  """Sample ``group_size`` completions for each of B left-padded prompts.
+
+  Args:
+    model, params: from ``jaxgrpo.models``.
+    prompt_ids: int[B, P] left-padded prompts; prompt_mask: [B, P].
+    rng: a PRNG key.
+    group_size: G completions per prompt.
+    max_new_tokens: T, the completion buffer length.
+    temperature: 0 for greedy; top_k: 0 = off; top_p in (0, 1].
+    eos_ids: token ids that end a completion (the EOS is kept in the mask).
+    pad_id: token written after a completion ends.
+    allowed_tokens: optional bool[V]; only these tokens can be sampled.
+
+  Returns:
+    SampleOutput with arrays shaped [B, G, T] / [B, G].
+  """
+  sp = SamplingParams(group_size, max_new_tokens, float(temperature), int(top_k), float(top_p),
+                      tuple(int(e) for e in eos_ids), int(pad_id))
+  sp.validate()
+  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
+  cfg = model.config
+  if prompt_ids.ndim != 2:
+    raise ValueError(f"prompt_ids must have shape [B, P]; got {prompt_ids.shape}")
+  if prompt_mask.shape != prompt_ids.shape:
+    raise ValueError(f"prompt_mask must have the shape of prompt_ids {prompt_ids.shape}; got {prompt_mask.shape}")
+  b, p = prompt_ids.shape
+  cache_len = p + max_new_tokens
+  if cache_len > cfg.max_position_embeddings:
+    raise ValueError(
+        f"prompt length ({p}) + max_new_tokens ({max_new_tokens}) = {cache_len} exceeds the model's "
+        f"max_position_embeddings ({cfg.max_position_embeddings}): the KV cache cannot hold it"
+    )
+  if allowed_tokens is not None:
+    allowed_tokens = jnp.asarray(allowed_tokens, bool)
+    if allowed_tokens.shape != (cfg.vocab_size,):
+      raise ValueError(f"allowed_tokens must be bool[{cfg.vocab_size}] (the vocabulary); got {allowed_tokens.shape}")
+    if not bool(jnp.any(allowed_tokens)):
+      raise ValueError("allowed_tokens allows no token")
+
+  last_logits, cache = prefill(model, params, prompt_ids, prompt_mask, cache_len)
+  g, n = group_size, b * group_size
+  cache = jax.tree.map(lambda x: _repeat_groups(x, g, axis=1), cache)
+  kv_valid = jnp.pad(prompt_mask.astype(bool), ((0, 0), (0, max_new_tokens)))
+  state = _State(
+      step=jnp.zeros((), jnp.int32),
+      cache=cache,
+      logits=_repeat_groups(last_logits, g),
+      kv_valid=_repeat_groups(kv_valid, g),
+      tokens=jnp.full((n, max_new_tokens), pad_id, jnp.int32),
+      logprobs=jnp.zeros((n, max_new_tokens), jnp.float32),
+      entropies=jnp.zeros((n, max_new_tokens), jnp.float32),
+      done=jnp.zeros((n,), bool),
+      length=jnp.zeros((n,), jnp.int32),
+      rng=rng,
+  )
+  prompt_len = _repeat_groups(jnp.sum(prompt_mask, axis=-1), g).astype(jnp.int32)
+  out = _decode(model, params, state, prompt_len, allowed_tokens, sp)
+  t = max_new_tokens
+  mask = (jnp.arange(t)[None, :] < out.length[:, None]).astype(jnp.int32)
+  ended_eos = out.done & (out.length > 0)
+  shape3 = (b, g, t)
+  return SampleOutput(
+      tokens=out.tokens.reshape(shape3),
+      mask=mask.reshape(shape3),
+      logprobs=out.logprobs.reshape(shape3),
+      entropies=out.entropies.reshape(shape3),
+      lengths=out.length.reshape(b, g),
+      finish_reason=jnp.where(ended_eos, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32).reshape(b, g),
+  )
