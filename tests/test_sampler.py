@@ -180,3 +180,19 @@ def test_bad_arguments_are_named():
     sampler.sample(model, params, ids, mask, key, max_new_tokens=4, allowed_tokens=np.ones(5, bool))
   with pytest.raises(ValueError, match="prompt_mask must have the shape of prompt_ids"):
     sampler.sample(model, params, ids, mask[:, :2], key, max_new_tokens=4)
+
+
+def test_inverse_cdf_categorical_over_several_blocks():
+  rng = np.random.default_rng(0)
+  v = 300  # three 128-wide blocks, the last one padded
+  logits = rng.normal(0, 2, size=v).astype(np.float32)
+  logits[rng.choice(v, 50, replace=False)] = -1e30  # forbidden tokens
+  n = 60_000
+  tok, logp, ent = sampler.categorical(jnp.tile(logits, (n, 1)), jax.random.PRNGKey(4))
+  want = _expected(np.where(logits < -1e29, -np.inf, logits))
+  freq = np.bincount(np.asarray(tok), minlength=v) / n
+  assert (freq[want == 0] == 0).all()
+  sigma = np.sqrt(want * (1 - want) / n)
+  assert (np.abs(freq - want) <= 5 * sigma + 1e-9).all()
+  np.testing.assert_allclose(np.asarray(logp[:100]), np.log(want[np.asarray(tok[:100])]), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(float(ent[0]), -np.sum(want[want > 0] * np.log(want[want > 0])), rtol=1e-5)
