@@ -33,11 +33,37 @@ def _demo(args: argparse.Namespace) -> int:
   return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+  from jaxgrpo.config import load_config, preset
+  from jaxgrpo.trainer import Trainer
+
+  base = preset(args.preset) if args.preset else None
+  cfg = load_config(args.config, args.set or [], base=base)
+  history = Trainer(cfg).run(resume=not args.no_resume)
+  if history:
+    last = history[-1]
+    print(f"step {cfg.steps}: reward_mean {last['reward_mean']:.4f}, loss {last['loss']:.4f}; "
+          f"metrics in {cfg.output_dir}/metrics.jsonl and {cfg.output_dir}/tb")
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="jaxgrpo", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   demo = sub.add_parser("demo", help="the paper's worked example: |λ|, step advantages, tree stats")
   demo.set_defaults(func=_demo)
+  train = sub.add_parser("train", help="train with GRPO / λ-GRPO / PRPO")
+  train.add_argument("--config", help="YAML config file (may name a 'preset:')")
+  train.add_argument("--preset", help="toy | smollm2_arithmetic | lambda_grpo_paper | prpo_paper")
+  train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+  train.add_argument("--no-resume", action="store_true", help="ignore checkpoints in output_dir")
+  train.set_defaults(func=_train)
+  sub.add_parser("toy", help="λ-GRPO vs GRPO on the toy tree task, the main job (jaxgrpo toy --help)")
+  argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] == "toy":
+    from jaxgrpo import toy_experiment
+
+    return toy_experiment.main(argv[1:])
   args = parser.parse_args(argv)
   return args.func(args)
 

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-jaxgrpo demo "$@"
+jaxgrpo demo
+jaxgrpo toy "$@"

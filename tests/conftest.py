@@ -1,9 +1,10 @@
 import os
 import sys
 
-import jax
-
-# Tests compare against float64 oracles and simulate several devices on CPU.
+# Simulate 8 devices on CPU for the sharding tests (must precede JAX's backend start).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -270,8 +270,13 @@ def init_params(model: Transformer, rng: jax.Array) -> dict[str, Any]:
   return nn.meta.unbox(variables["params"])
 
 
-def logical_axes(model: Transformer) -> dict[str, Any]:
-  """The params pytree with a tuple of logical axis names in place of each array."""
+def abstract_boxed_params(model: Transformer) -> dict[str, Any]:
+  """Shape-only params, each boxed with its logical axis names (``nn.LogicallyPartitioned``)."""
   ids = jnp.zeros((1, 1), jnp.int32)
-  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, jnp.ones((1, 1, 1), bool)))
-  return nn.get_partition_spec(boxed)["params"]
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, jnp.ones((1, 1, 1), bool)))["params"]
+
+
+def logical_axes(model: Transformer, tree=None) -> dict[str, Any]:
+  """PartitionSpecs of logical axis names for the params, or for any pytree built
+  from the boxed params (e.g. ``jax.eval_shape(tx.init, abstract_boxed_params(model))``)."""
+  return nn.get_partition_spec(abstract_boxed_params(model) if tree is None else tree)

@@ -1,0 +1,95 @@
+"""Process reward models for PRPO: any function (example, segment texts) → scores in [0, 1].
+
+* ``ArithmeticPRM``: rule-based, for the synthetic arithmetic task — checks every
+  ``x op y = z`` in a segment.
+* ``NeuralPRM``: a Qwen2 body with a 2-layer head (Linear(h, h) → ReLU →
+  Linear(h, 2)), the Qwen2.5-Math-PRM architecture: segments are joined with a
+  separator token and P(correct) is read at each separator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgrpo.data import Example
+
+PRM = Callable[[Example, Sequence[str]], Sequence[float]]
+
+_EQ = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/×x÷])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "×": lambda a, b: a * b,
+        "x": lambda a, b: a * b, "/": lambda a, b: a / b if b else float("nan"),
+        "÷": lambda a, b: a / b if b else float("nan")}
+
+
+class ArithmeticPRM:
+  """Score 1 if every equation in the segment is right, 0 if any is wrong, ``neutral`` if there is none."""
+
+  def __init__(self, neutral: float = 0.5):
+    self.neutral = neutral
+
+  def __call__(self, example: Example, segments: Sequence[str]) -> list[float]:
+    scores = []
+    for text in segments:
+      eqs = _EQ.findall(text)
+      if not eqs:
+        scores.append(self.neutral)
+        continue
+      ok = all(abs(_OPS[op](float(a), float(b)) - float(c)) < 1e-6 for a, op, b, c in eqs)
+      scores.append(1.0 if ok else 0.0)
+    return scores
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuralPRM:
+  """Qwen2 body + 2-layer head.  ``params = {"body": ..., "head": {"w1", "b1", "w2", "b2"}}``."""
+
+  body: Any  # jaxgrpo.models.Transformer (qwen2 config)
+  separator_id: int
+
+  def init_head(self, rng: jax.Array) -> dict[str, jax.Array]:
+    h = self.body.config.hidden_size
+    k1, k2 = jax.random.split(rng)
+    return {"w1": 0.02 * jax.random.normal(k1, (h, h)), "b1": jnp.zeros(h),
+            "w2": 0.02 * jax.random.normal(k2, (h, 2)), "b2": jnp.zeros(2)}
+
+  def step_probs(self, params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """P(step correct) at every position: float32[B, T] (read it at the separators)."""
+    from jaxgrpo.models.transformer import causal_mask, positions_from_mask
+
+    hidden, _ = self.body.apply({"params": params["body"]}, input_ids, positions_from_mask(attention_mask),
+                                causal_mask(attention_mask), return_hidden=True)
+    head = params["head"]
+    x = jax.nn.relu(hidden.astype(jnp.float32) @ head["w1"] + head["b1"])
+    logits = x @ head["w2"] + head["b2"]
+    return jax.nn.softmax(logits, axis=-1)[..., 1]
+
+  def score_ids(self, params, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[list[float]]:
+    """Scores at each separator token, per row."""
+    probs = np.asarray(self.step_probs(params, jnp.asarray(input_ids), jnp.asarray(attention_mask)))
+    return [probs[i][(input_ids[i] == self.separator_id) & (attention_mask[i] == 1)].tolist()
+            for i in range(input_ids.shape[0])]
+
+
+def head_from_hf(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The Qwen2.5-Math-PRM head (score.0 / score.2 torch Linear weights) in our layout."""
+  need = ["score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"]
+  missing = [n for n in need if n not in tensors]
+  if missing:
+    raise ValueError(f"PRM checkpoint is missing head tensors {missing}")
+  return {"w1": tensors["score.0.weight"].T, "b1": tensors["score.0.bias"],
+          "w2": tensors["score.2.weight"].T, "b2": tensors["score.2.bias"]}
+
+
+def make_prm(name: str) -> PRM:
+  if name == "arithmetic":
+    return ArithmeticPRM()
+  raise ValueError(
+      f"PRM {name!r} is not available here; 'arithmetic' is built in, a neural PRM needs a checkpoint "
+      "(see jaxgrpo.prm.NeuralPRM)"
+  )

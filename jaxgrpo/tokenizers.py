@@ -1,0 +1,67 @@
+"""Tokenizers the trainer uses: a tiny one for the toy task, and HF tokenizers with chat templates."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyTokenizer:
+  """Vocabulary {0: BOS/PAD, 1: L, 2: R}; only L and R may be sampled."""
+
+  vocab_size: int = 3
+  pad_id: int = 0
+  eos_ids: tuple[int, ...] = ()
+
+  def encode_prompt(self, prompt: str) -> list[int]:
+    return [0]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return "".join({1: "L", 2: "R"}.get(int(i), "?") for i in ids)
+
+  def allowed_tokens(self) -> np.ndarray:
+    return np.array([False, True, True])
+
+
+class HFTokenizer:
+  """An HF tokenizer (AutoTokenizer) applying the chat template to user prompts."""
+
+  def __init__(self, path: str, system_prompt: str | None = None):
+    from transformers import AutoTokenizer
+
+    self.tok = AutoTokenizer.from_pretrained(path)
+    self.system_prompt = system_prompt
+    eos = set()
+    if self.tok.eos_token_id is not None:
+      eos.add(int(self.tok.eos_token_id))
+    im_end = self.tok.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != self.tok.unk_token_id:
+      eos.add(im_end)
+    self.eos_ids = tuple(sorted(eos))
+    self.pad_id = int(self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_ids[0])
+
+  def encode_prompt(self, prompt: str) -> list[int]:
+    messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return list(self.tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def allowed_tokens(self):
+    return None
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pad token lists into ids [B, P] and mask [B, P]."""
+  p = max(len(s) for s in seqs)
+  ids = np.full((len(seqs), p), pad_id, np.int32)
+  mask = np.zeros((len(seqs), p), np.int32)
+  for i, s in enumerate(seqs):
+    ids[i, p - len(s):] = s
+    mask[i, p - len(s):] = 1
+  return ids, mask
