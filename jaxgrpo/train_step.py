@@ -127,7 +127,12 @@ def state_shardings(model: Transformer, params, tx, mesh, rules=shard_lib.MeshRu
 
 
 def shard_state(state, shardings):
-  return jax.tree.map(lambda x, s: jax.device_put(x, s), state, shardings)
+  """Place a pytree with the given shardings, always copying: the result may be
+  donated to the update step without invalidating ``state`` (e.g. reference params)."""
+  # (device_put may hand back the source buffer for a device's shard even with
+  # may_alias=False; a jitted copy never aliases its inputs.)
+  placed = jax.tree.map(lambda x, s: jax.device_put(x, s), state, shardings)
+  return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(placed)
 
 
 def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec: LossSpec, mesh, shardings,
