@@ -239,7 +239,7 @@ def preset(name: str) -> TrainConfig:
         name="smollm2_arithmetic", steps=200, output_dir="runs/smollm2_arithmetic",
         model=ModelSpec(checkpoint="smollm2"),
         sampling=SamplingSpec(group_size=8, max_new_tokens=64, temperature=1.0),
-        objective=ObjectiveSpec(name="lambda_grpo", kl_beta=0.0),
+        objective=ObjectiveSpec(name="lambda_grpo", kl_beta=0.0, num_minibatches=4),
         optim=OptimSpec(learning_rate=1e-6, max_grad_norm=1.0),
         data=DataSpec(source="arithmetic", prompts_per_step=8),
         rewards=RewardSpec(names=("math", "format"), weights=(1.0, 0.1)),

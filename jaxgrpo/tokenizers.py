@@ -47,7 +47,8 @@ class HFTokenizer:
     messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
         {"role": "user", "content": prompt}
     ]
-    return list(self.tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+    text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)

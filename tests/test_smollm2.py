@@ -67,3 +67,26 @@ def test_smollm2_greedy_equals_transformers_generate_32_tokens(smollm2_dir):
   ref = np.pad(ref, ((0, 0), (0, 32 - ref.shape[1])), constant_values=tok.pad_token_id)
   np.testing.assert_array_equal(np.asarray(out.tokens[:, 0]), ref)
   assert "Paris" in tok.decode(np.asarray(out.tokens[0, 0]))
+
+
+def test_smollm2_arithmetic_training_step_with_prpo_and_rule_prm(tmp_path, smollm2_dir):
+  import dataclasses
+
+  from jaxgrpo.config import preset
+  from jaxgrpo.trainer import Trainer
+
+  base = preset("smollm2_arithmetic")
+  cfg = dataclasses.replace(
+      base, steps=1, output_dir=str(tmp_path / "run"), progress=False,
+      sampling=dataclasses.replace(base.sampling, group_size=2, max_new_tokens=12),
+      data=dataclasses.replace(base.data, prompts_per_step=2),
+      objective=dataclasses.replace(base.objective, name="prpo", lambda_weights=True, num_minibatches=1,
+                                    prpo_k=2, prpo_min_gap=3),
+      mesh=dataclasses.replace(base.mesh, data=2, fsdp=2, tensor=2),
+  )
+  trainer = Trainer(cfg)
+  text = trainer.tokenizer.decode(trainer.tokenizer.encode_prompt("What is 2 + 3?"))
+  assert "What is 2 + 3?" in text
+  history = trainer.run(resume=False)
+  m = history[-1]
+  assert np.isfinite(m["loss"]) and m["completion_len_mean"] > 0 and 0 <= m["accuracy"] <= 1
