@@ -26,16 +26,7 @@ def validate_group_batch(tokens, mask, rewards=None) -> None:
   """
   tokens = np.asarray(tokens)
   mask = np.asarray(mask)
-  if tokens.ndim < 2:
-    raise ValueError(f"tokens must have shape [..., G, T]; got shape {tokens.shape}")
-  if tokens.shape[-2] < 1:
-    raise ValueError(f"tokens: group size G (axis -2) must be >= 1; got shape {tokens.shape}")
-  if tokens.shape[-1] < 1:
-    raise ValueError(f"tokens: completion length T (axis -1) must be >= 1; got shape {tokens.shape}")
-  if not np.issubdtype(tokens.dtype, np.integer):
-    raise ValueError(f"tokens must be integer token ids; got dtype {tokens.dtype}")
-  if mask.shape != tokens.shape:
-    raise ValueError(f"mask must have the shape of tokens {tokens.shape}; got {mask.shape}")
+  _prefix._check_group_shapes(tokens, mask)  # the same static checks the jitted core makes
   if not np.isin(mask, (0, 1)).all():
     bad = np.unique(mask[~np.isin(mask, (0, 1))])[:5]
     raise ValueError(f"mask must hold only 0 and 1; found {bad.tolist()}")

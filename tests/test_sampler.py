@@ -138,11 +138,15 @@ def test_end_to_end_first_token_distribution_with_allowed_tokens(tiny):
   assert (np.abs(freq - want) <= 5 * np.sqrt(want * (1 - want) / n) + 1e-9).all(), (freq, want)
 
 
-def test_early_stop_and_finish_reasons():
+def tiny_llama(max_positions):
   cfg = M.ModelConfig(family="llama", vocab_size=4, hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=1,
-                      head_dim=4, intermediate_size=16, max_position_embeddings=64)
+                      head_dim=4, intermediate_size=16, max_position_embeddings=max_positions)
   model = M.from_config(cfg)
-  params = M.init_params(model, jax.random.PRNGKey(0))
+  return model, M.init_params(model, jax.random.PRNGKey(0))
+
+
+def test_early_stop_and_finish_reasons():
+  model, params = tiny_llama(64)
   ids, mask = np.ones((3, 2), np.int32), np.ones((3, 2), np.int32)
   # Token 2 is EOS; only tokens {1, 2} allowed, so completions end quickly at random points.
   out = sampler.sample(model, params, ids, mask, jax.random.PRNGKey(3), group_size=8, max_new_tokens=40,
@@ -161,10 +165,7 @@ def test_early_stop_and_finish_reasons():
 
 
 def test_bad_arguments_are_named():
-  cfg = M.ModelConfig(family="llama", vocab_size=4, hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=1,
-                      head_dim=4, intermediate_size=16, max_position_embeddings=16)
-  model = M.from_config(cfg)
-  params = M.init_params(model, jax.random.PRNGKey(0))
+  model, params = tiny_llama(16)
   ids, mask = np.ones((1, 4), np.int32), np.ones((1, 4), np.int32)
   key = jax.random.PRNGKey(0)
   with pytest.raises(ValueError, match="group_size must be >= 1"):

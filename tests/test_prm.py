@@ -1,0 +1,40 @@
+"""PRMs: the rule-based arithmetic PRM and the Qwen2.5-Math-PRM-shaped neural PRM."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jaxgrpo.models as M
+from jaxgrpo import prm as P
+from jaxgrpo.data import Example
+
+
+def test_arithmetic_prm_scores():
+  prm = P.ArithmeticPRM(neutral=0.5)
+  ex = Example("q", "1")
+  assert prm(ex, ["3 + 4 = 7", "7 * 2 = 15", "we are done", "10 / 4 = 2.5 and 2 - 5 = -3"]) == [1.0, 0.0, 0.5, 1.0]
+
+
+def test_neural_prm_head_matches_torch_and_reads_separators():
+  cfg = M.ModelConfig(family="qwen2", vocab_size=20, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                      head_dim=8, intermediate_size=32, max_position_embeddings=32, qkv_bias=True,
+                      tie_word_embeddings=True)
+  body = M.from_config(cfg)
+  prm = P.NeuralPRM(body, separator_id=7)
+  torch.manual_seed(0)
+  head_t = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+  tensors = {f"score.{k}": v.detach().numpy() for k, v in head_t.state_dict().items()}
+  params = {"body": M.init_params(body, jax.random.PRNGKey(1)),
+            "head": jax.tree.map(jnp.asarray, P.head_from_hf(tensors))}
+  ids = np.array([[0, 3, 4, 7, 5, 6, 7], [0, 0, 2, 7, 9, 9, 7]], np.int32)
+  mask = np.array([[1] * 7, [0, 1, 1, 1, 1, 1, 1]], np.int32)
+  scores = prm.score_ids(params, ids, mask)
+  assert [len(s) for s in scores] == [2, 2]
+  hidden, _ = body.apply({"params": params["body"]}, jnp.asarray(ids), M.positions_from_mask(jnp.asarray(mask)),
+                         M.causal_mask(jnp.asarray(mask)), return_hidden=True)
+  with torch.no_grad():
+    probs = torch.softmax(head_t(torch.tensor(np.asarray(hidden))), -1)[..., 1].numpy()
+  np.testing.assert_allclose(scores[0], probs[0][[3, 6]], atol=1e-5)
+  np.testing.assert_allclose(scores[1], probs[1][[3, 6]], atol=1e-5)
+  assert all(0 <= s <= 1 for row in scores for s in row)
