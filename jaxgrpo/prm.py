@@ -76,6 +76,24 @@ class NeuralPRM:
             for i in range(input_ids.shape[0])]
 
 
+def load_neural_prm(path: str, separator_id: int, dtype: str = "float32") -> tuple[NeuralPRM, dict[str, Any]]:
+  """(prm, params) from a Qwen2.5-Math-PRM-style HF directory: a Qwen2 body ("model.*",
+  no LM head) and the head ("score.0.*", "score.2.*")."""
+  import jaxgrpo.models as M
+  from jaxgrpo.models.transformer import Transformer
+
+  cfg = M.read_config(path, dtype)
+  if cfg.family != "qwen2":
+    raise ValueError(f"a neural PRM needs a qwen2 body; {path} has model_type {cfg.family!r}")
+  tensors = M.read_safetensors(path)
+  head = head_from_hf(tensors)
+  body_tensors = {k: v for k, v in tensors.items() if not k.startswith("score.")}
+  np_dtype = jnp.bfloat16 if dtype == "bfloat16" else np.float32
+  body = M.hf_to_params(body_tensors, cfg, dtype=np_dtype, lm_head=False)
+  params = {"body": jax.tree.map(jnp.asarray, body), "head": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), head)}
+  return NeuralPRM(Transformer(cfg), separator_id), params
+
+
 def head_from_hf(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The Qwen2.5-Math-PRM head (score.0 / score.2 torch Linear weights) in our layout."""
   need = ["score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"]

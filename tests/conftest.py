@@ -8,3 +8,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Hypothesis draws many shapes, each a compiled program; free them after every module."""
+  yield
+  jax.clear_caches()

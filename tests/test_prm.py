@@ -38,3 +38,32 @@ def test_neural_prm_head_matches_torch_and_reads_separators():
   np.testing.assert_allclose(scores[0], probs[0][[3, 6]], atol=1e-5)
   np.testing.assert_allclose(scores[1], probs[1][[3, 6]], atol=1e-5)
   assert all(0 <= s <= 1 for row in scores for s in row)
+
+
+def test_load_neural_prm_from_an_hf_directory(tmp_path):
+  import json
+
+  from safetensors.numpy import load_file, save_file
+
+  cfg = M.ModelConfig(family="qwen2", vocab_size=20, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                      head_dim=8, intermediate_size=32, max_position_embeddings=32, qkv_bias=True,
+                      tie_word_embeddings=True)
+  body = M.from_config(cfg)
+  body_params = M.init_params(body, jax.random.PRNGKey(2))
+  M.save_pretrained(body, body_params, str(tmp_path))
+  tensors = load_file(str(tmp_path / "model.safetensors"))
+  rng = np.random.default_rng(0)
+  tensors.update({"score.0.weight": rng.normal(size=(16, 16)).astype(np.float32),
+                  "score.0.bias": rng.normal(size=16).astype(np.float32),
+                  "score.2.weight": rng.normal(size=(2, 16)).astype(np.float32),
+                  "score.2.bias": rng.normal(size=2).astype(np.float32)})
+  save_file(tensors, str(tmp_path / "model.safetensors"))
+  hf_cfg = json.loads((tmp_path / "config.json").read_text())
+  hf_cfg.update(tie_word_embeddings=False, architectures=["Qwen2ForProcessRewardModel"],
+                auto_map={"AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"})
+  (tmp_path / "config.json").write_text(json.dumps(hf_cfg))
+  prm, params = P.load_neural_prm(str(tmp_path), separator_id=7)
+  jax.tree.map(np.testing.assert_array_equal, params["body"]["layers"], body_params["layers"])
+  np.testing.assert_array_equal(params["head"]["w2"], tensors["score.2.weight"].T)
+  scores = prm.score_ids(params, np.array([[1, 2, 7, 3, 7]]), np.ones((1, 5), np.int32))
+  assert len(scores[0]) == 2 and all(0 <= s <= 1 for s in scores[0])

@@ -86,6 +86,7 @@ _COMMON_IGNORED = {
     "encoder_no_repeat_ngram_size", "num_return_sequences", "output_scores", "return_dict_in_generate",
     "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
     "output_attentions", "tie_encoder_decoder", "is_decoder", "_model_name_or_path", "unk_token_id",
+    "auto_map",  # remote-code class names (e.g. Qwen2.5-Math-PRM); the architecture is checked field by field
 }
 # Fields accepted only at these values (the behaviour jaxgrpo implements).
 _COMMON_FIXED = {"is_encoder_decoder": False, "add_cross_attention": False, "pretraining_tp": 1}

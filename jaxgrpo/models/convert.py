@@ -56,7 +56,7 @@ QD = lambda c: c.num_heads * c.head_dim
 KD = lambda c: c.num_kv_heads * c.head_dim
 
 
-def _llama_rows(cfg: ModelConfig) -> list[Row]:
+def _llama_rows(cfg: ModelConfig, lm_head: bool = True) -> list[Row]:
   L = ("layers",)
   rows = [
       Row("model.embed_tokens.weight", (("embed",),), lambda c: (V(c), D(c)), lambda a, c: [a], lambda xs, c: xs[0]),
@@ -75,7 +75,7 @@ def _llama_rows(cfg: ModelConfig) -> list[Row]:
       _linear(L + ("mlp", "up_kernel"), F, D, lambda c: (D(c), F(c)))("model.layers.{i}.mlp.up_proj.weight"),
       _linear(L + ("mlp", "down_kernel"), D, F, lambda c: (F(c), D(c)))("model.layers.{i}.mlp.down_proj.weight"),
   ]
-  if not cfg.tie_word_embeddings:
+  if lm_head and not cfg.tie_word_embeddings:
     rows.append(_linear(("lm_head",), V, D, lambda c: (D(c), V(c)))("lm_head.weight"))
   if cfg.qkv_bias:
     rows += [
@@ -129,8 +129,9 @@ def _gpt2_rows(cfg: ModelConfig) -> list[Row]:
   ]
 
 
-def table(cfg: ModelConfig) -> list[Row]:
-  return _gpt2_rows(cfg) if cfg.is_gpt2 else _llama_rows(cfg)
+def table(cfg: ModelConfig, lm_head: bool = True) -> list[Row]:
+  """Conversion rows; ``lm_head=False`` for a body without the LM head (e.g. a PRM backbone)."""
+  return _gpt2_rows(cfg) if cfg.is_gpt2 else _llama_rows(cfg, lm_head)
 
 
 # Tensors that checkpoints may carry but that are not parameters (buffers) or
@@ -165,14 +166,14 @@ class CheckpointMismatchError(ValueError):
   """The tensors of a checkpoint do not match the config."""
 
 
-def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, dtype=None) -> dict[str, Any]:
+def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, dtype=None, lm_head: bool = True) -> dict[str, Any]:
   """HF name → array mapping to the params pytree (numpy arrays).
 
   Raises ``CheckpointMismatchError`` listing missing and unexpected tensor names
   and shape mismatches.
   """
   names = _normalize_names(tensors.keys(), cfg)
-  rows = table(cfg)
+  rows = table(cfg, lm_head)
   expected: dict[str, tuple[Row, int | None]] = {}
   for row in rows:
     for i in range(cfg.num_layers) if row.per_layer else [None]:
