@@ -16,7 +16,6 @@ import platform
 import time
 
 import jax
-import numpy as np
 
 PROMPTS = [
     "What is 17 * 23?", "Name three prime numbers.", "Explain gravity in one sentence.",

@@ -40,7 +40,7 @@ def group_advantages(
   """
   rewards = jnp.asarray(rewards)
   if rewards.ndim < 1:
-    raise ValueError(f"rewards must have shape [..., G]; got a scalar")
+    raise ValueError("rewards must have shape [..., G]; got a scalar")
   if rewards.shape[-1] < 1:
     raise ValueError(f"rewards: group size G (axis -1) must be >= 1; got shape {rewards.shape}")
   if ddof not in (0, 1):

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from jaxgrpo.config import DataSpec, ObjectiveSpec, OptimSpec, TrainConfig, preset
+from jaxgrpo.config import preset
 from jaxgrpo.trainer import Trainer
 
 PAPER = {  # (n, r_neg): (GRPO, λ-GRPO) from the paper's Table 1

@@ -1,7 +1,6 @@
 """A sharded update step equals the single-device step (8 simulated CPU devices)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import sys
 
-import tensorflow_datasets as tfds
 from tensorflow_datasets.text.gsm8k import gsm8k
 
 from jaxgrpo.config import DataSpec

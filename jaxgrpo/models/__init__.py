@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
 from jaxgrpo.models.checkpoint import from_pretrained, read_config, read_safetensors, save_pretrained
 from jaxgrpo.models.config import ModelConfig, RopeScaling, UnsupportedConfigError, from_hf_config, to_hf_config
