@@ -75,18 +75,20 @@ def make_rewards(spec, data_spec) -> list[tuple[RewardFn, float]]:
   return out
 
 
-def score(
+def score_components(
     rewards: Sequence[tuple[RewardFn, float]],
     prompts: Sequence[str],
     completions: Sequence[Sequence[str]],
     examples: Sequence[Example],
-) -> np.ndarray:
-  """Weighted sum of rewards: float32[B, G].  A NaN, inf or missing reward raises
-  ValueError naming the reward function and the example."""
+) -> tuple[np.ndarray, list[np.ndarray]]:
+  """(weighted total float32[B, G], unweighted value of each reward function [B, G]).
+
+  A NaN, inf or missing reward raises ValueError naming the reward function and the example."""
   b, g = len(completions), len(completions[0]) if completions else 0
-  out = np.zeros((b, g), np.float64)
-  for fn, weight in rewards:
+  parts = []
+  for fn, _ in rewards:
     name = getattr(fn, "__name__", repr(fn))
+    part = np.zeros((b, g), np.float64)
     for i in range(b):
       for j in range(g):
         r = fn(prompts[i], completions[i][j], examples[i])
@@ -95,5 +97,12 @@ def score(
               f"reward {name!r} returned {r!r} for example {examples[i].meta.get('index', i)} "
               f"(prompt {prompts[i][:60]!r}), completion {j}: rewards must be finite numbers"
           )
-        out[i, j] += weight * float(r)
-  return out.astype(np.float32)
+        part[i, j] = float(r)
+    parts.append(part)
+  total = sum((w * p for (_, w), p in zip(rewards, parts)), np.zeros((b, g)))
+  return total.astype(np.float32), parts
+
+
+def score(rewards, prompts, completions, examples) -> np.ndarray:
+  """Weighted sum of the rewards: float32[B, G] (see ``score_components``)."""
+  return score_components(rewards, prompts, completions, examples)[0]

@@ -183,7 +183,7 @@ class Trainer:
     prompts = [e.prompt for e in examples]
     texts = [[self.tokenizer.decode(out.tokens[i, j][out.mask[i, j] == 1]) for j in range(out.tokens.shape[1])]
              for i in range(out.tokens.shape[0])]
-    rewards = rewards_lib.score(self.rewards, prompts, texts, examples)
+    rewards, parts = rewards_lib.score_components(self.rewards, prompts, texts, examples)
     adv, weights, metrics = self.advantages(examples, out, rewards)
     times.score = time.perf_counter() - t0
 
@@ -221,8 +221,13 @@ class Trainer:
     target = getattr(self.source, "target", None)
     if target is not None:
       metrics["target_frac"] = float(np.mean([[c == target for c in row] for row in texts]))
+    for name, part in zip(cfg.rewards.names, parts):
+      metrics[f"reward_{name}"] = float(np.mean(part))
+    if "math" in cfg.rewards.names:  # accuracy = fraction of correct final answers
+      metrics["accuracy"] = float(np.mean(parts[cfg.rewards.names.index("math")] > 0.5))
+    elif target is not None:
+      metrics["accuracy"] = metrics["target_frac"]
     metrics.update(
-        accuracy=float(np.mean(rewards > 0)) if "math" in cfg.rewards.names else float(np.mean(rewards)),
         entropy_mean=float(np.sum(out.entropies * out.mask) / max(out.mask.sum(), 1)),
         completion_len_mean=float(lengths.mean()), completion_len_max=float(lengths.max()),
         tokens_per_s=float(out.mask.sum() / max(total, 1e-9)),

@@ -90,3 +90,4 @@ def test_smollm2_arithmetic_training_step_with_prpo_and_rule_prm(tmp_path, smoll
   history = trainer.run(resume=False)
   m = history[-1]
   assert np.isfinite(m["loss"]) and m["completion_len_mean"] > 0 and 0 <= m["accuracy"] <= 1
+  assert {"reward_math", "reward_format"} <= set(m) and m["accuracy"] <= m["reward_math"] + 1e-9

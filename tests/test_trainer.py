@@ -145,7 +145,8 @@ def test_short_toy_run_writes_metrics(tmp_path, objective):
   rows = [json.loads(l) for l in open(os.path.join(cfg.output_dir, "metrics.jsonl"))]
   want = {"reward_mean", "reward_std", "zero_std_group_frac", "lambda_mean", "intermediate_prop",
           "flat_tree_frac", "kl_mean", "clip_frac_low", "clip_frac_high", "entropy_mean", "completion_len_mean",
-          "tokens_per_s", "time_sample", "time_score", "time_update", "loss", "target_frac"}
+          "tokens_per_s", "time_sample", "time_score", "time_update", "loss", "target_frac", "accuracy",
+          "reward_toy_tree"}
   assert want <= set(rows[-1]) and [r["step"] for r in rows] == list(range(1, 7))
   assert all(np.isfinite(v) for r in rows for v in r.values())
   assert rows[-1]["lambda_mean"] > 1  # 16 completions of a 4-token tree always share prefixes
@@ -226,3 +227,12 @@ def test_resume_after_kill_gives_the_same_final_params(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
   lines = [json.loads(l) for l in open(os.path.join(killed, "metrics.jsonl"))]
   assert lines[-1]["step"] == steps
+
+
+def test_score_components_are_weighted_and_kept_apart():
+  ex = [D.Example("q", "4", {"index": 0})]
+  fns = [(R.math_reward, 1.0), (R.format_reward, 0.1)]
+  total, parts = R.score_components(fns, ["q"], [["\\boxed{4}", "\\boxed{5}", "4"]], ex)
+  np.testing.assert_allclose(parts[0], [[1.0, 0.0, 1.0]])
+  np.testing.assert_allclose(parts[1], [[1.0, 1.0, 0.0]])
+  np.testing.assert_allclose(total, [[1.1, 0.1, 1.0]], rtol=1e-6)
