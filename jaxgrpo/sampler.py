@@ -225,10 +225,6 @@ def _decode(model: Transformer, params, state: _State, prompt_len: jax.Array, al
   return jax.lax.while_loop(cond, body, state)
 
 
-def _repeat_groups(x: jax.Array, g: int, axis: int = 0) -> jax.Array:
-  return jnp.repeat(x, g, axis=axis)
-
-
 def sample(
     model: Transformer,
     params,
@@ -279,21 +275,22 @@ def sample(
         f"max_position_embeddings ({cfg.max_position_embeddings}): the KV cache cannot hold it"
     )
   if allowed_tokens is not None:
-    allowed_tokens = jnp.asarray(allowed_tokens, bool)
-    if allowed_tokens.shape != (cfg.vocab_size,):
-      raise ValueError(f"allowed_tokens must be bool[{cfg.vocab_size}] (the vocabulary); got {allowed_tokens.shape}")
-    if not bool(jnp.any(allowed_tokens)):
+    allowed_np = np.asarray(allowed_tokens, bool)  # checked on the host: no device round trip per call
+    if allowed_np.shape != (cfg.vocab_size,):
+      raise ValueError(f"allowed_tokens must be bool[{cfg.vocab_size}] (the vocabulary); got {allowed_np.shape}")
+    if not allowed_np.any():
       raise ValueError("allowed_tokens allows no token")
+    allowed_tokens = jnp.asarray(allowed_np)
 
   last_logits, cache = prefill(model, params, prompt_ids, prompt_mask, cache_len)
   g, n = group_size, b * group_size
-  cache = jax.tree.map(lambda x: _repeat_groups(x, g, axis=1), cache)  # [L, B·G, KV, S, Dh]
+  cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=1), cache)  # [L, B·G, KV, S, Dh]
   kv_valid = jnp.pad(prompt_mask.astype(bool), ((0, 0), (0, max_new_tokens)))
   state = _State(
       step=jnp.zeros((), jnp.int32),
       cache=cache,
-      logits=_repeat_groups(last_logits, g),
-      kv_valid=_repeat_groups(kv_valid, g),
+      logits=jnp.repeat(last_logits, g, axis=0),
+      kv_valid=jnp.repeat(kv_valid, g, axis=0),
       tokens=jnp.full((n, max_new_tokens), pad_id, jnp.int32),
       logprobs=jnp.zeros((n, max_new_tokens), jnp.float32),
       entropies=jnp.zeros((n, max_new_tokens), jnp.float32),
@@ -301,7 +298,7 @@ def sample(
       length=jnp.zeros((n,), jnp.int32),
       rng=rng,
   )
-  prompt_len = _repeat_groups(jnp.sum(prompt_mask, axis=-1), g).astype(jnp.int32)
+  prompt_len = jnp.repeat(jnp.sum(prompt_mask, axis=-1), g).astype(jnp.int32)
   out = _decode(model, params, state, prompt_len, allowed_tokens, sp)
   t = max_new_tokens
   mask = (jnp.arange(t)[None, :] < out.length[:, None]).astype(jnp.int32)

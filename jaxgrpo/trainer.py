@@ -154,9 +154,8 @@ class Trainer:
     o = self.cfg.objective
     seg = np.asarray(jaxgrpo.entropy_segments(jnp.asarray(out.entropies), jnp.asarray(out.mask), k=o.prpo_k,
                                               min_gap=o.prpo_min_gap))
-    b, g, t = seg.shape
-    n_seg = int(seg.max()) + 1 if seg.size else 1
-    scores = np.full((b, g, max(n_seg, 1)), 0.5, np.float32)
+    b, g, _ = seg.shape
+    scores = np.full((b, g, max(int(seg.max()) + 1, 1)), 0.5, np.float32)  # seg is -1 on padding
     for i in range(b):
       for j in range(g):
         ids = out.tokens[i, j]
