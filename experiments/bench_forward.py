@@ -106,16 +106,19 @@ def main():
   rows = []
   print(f"# SmolLM2-135M f32, batch {args.batch} × {args.seq} tokens — {machine}; "
         f"f32 matmul roof measured now: {roof:.0f} GFLOP/s (stated for this machine: ≈250)\n")
-  print("| pass | jaxgrpo tok/s | jaxgrpo GFLOP/s (% of measured roof) | torch tok/s | torch GFLOP/s | jaxgrpo / torch |")
+  print("| pass | jaxgrpo tok/s | jaxgrpo GFLOP/s (% of measured roof) | torch tok/s | torch GFLOP/s | "
+        "jaxgrpo / torch |")
   print("|---|---|---|---|---|---|")
   for name, jt, tt, mult in (("forward", j_fwd, t_fwd, 1), ("forward+backward", j_bwd, t_bwd, 3)):
     jg, tg = flops_fwd * mult / jt / 1e9, flops_fwd * mult / tt / 1e9
     rows.append(dict(pass_=name, jax_s=jt, torch_s=tt, jax_tok_s=tokens / jt, torch_tok_s=tokens / tt,
                      jax_gflops=jg, torch_gflops=tg, speedup=tt / jt))
-    print(f"| {name} | {tokens / jt:,.0f} | {jg:.0f} ({jg / roof:.0%}) | {tokens / tt:,.0f} | {tg:.0f} | {tt / jt:.2f}× |")
+    print(f"| {name} | {tokens / jt:,.0f} | {jg:.0f} ({jg / roof:.0%}) | {tokens / tt:,.0f} | {tg:.0f} | "
+          f"{tt / jt:.2f}× |")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"machine": machine, "roof_gflops": roof, "batch": args.batch, "seq": args.seq, "rows": rows}, f, indent=1)
+    json.dump({"machine": machine, "roof_gflops": roof, "batch": args.batch, "seq": args.seq, "rows": rows}, f,
+              indent=1)
 
 
 if __name__ == "__main__":

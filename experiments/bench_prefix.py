@@ -105,7 +105,8 @@ def main():
   if args.quick:
     args.G, args.T, args.groups = [6, 16], [256, 1024], 16
 
-  machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
+  machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+             f"on {jax.default_backend()}")
   print(f"# prefix-overlap kernel vs Python trie — {args.groups} groups per batch — {machine}\n")
   header = ("| G | T | tokens | trie ns/tok | sort ns/tok | compare ns/tok | best/trie speed-up "
             "| XLA temp (sort / compare) | temp B per G·T | trie peak |")

@@ -7,7 +7,14 @@ has eagerly validated versions for use at program boundaries.
 
 from jaxgrpo import checked
 from jaxgrpo.advantages import advantage_metrics, group_advantages, step_advantages
-from jaxgrpo.implicit_prm import ImplicitPRM, TreeStats, implicit_prm, prefix_metrics, tree_stats, tree_stats_from_counts
+from jaxgrpo.implicit_prm import (
+    ImplicitPRM,
+    TreeStats,
+    implicit_prm,
+    prefix_metrics,
+    tree_stats,
+    tree_stats_from_counts,
+)
 from jaxgrpo.objectives import k3_kl, lambda_weights, policy_loss
 from jaxgrpo.prefix import prefix_counts, prefix_hashes
 from jaxgrpo.prpo import (

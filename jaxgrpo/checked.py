@@ -26,7 +26,15 @@ def validate_group_batch(tokens, mask, rewards=None) -> None:
   """
   tokens = np.asarray(tokens)
   mask = np.asarray(mask)
-  _prefix._check_group_shapes(tokens, mask)  # the same static checks the jitted core makes
+  _prefix.check_group_shapes(tokens, mask)  # the same static checks the jitted core makes
+  validate_mask(mask)
+  if rewards is not None:
+    validate_rewards(rewards, group_shape=tokens.shape[:-1])
+
+
+def validate_mask(mask) -> None:
+  """Raise ValueError unless ``mask`` [..., T] holds only 0/1, ones then zeros along the last axis."""
+  mask = np.asarray(mask)
   if not np.isin(mask, (0, 1)).all():
     bad = np.unique(mask[~np.isin(mask, (0, 1))])[:5]
     raise ValueError(f"mask must hold only 0 and 1; found {bad.tolist()}")
@@ -37,8 +45,6 @@ def validate_group_batch(tokens, mask, rewards=None) -> None:
         f"mask must be right-padded (ones, then zeros) in every completion; "
         f"completion at index {tuple(idx.tolist())} has a 1 after a 0"
     )
-  if rewards is not None:
-    validate_rewards(rewards, group_shape=tokens.shape[:-1])
 
 
 def validate_rewards(rewards, group_shape=None) -> None:
@@ -88,10 +94,28 @@ def entropy_segments(entropies, mask, **kwargs):
   mask = np.asarray(mask)
   if mask.shape != entropies.shape:
     raise ValueError(f"mask must have the shape of entropies {entropies.shape}; got {mask.shape}")
+  if entropies.ndim < 1 or entropies.shape[-1] < 1:
+    raise ValueError(f"entropies must have shape [..., T] with T >= 1; got {entropies.shape}")
+  validate_mask(mask)
   valid = mask.astype(bool)
   if not np.isfinite(entropies[valid]).all() or (entropies[valid] < 0).any():
     raise ValueError("entropies must be finite and >= 0 on completion tokens")
   return _prpo.entropy_segments(entropies, mask, **kwargs)
+
+
+def segment_scores_to_tokens(segment_ids, scores):
+  """``jaxgrpo.segment_scores_to_tokens`` after checking every segment id has a score."""
+  segment_ids, scores = np.asarray(segment_ids), np.asarray(scores)
+  if scores.shape[:-1] != segment_ids.shape[:-1] or scores.ndim != segment_ids.ndim:
+    raise ValueError(f"scores must have shape {segment_ids.shape[:-1]} + (S,) to match segment_ids "
+                     f"{segment_ids.shape}; got {scores.shape}")
+  need = int(segment_ids.max()) + 1 if segment_ids.size else 0
+  if scores.shape[-1] < need:
+    raise ValueError(f"scores has {scores.shape[-1]} score(s) per completion but segment_ids has segments up to "
+                     f"id {need - 1}: pass at least {need} scores (axis -1)")
+  if not np.isfinite(scores).all():
+    raise ValueError("scores must be finite")
+  return _prpo.segment_scores_to_tokens(segment_ids, scores)
 
 
 def prpo_advantages(token_scores, mask, rewards, **kwargs):

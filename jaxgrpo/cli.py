@@ -1,9 +1,20 @@
-"""The ``jaxgrpo`` command line."""
+"""The ``jaxgrpo`` command line: demo, train, eval, export, plan.
+
+Errors a user can fix (a bad config value, a busy or stale output directory, a
+checkpoint that cannot be saved or restored, a non-finite step) print one
+``error:`` paragraph and exit non-zero, without a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import threading
+
+EXIT_USER_ERROR = 2
+EXIT_RUNTIME_ERROR = 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -33,39 +44,218 @@ def _demo(args: argparse.Namespace) -> int:
   return 0
 
 
+def _config(args):
+  from jaxgrpo.config import load_config
+  from jaxgrpo.presets import preset
+
+  base = preset(args.preset) if getattr(args, "preset", None) else None
+  return load_config(getattr(args, "config", None), args.set or [], base=base)
+
+
 def _train(args: argparse.Namespace) -> int:
-  from jaxgrpo.config import load_config, preset
+  from jaxgrpo import distributed
+
+  distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto")
+  cfg = _config(args)
+  from jaxgrpo.run_dir import RunDir
   from jaxgrpo.trainer import Trainer
 
-  base = preset(args.preset) if args.preset else None
-  cfg = load_config(args.config, args.set or [], base=base)
-  history = Trainer(cfg).run(resume=not args.no_resume)
-  if history:
-    last = history[-1]
-    print(f"step {cfg.steps}: reward_mean {last['reward_mean']:.4f}, loss {last['loss']:.4f}; "
-          f"metrics in {cfg.output_dir}/metrics.jsonl and {cfg.output_dir}/tb")
+  run_dir = RunDir(cfg.output_dir, lock=distributed.is_primary())  # a busy directory is refused before any work
+  history = Trainer(cfg).run(resume=not args.no_resume, overwrite=args.overwrite,
+                             allow_config_change=args.allow_config_change, run_dir=run_dir)
+  steps = [h for h in history if "reward_mean" in h]
+  if steps and distributed.is_primary():
+    last = steps[-1]
+    print(f"step {cfg.steps}: reward_mean {last['reward_mean']:.4f}, accuracy {last['accuracy']:.4f}, "
+          f"loss {last['loss']:.4f}; metrics in {cfg.output_dir}/metrics.jsonl and {cfg.output_dir}/tb")
+  evals = [h for h in history if any(k.startswith("eval/") for k in h)]
+  if evals and distributed.is_primary():
+    print(_eval_table(evals))
   return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="jaxgrpo", description=__doc__)
-  sub = parser.add_subparsers(dest="command", required=True)
-  demo = sub.add_parser("demo", help="the paper's worked example: |λ|, step advantages, tree stats")
-  demo.set_defaults(func=_demo)
-  train = sub.add_parser("train", help="train with GRPO / λ-GRPO / PRPO")
-  train.add_argument("--config", help="YAML config file (may name a 'preset:')")
-  train.add_argument("--preset", help="toy | smollm2_arithmetic | lambda_grpo_paper | prpo_paper")
-  train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-  train.add_argument("--no-resume", action="store_true", help="ignore checkpoints in output_dir")
-  train.set_defaults(func=_train)
-  sub.add_parser("toy", help="λ-GRPO vs GRPO on the toy tree task, the main job (jaxgrpo toy --help)")
-  argv = sys.argv[1:] if argv is None else argv
-  if argv and argv[0] == "toy":
-    from jaxgrpo import toy_experiment
+def _eval_table(rows: list[dict]) -> str:
+  keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k != "eval/num_examples"})
+  lines = ["| step | " + " | ".join(k[5:] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+  for r in rows:
+    lines.append(f"| {r['step']} | " + " | ".join(f"{r[k]:.4f}" if k in r else "" for k in keys) + " |")
+  return "\n".join(lines)
 
-    return toy_experiment.main(argv[1:])
-  args = parser.parse_args(argv)
-  return args.func(args)
+
+def _eval(args: argparse.Namespace) -> int:
+  import jax
+
+  from jaxgrpo import data as data_lib
+  from jaxgrpo import evaluation, models
+  from jaxgrpo import sharding as shard_lib
+  from jaxgrpo.rollout import RolloutEngine
+
+  if bool(args.run) == bool(args.hf):
+    raise ValueError("give exactly one of --run RUN_DIR or --hf HF_DIR")
+  if args.run:
+    from jaxgrpo import export
+    from jaxgrpo.config import apply_overrides
+
+    model, params, tokenizer, cfg = export.load_run(args.run, args.step)
+    cfg = apply_overrides(cfg, args.set or [])
+    label = f"{args.run} (step {args.step if args.step is not None else 'latest'})"
+  else:
+    from jaxgrpo.tokenizers import HFTokenizer
+
+    cfg = _config(args)
+    model, params = models.from_pretrained(args.hf, cfg.model.dtype)
+    tokenizer = HFTokenizer(args.hf, cfg.data.system_prompt)
+    label = args.hf
+  ev = cfg.eval if cfg.eval.num_examples else cfg.eval.__class__(num_examples=200)
+  task = data_lib.make_eval_source(cfg.data, ev)
+  mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  engine = RolloutEngine(model, tokenizer, mesh)
+  out = evaluation.evaluate(engine, models.cast_params(params, model.config.dtype), task, task.examples, ev,
+                            jax.random.PRNGKey(cfg.seed), cfg.sampling)
+  print(f"\n{label} on {ev.source or cfg.data.source} (held-out, {len(task)} problems)\n")
+  print("| metric | value |\n|---|---|")
+  for k, v in out.items():
+    print(f"| {k} | {v:.4f} |")
+  return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+  from jaxgrpo import export
+
+  written = export.export_run(args.run_dir, args.out_dir, args.step, dtype=args.dtype)
+  for kind, path in written.items():
+    print(f"{kind}: {path}")
+  return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+  from jaxgrpo import plan
+
+  cfg = _config(args)
+  report = plan.plan(cfg, devices=args.devices, hbm_gib=args.hbm)
+  print(plan.format_report(report))
+  return 0 if report["fits"] else 3
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--config", help="YAML config file (may name a 'preset:')")
+  p.add_argument("--preset", help="toy | smollm2_arithmetic | lambda_grpo_paper | lambda_grpo_paper_full | prpo_paper")
+  p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="jaxgrpo", description="GRPO / λ-GRPO / PRPO post-training in JAX")
+  sub = parser.add_subparsers(dest="command", required=True)
+  sub.add_parser("demo", help="the paper's worked example: |λ|, step advantages, tree stats").set_defaults(func=_demo)
+
+  train = sub.add_parser("train", help="train with GRPO / λ-GRPO / PRPO")
+  _add_config_args(train)
+  train.add_argument("--no-resume", action="store_true", help="do not resume (refused if checkpoints exist)")
+  train.add_argument("--overwrite", action="store_true", help="delete output_dir's checkpoints/metrics, start clean")
+  train.add_argument("--allow-config-change", action="store_true",
+                     help="resume even though training-relevant config keys changed")
+  dist = train.add_argument_group("multi-process (jax.distributed)")
+  dist.add_argument("--coordinator", help="host:port of process 0")
+  dist.add_argument("--num-processes", type=int)
+  dist.add_argument("--process-id", type=int)
+  dist.add_argument("--distributed", choices=("off", "auto"), default="off",
+                    help="auto: detect the job from the environment (TPU pods, SLURM, Open MPI)")
+  train.set_defaults(func=_train)
+
+  ev = sub.add_parser("eval", help="evaluate a run's checkpoint or an HF directory on held-out problems")
+  ev.add_argument("--run", help="a run's output_dir (its config names the task)")
+  ev.add_argument("--step", type=int, help="checkpoint step (default: the newest good one)")
+  ev.add_argument("--hf", help="an HF checkpoint directory (the task comes from --preset/--config/--set)")
+  _add_config_args(ev)
+  ev.set_defaults(func=_eval)
+
+  ex = sub.add_parser("export", help="write a run's policy as an HF checkpoint (+ PEFT adapter for LoRA)")
+  ex.add_argument("run_dir")
+  ex.add_argument("out_dir")
+  ex.add_argument("--step", type=int, help="checkpoint step (default: the newest good one)")
+  ex.add_argument("--dtype", help="dtype of the saved tensors (default: the params' dtype)")
+  ex.set_defaults(func=_export)
+
+  pl = sub.add_parser("plan", help="per-device memory of the sampler and the update step, before launch")
+  _add_config_args(pl)
+  pl.add_argument("--devices", type=int, default=1, help="number of (simulated) devices")
+  pl.add_argument("--hbm", type=float, default=80.0, help="memory per device in GiB")
+  pl.set_defaults(func=_plan)
+  return parser
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+  """Drop tracebacks from library log records (the error is reported once, as an ``error:`` line)."""
+  if not os.environ.get("JAXGRPO_DEBUG"):
+    record.exc_info = None
+    record.exc_text = None
+    record.msg = str(record.msg).splitlines()[0] if record.msg else record.msg
+  return True
+
+
+def _drop_closed_loop_noise(hook):
+  """After a failed checkpoint write, tensorstore's callbacks hit orbax's closed event loop and print
+  'RuntimeError: Event loop is closed' tracebacks (harmless); drop those, print everything else."""
+  def quiet(exc_type, exc, tb):
+    if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+      return
+    hook(exc_type, exc, tb)
+  return quiet
+
+
+def _drop_closed_loop_unraisable(hook):
+  def quiet(u):
+    if u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed":
+      return
+    hook(u)
+  return quiet
+
+
+def _background_error(args) -> None:
+  name = getattr(args.thread, "name", "?")
+  print(f"(background thread {name}: {args.exc_type.__name__}: {args.exc_value})", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  args = build_parser().parse_args(argv)
+  if args.command == "plan" and "jax" not in sys.modules:  # simulated devices must be set before JAX starts
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+      os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  for name in ("absl", "asyncio"):  # orbax reports background-thread failures with tracebacks: we report once
+    logging.getLogger(name).addFilter(_one_line)
+  if not os.environ.get("JAXGRPO_DEBUG"):
+    threading.excepthook = _background_error  # e.g. orbax's writer threads after a failed save
+    sys.excepthook = _drop_closed_loop_noise(sys.excepthook)
+    sys.unraisablehook = _drop_closed_loop_unraisable(sys.unraisablehook)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # orbax's abandoned futures after a failed write
+  from jaxgrpo.checkpointing import CheckpointRestoreError, CheckpointSaveError
+  from jaxgrpo.run_dir import RunDirError
+  from jaxgrpo.trainer import NonFiniteError, Preempted
+
+  try:
+    return args.func(args)
+  except Preempted as e:
+    print(f"stopped: {e}; the last completed step was saved (rerun the same command to resume)", file=sys.stderr)
+    return 128 + e.signum
+  except KeyboardInterrupt:
+    print("interrupted; the last completed step was saved", file=sys.stderr)
+    return 130
+  except (ValueError, FileNotFoundError) as e:
+    if os.environ.get("JAXGRPO_DEBUG"):
+      raise
+    print(f"error: {e}\n(set JAXGRPO_DEBUG=1 for the traceback)", file=sys.stderr)
+    return EXIT_USER_ERROR
+  except (RunDirError, CheckpointSaveError, CheckpointRestoreError, NonFiniteError, OSError) as e:
+    if os.environ.get("JAXGRPO_DEBUG"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_RUNTIME_ERROR
 
 
 if __name__ == "__main__":

@@ -1,19 +1,69 @@
-"""Training configuration: small frozen dataclasses, loadable from YAML, overridable with key=value.
+"""Training configuration: small frozen dataclasses, validated when built, loadable from YAML.
 
     cfg = load_config("run.yaml", overrides=["objective.name=lambda_grpo", "steps=100"])
-    cfg = preset("toy")
+    cfg = jaxgrpo.presets.preset("toy")
 
-Unknown keys are errors naming the key and listing the valid ones.
+Every value is checked when the config is made (from code, YAML or ``--set``),
+not at the first trace: unknown keys, wrong types (including non-integer
+counts), out-of-range values and enum-like fields outside their choices raise
+``ValueError`` naming the key.  Paths have ``~`` expanded.  Settings that run
+but cannot learn (temperature 0, a group of one) warn.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
-from typing import Any
+import warnings
+from typing import Any, Literal
 
 import yaml
+
+from jaxgrpo.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES
+
+Objective = Literal["grpo", "lambda_grpo", "prpo"]
+Aggregation = Literal["token_mean", "seq_mean", "constant", "weight_mean"]
+Schedule = Literal["constant", "cosine", "linear"]
+SourceName = Literal["toy_tree", "arithmetic", "jsonl", "tfds"]
+NonFinite = Literal["stop", "skip"]
+
+
+def _require(ok: bool, key: str, expected: str, value) -> None:
+  if not ok:
+    raise ValueError(f"config key {key!r} must be {expected}; got {value!r}")
+
+
+def _expand(path: str | None) -> str | None:
+  return None if path is None else os.path.expanduser(path)
+
+
+def _check_literals(spec, prefix: str) -> None:
+  """Enum-like fields (typed ``Literal[...]``) must hold one of their choices."""
+  for f in dataclasses.fields(spec):
+    t = typing.get_type_hints(type(spec))[f.name]
+    if typing.get_origin(t) is Literal:
+      v = getattr(spec, f.name)
+      _require(v in typing.get_args(t), prefix + f.name, f"one of {list(typing.get_args(t))}", v)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+  """LoRA adapters (rank 0 = off; full fine-tuning).  Dropout is not applied (0)."""
+
+  rank: int = 0
+  alpha: float = 16.0
+  dropout: float = 0.0
+  targets: tuple[str, ...] = LORA_TARGETS
+
+  def __post_init__(self):
+    _require(self.rank >= 0, "model.lora.rank", ">= 0 (0 = off)", self.rank)
+    _require(self.alpha > 0, "model.lora.alpha", "> 0", self.alpha)
+    _require(self.dropout == 0, "model.lora.dropout", "0 (LoRA dropout is not implemented)", self.dropout)
+    bad = [t for t in self.targets if t not in LORA_TARGETS]
+    _require(not bad and len(self.targets) > 0, "model.lora.targets", f"a non-empty subset of {list(LORA_TARGETS)}",
+             list(self.targets))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,14 +71,31 @@ class ModelSpec:
   """Either an HF checkpoint directory, ``smollm2`` (the offline SmolLM2-135M-Instruct), or a config made here."""
 
   checkpoint: str | None = None  # path | "smollm2" | None (then build from the fields below)
-  dtype: str = "float32"
-  family: str = "gpt2"
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"  # master weights and optimizer state
+  remat: str = "none"  # none | full | a jax.checkpoint policy name (dots_saveable, ...)
+  attention_chunk: int = 0  # query block size of full-sequence attention (0 = unchunked)
+  lora: LoraSpec = LoraSpec()
+  family: Literal["gpt2", "llama", "qwen2"] = "gpt2"
   vocab_size: int = 3
   hidden_size: int = 64
   num_layers: int = 2
   num_heads: int = 4
   intermediate_size: int = 256
   max_position_embeddings: int = 16
+
+  def __post_init__(self):
+    object.__setattr__(self, "checkpoint", _expand(self.checkpoint))
+    _check_literals(self, "model.")
+    _require(self.dtype in DTYPES, "model.dtype", f"one of {list(DTYPES)}", self.dtype)
+    _require(self.param_dtype in DTYPES, "model.param_dtype", f"one of {list(DTYPES)}", self.param_dtype)
+    _require(self.remat in REMAT_POLICIES, "model.remat", f"one of {list(REMAT_POLICIES)}", self.remat)
+    _require(self.attention_chunk >= 0, "model.attention_chunk", ">= 0", self.attention_chunk)
+    for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+      _require(getattr(self, k) >= 1, f"model.{k}", ">= 1", getattr(self, k))
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"config key 'model.hidden_size' ({self.hidden_size}) must be divisible by 'model.num_heads' "
+                       f"({self.num_heads})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +105,30 @@ class SamplingSpec:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  prompt_multiple: int = 8  # prompts left-padded to a multiple of this (fewer shapes: fewer compilations)
+  trim: bool = True  # drop the all-padding tail of the completion buffer before the update
+
+  def __post_init__(self):
+    _require(self.group_size >= 1, "sampling.group_size", ">= 1", self.group_size)
+    _require(self.prompt_multiple >= 1, "sampling.prompt_multiple", ">= 1", self.prompt_multiple)
+    _require(self.max_new_tokens >= 1, "sampling.max_new_tokens", ">= 1", self.max_new_tokens)
+    _require(self.temperature >= 0, "sampling.temperature", ">= 0", self.temperature)
+    _require(self.top_k >= 0, "sampling.top_k", ">= 0 (0 = off)", self.top_k)
+    _require(0 < self.top_p <= 1, "sampling.top_p", "in (0, 1]", self.top_p)
+
+  def params(self, eos_ids: tuple[int, ...], pad_id: int):
+    """The sampler's ``SamplingParams`` for a tokenizer's EOS and pad ids."""
+    from jaxgrpo.sampler import SamplingParams
+
+    return SamplingParams(self.group_size, self.max_new_tokens, float(self.temperature), self.top_k,
+                          float(self.top_p), tuple(eos_ids), int(pad_id))
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveSpec:
-  name: str = "grpo"  # grpo | lambda_grpo | prpo
+  name: Objective = "grpo"
   lambda_weights: bool = False  # add λ-GRPO's 1/|λ| weights to any objective (e.g. PRPO + λ)
-  aggregation: str = "token_mean"  # token_mean | seq_mean | constant | weight_mean
+  aggregation: Aggregation = "token_mean"
   scale_rewards: bool = True
   ddof: int = 1
   eps: float = 1e-4
@@ -52,46 +136,156 @@ class ObjectiveSpec:
   clip_eps_high: float = 0.2
   kl_beta: float = 0.0
   num_iterations: int = 1  # μ: update passes over each batch
-  num_minibatches: int = 1
+  num_minibatches: int = 1  # optimizer steps per pass
+  logprob_chunk: int = 0  # completion positions per LM-head chunk in the loss (0 = unchunked)
+  recompute_old_logp: bool = False  # recompute π_old with a forward pass instead of using the sampler's
   # PRPO
   prpo_k: int = 5
   prpo_min_gap: int = 10
-  prpo_normalization: str = "fixed"  # fixed | relative
+  prpo_normalization: Literal["fixed", "relative"] = "fixed"
   prpo_prior_std: float = 0.28867513459481287  # 1/sqrt(12); the authors' code: sqrt(1/24)
-  prpo_outcome: str = "centered"  # centered | std
-  prm: str = "arithmetic"  # which PRM scores segments (see jaxgrpo.prm)
+  prpo_outcome: Literal["centered", "std"] = "centered"
+  prm: str = "arithmetic"  # arithmetic | neural (needs prm_path) | module:function
+  prm_path: str | None = None  # a Qwen2.5-Math-PRM-style HF directory for prm=neural
+  prm_separator: str = "<extra_0>"  # the neural PRM's step separator token
+
+  def __post_init__(self):
+    object.__setattr__(self, "prm_path", _expand(self.prm_path))
+    _check_literals(self, "objective.")
+    _require(self.ddof in (0, 1), "objective.ddof", "0 or 1", self.ddof)
+    _require(self.eps >= 0, "objective.eps", ">= 0", self.eps)
+    _require(self.clip_eps_low >= 0, "objective.clip_eps_low", ">= 0", self.clip_eps_low)
+    _require(self.clip_eps_high >= 0, "objective.clip_eps_high", ">= 0", self.clip_eps_high)
+    _require(self.kl_beta >= 0, "objective.kl_beta", ">= 0", self.kl_beta)
+    _require(self.num_iterations >= 1, "objective.num_iterations", ">= 1", self.num_iterations)
+    _require(self.num_minibatches >= 1, "objective.num_minibatches", ">= 1", self.num_minibatches)
+    _require(self.logprob_chunk >= 0, "objective.logprob_chunk", ">= 0", self.logprob_chunk)
+    _require(self.prpo_k >= 1, "objective.prpo_k", ">= 1", self.prpo_k)
+    _require(self.prpo_min_gap >= 1, "objective.prpo_min_gap", ">= 1", self.prpo_min_gap)
+    _require(self.prpo_prior_std > 0, "objective.prpo_prior_std", "> 0 (the fixed prior's σ0)", self.prpo_prior_std)
+    _require(self.prm in ("arithmetic", "neural") or ":" in self.prm, "objective.prm",
+             "'arithmetic', 'neural' or 'module:function'", self.prm)
+    if self.name == "prpo" and self.prm == "neural":
+      _require(bool(self.prm_path), "objective.prm_path", "a PRM checkpoint directory when objective.prm = neural",
+               self.prm_path)
+
+  @property
+  def uses_lambda(self) -> bool:
+    return self.name == "lambda_grpo" or self.lambda_weights
+
+  @property
+  def optimizer_steps_per_batch(self) -> int:
+    return self.num_iterations * self.num_minibatches
+
+  def loss_spec(self, temperature: float, allowed_ids: tuple[int, ...] | None):
+    """The update step's static ``LossSpec`` for a sampling temperature and allowed tokens."""
+    from jaxgrpo.train_step import LossSpec
+
+    return LossSpec(temperature=temperature or 1.0, clip_eps_low=self.clip_eps_low,
+                    clip_eps_high=self.clip_eps_high, kl_beta=self.kl_beta, aggregation=self.aggregation,
+                    allowed_ids=allowed_ids, logprob_chunk=self.logprob_chunk)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimSpec:
   learning_rate: float = 1e-3
-  schedule: str = "constant"  # constant | cosine | linear
+  schedule: Schedule = "constant"
   warmup_steps: int = 0
   weight_decay: float = 0.0
   b1: float = 0.9
   b2: float = 0.999
-  max_grad_norm: float = 1.0
+  max_grad_norm: float = 1.0  # 0 = no clipping
+
+  def __post_init__(self):
+    _check_literals(self, "optim.")
+    _require(self.learning_rate > 0, "optim.learning_rate", "> 0", self.learning_rate)
+    _require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+    _require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+    _require(0 <= self.b1 < 1, "optim.b1", "in [0, 1)", self.b1)
+    _require(0 <= self.b2 < 1, "optim.b2", "in [0, 1)", self.b2)
+    _require(self.max_grad_norm >= 0, "optim.max_grad_norm", ">= 0 (0 = off)", self.max_grad_norm)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  source: str = "toy_tree"  # toy_tree | arithmetic | jsonl | tfds
+  source: SourceName = "toy_tree"
   prompts_per_step: int = 1
   seed: int = 0
   path: str | None = None  # jsonl file, or TFDS data_dir
   tfds_name: str | None = None  # e.g. gsm8k
   tfds_split: str = "train"
+  system_prompt: str | None = None  # chat system turn (None: the tokenizer's template default)
   # toy tree task
   target: str = "LLRL"
   n_shared: int = 1
   r_neg: float = -1.0
   r_other: float = 0.7
+  # arithmetic task: difficulty
+  num_ops: int = 1  # operations per problem
+  max_operand: int = 30  # operands drawn from [1, max_operand]
+  ops: str = "+-"  # operators drawn from this set (subset of "+-*")
+  instruction: str = "Put the final answer in \\boxed{}."
+
+  def __post_init__(self):
+    object.__setattr__(self, "path", _expand(self.path))
+    _check_literals(self, "data.")
+    _require(self.prompts_per_step >= 1, "data.prompts_per_step", ">= 1", self.prompts_per_step)
+    _require(len(self.target) == 4 and not set(self.target) - {"L", "R"}, "data.target", "4 characters of L/R",
+             self.target)
+    _require(0 <= self.n_shared <= 4, "data.n_shared", "in [0, 4]", self.n_shared)
+    _require(1 <= self.num_ops <= 4, "data.num_ops", "in [1, 4]", self.num_ops)
+    _require(self.max_operand >= 2, "data.max_operand", ">= 2", self.max_operand)
+    _require(bool(self.ops) and not set(self.ops) - set("+-*"), "data.ops", "a non-empty subset of '+-*'", self.ops)
+    if self.source == "jsonl":
+      _require(bool(self.path), "data.path", "a JSONL file for data.source = jsonl", self.path)
+    if self.source == "tfds":
+      _require(bool(self.path and self.tfds_name), "data.path and data.tfds_name",
+               "set (a prepared TFDS data_dir and a dataset name) for data.source = tfds", (self.path, self.tfds_name))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """Held-out evaluation: at step 0, every ``every`` steps and at the end (off while num_examples = 0)."""
+
+  num_examples: int = 0
+  every: int = 0  # 0: only at the start and the end of a run
+  source: SourceName | None = None  # None: the training source's held-out split
+  path: str | None = None  # eval JSONL file (or TFDS data_dir); required for file sources
+  tfds_split: str = "test"
+  greedy: bool = True  # greedy pass@1
+  num_samples: int = 0  # n sampled completions per problem for pass@k (0 = off)
+  pass_k: tuple[int, ...] = (1,)
+  temperature: float = 1.0
+  max_new_tokens: int = 0  # 0: sampling.max_new_tokens
+  batch_size: int = 64  # prompts per sampler call
+
+  def __post_init__(self):
+    object.__setattr__(self, "path", _expand(self.path))
+    _check_literals(self, "eval.")
+    _require(self.num_examples >= 0, "eval.num_examples", ">= 0 (0 = off)", self.num_examples)
+    _require(self.every >= 0, "eval.every", ">= 0", self.every)
+    _require(self.num_samples >= 0, "eval.num_samples", ">= 0", self.num_samples)
+    _require(all(1 <= k <= max(self.num_samples, 1) for k in self.pass_k) or not self.num_samples, "eval.pass_k",
+             f"values in [1, eval.num_samples = {self.num_samples}]", list(self.pass_k))
+    _require(self.temperature > 0, "eval.temperature", "> 0 (sampled pass@k; greedy is eval.greedy)",
+             self.temperature)
+    _require(self.max_new_tokens >= 0, "eval.max_new_tokens", ">= 0", self.max_new_tokens)
+    _require(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
+
+  @property
+  def enabled(self) -> bool:
+    return self.num_examples > 0 and (self.greedy or self.num_samples > 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardSpec:
-  names: tuple[str, ...] = ("toy_tree",)  # toy_tree | math | format
+  names: tuple[str, ...] = ("toy_tree",)  # toy_tree | math | format | module:function
   weights: tuple[float, ...] = (1.0,)
+
+  def __post_init__(self):
+    _require(len(self.names) == len(self.weights), "rewards.weights",
+             f"one weight per reward name ({len(self.names)})", list(self.weights))
+    _require(len(self.names) >= 1, "rewards.names", "at least one reward", list(self.names))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +293,11 @@ class MeshSpec:
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+
+  def __post_init__(self):
+    for k in ("data", "fsdp", "tensor"):
+      v = getattr(self, k)
+      _require(v == -1 or v >= 1, f"mesh.{k}", ">= 1, or -1 for the remaining devices", v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +308,39 @@ class TrainConfig:
   output_dir: str = "runs/run"
   checkpoint_every: int = 50  # 0 = only at exit
   keep_checkpoints: int = 2
+  checkpoint_async: bool = False  # write checkpoints in the background (failures surface at the next save)
   log_every: int = 1
   progress: bool = True
+  nonfinite: NonFinite = "stop"  # a non-finite loss/gradient/parameter: stop the run, or skip that update
   model: ModelSpec = ModelSpec()
   sampling: SamplingSpec = SamplingSpec()
   objective: ObjectiveSpec = ObjectiveSpec()
   optim: OptimSpec = OptimSpec()
   data: DataSpec = DataSpec()
+  eval: EvalSpec = EvalSpec()
   rewards: RewardSpec = RewardSpec()
   mesh: MeshSpec = MeshSpec()
 
+  def __post_init__(self):
+    object.__setattr__(self, "output_dir", _expand(self.output_dir))
+    _check_literals(self, "")
+    _require(self.steps >= 1, "steps", ">= 1", self.steps)
+    _require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = only at exit)", self.checkpoint_every)
+    _require(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", self.keep_checkpoints)
+    _require(self.log_every >= 1, "log_every", ">= 1", self.log_every)
+    _require(bool(self.output_dir), "output_dir", "a directory", self.output_dir)
+    if self.sampling.group_size == 1:
+      warnings.warn("sampling.group_size = 1: every group has zero reward variance, so GRPO-style objectives get "
+                    "no learning signal", stacklevel=3)
+    if self.sampling.temperature == 0:
+      warnings.warn("sampling.temperature = 0 (greedy): the G completions of a prompt are identical, so training gets "
+                    "no learning signal", stacklevel=3)
+
   def replace(self, **kw) -> "TrainConfig":
     return dataclasses.replace(self, **kw)
+
+
+# ----------------------------------------------------------------------------- dict / YAML
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -129,9 +349,9 @@ def _field_types(cls) -> dict[str, Any]:
 
 
 def from_dict(cls, data: dict[str, Any], where: str = ""):
-  """Build a (nested) config dataclass, rejecting unknown keys by name."""
+  """Build a (nested) config dataclass, rejecting unknown keys and wrong types by name."""
   if not isinstance(data, dict):
-    raise ValueError(f"config section {where or '<root>'} must be a mapping; got {type(data).__name__}")
+    raise ValueError(f"config section {where.rstrip('.') or '<root>'} must be a mapping; got {type(data).__name__}")
   types_ = _field_types(cls)
   unknown = sorted(set(data) - set(types_))
   if unknown:
@@ -154,23 +374,49 @@ def _coerce(value, t, name):
       return None
     inner = [a for a in args if a is not type(None)]
     return _coerce(value, inner[0], name)
+  if origin is Literal:
+    if value not in args:
+      raise ValueError(f"config key {name!r} must be one of {list(args)}; got {value!r}")
+    return value
   if origin is tuple:
     if isinstance(value, str):
       value = [v for v in value.split(",") if v]
     if not isinstance(value, (list, tuple)):
       value = [value]
     return tuple(_coerce(v, args[0], name) for v in value)
-  try:
-    if t is bool:
-      if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-          raise ValueError
-        return value.lower() in ("true", "1", "yes")
+  bad = ValueError(f"config key {name!r} expects {getattr(t, '__name__', t)}; got {value!r}")
+  if t is bool:
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+      return value.lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
       return bool(value)
-    if t in (int, float, str):
-      return t(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"config key {name!r} expects {t.__name__}; got {value!r}") from None
+    raise bad
+  if t is int:
+    if isinstance(value, bool):
+      raise bad
+    if isinstance(value, int):
+      return value
+    if isinstance(value, float) and value.is_integer():
+      return int(value)
+    if isinstance(value, str):
+      try:
+        return int(value)
+      except ValueError:
+        raise bad from None
+    raise ValueError(f"config key {name!r} expects an integer; got {value!r}")
+  if t is float:
+    if isinstance(value, bool):
+      raise bad
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      raise bad from None
+  if t is str:
+    if isinstance(value, (dict, list)):
+      raise bad
+    return str(value)
   return value
 
 
@@ -179,6 +425,17 @@ def to_dict(cfg) -> dict[str, Any]:
   for f in dataclasses.fields(cfg):
     v = getattr(cfg, f.name)
     out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+  return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} → {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, prefix + k + "."))
+    else:
+      out[prefix + k] = v
   return out
 
 
@@ -202,10 +459,21 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 def load_config(path: str | None = None, overrides: list[str] = (), base: TrainConfig | None = None) -> TrainConfig:
+  """A config from a YAML file (which may start from ``preset: NAME``), then ``overrides``."""
+  from jaxgrpo.presets import preset
+
   cfg = base or TrainConfig()
   if path:
-    with open(path) as f:
-      data = yaml.safe_load(f) or {}
+    path = os.path.expanduser(path)
+    try:
+      with open(path) as f:
+        data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+      raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+      data = {}
+    if not isinstance(data, dict):
+      raise ValueError(f"{path}: the YAML root must be a mapping of config keys; got {type(data).__name__}")
     preset_name = data.pop("preset", None)
     if preset_name:
       cfg = preset(preset_name)
@@ -226,42 +494,29 @@ def _deep_update(dst: dict, src: dict, where: str = "") -> None:
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:
-  with open(path, "w") as f:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
     yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+  os.replace(tmp, path)
 
 
-def preset(name: str) -> TrainConfig:
-  """Named configurations: toy | smollm2_arithmetic | lambda_grpo_paper | prpo_paper."""
-  if name == "toy":  # λ-GRPO's Table 1 task with a small GPT-2-architecture model made here
-    return TrainConfig(name="toy", steps=250, output_dir="runs/toy", checkpoint_every=0)
-  if name == "smollm2_arithmetic":
-    return TrainConfig(
-        name="smollm2_arithmetic", steps=200, output_dir="runs/smollm2_arithmetic",
-        model=ModelSpec(checkpoint="smollm2"),
-        sampling=SamplingSpec(group_size=8, max_new_tokens=64, temperature=1.0),
-        objective=ObjectiveSpec(name="lambda_grpo", kl_beta=0.0, num_minibatches=4),
-        optim=OptimSpec(learning_rate=1e-6, max_grad_norm=1.0),
-        data=DataSpec(source="arithmetic", prompts_per_step=8),
-        rewards=RewardSpec(names=("math", "format"), weights=(1.0, 0.1)),
-    )
-  if name == "lambda_grpo_paper":  # arXiv 2509.21154 downstream setting (needs accelerators)
-    return TrainConfig(
-        name="lambda_grpo_paper", steps=1000, output_dir="runs/lambda_grpo_paper", checkpoint_every=100,
-        model=ModelSpec(checkpoint="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", dtype="bfloat16"),
-        sampling=SamplingSpec(group_size=6, max_new_tokens=4096, temperature=0.75),
-        objective=ObjectiveSpec(name="lambda_grpo", kl_beta=0.0),
-        optim=OptimSpec(learning_rate=1e-6),
-        data=DataSpec(source="jsonl", prompts_per_step=4, path="openrs.jsonl"),
-        rewards=RewardSpec(names=("math",), weights=(1.0,)),
-    )
-  if name == "prpo_paper":  # arXiv 2601.07182 (needs accelerators and a PRM checkpoint)
-    return TrainConfig(
-        name="prpo_paper", steps=1000, output_dir="runs/prpo_paper", checkpoint_every=100,
-        model=ModelSpec(checkpoint="Qwen/Qwen2.5-Math-1.5B", dtype="bfloat16"),
-        sampling=SamplingSpec(group_size=8, max_new_tokens=2048, temperature=1.0),
-        objective=ObjectiveSpec(name="prpo", kl_beta=0.001, clip_eps_low=0.2, clip_eps_high=0.2, prm="neural"),
-        optim=OptimSpec(learning_rate=1e-6),
-        data=DataSpec(source="tfds", tfds_name="math_dataset", prompts_per_step=128),
-        rewards=RewardSpec(names=("math",), weights=(1.0,)),
-    )
-  raise ValueError(f"unknown preset {name!r}; choose from toy, smollm2_arithmetic, lambda_grpo_paper, prpo_paper")
+def read_config(path: str) -> TrainConfig:
+  with open(path) as f:
+    return from_dict(TrainConfig, yaml.safe_load(f))
+
+
+# Keys a resumed run may change: they do not alter what has been trained or how training continues.
+RESUME_SAFE_KEYS = ("name", "checkpoint_every", "keep_checkpoints", "checkpoint_async", "log_every", "progress",
+                    "nonfinite", "output_dir")
+
+
+def resume_changes(saved: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str]]:
+  """(changed keys that would change training, changed keys that are safe) between two configs.
+
+  ``steps`` is safe with a constant learning rate; with a schedule it changes the schedule."""
+  a, b = flatten(to_dict(saved)), flatten(to_dict(new))
+  changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  safe = [k for k in changed if k in RESUME_SAFE_KEYS or k.startswith("eval.")]
+  if "steps" in changed and new.optim.schedule == "constant":
+    safe.append("steps")
+  return [k for k in changed if k not in safe], safe

@@ -1,14 +1,21 @@
-"""Prompt sources.  A source is indexable: ``source[i]`` is the i-th example of a
-deterministic stream, so a run resumes from its data position exactly.
+"""Prompt sources: the task's examples and what counts as a correct completion.
 
-Sources: the λ-GRPO toy binary tree, synthetic arithmetic word problems (made
-from a seed), JSONL files and TFDS datasets (gsm8k, math_dataset) read from a
-local ``data_dir``.
+A source is indexable: ``source[i]`` is the i-th example of a deterministic
+stream, so a run resumes from its data position exactly.  ``is_correct(example,
+completion)`` defines the task's accuracy (used for training metrics and for
+evaluation), so the training loop needs no task-specific code.
+
+Sources: the λ-GRPO toy binary tree, synthetic arithmetic (difficulty set by the
+number of operations, the operand range and the operators; a train split and a
+held-out eval split that are disjoint by construction), JSONL files and TFDS
+datasets (gsm8k, math_dataset) read from a local ``data_dir``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import random
 from typing import Any, Protocol, Sequence
@@ -26,63 +33,147 @@ class Example:
 class Source(Protocol):
   def __getitem__(self, index: int) -> Example: ...
 
+  def is_correct(self, example: Example, completion: str) -> bool: ...
+
+
+@functools.lru_cache(maxsize=1)
+def _math_verify():
+  from math_verify import parse, verify  # lazy: optional dependency
+
+  return parse, verify
+
+
+def answer_matches(answer: str, completion: str) -> bool:
+  """True if the completion's final answer equals ``answer`` (math-verify; \\boxed{} or the last number)."""
+  parse, verify = _math_verify()
+  gold = parse("$" + answer + "$") if "\\boxed" not in answer else parse(answer)
+  pred = parse(completion)
+  if not pred:
+    return False
+  try:
+    return bool(verify(gold, pred))
+  except Exception:  # math-verify can raise on exotic expressions: count as wrong
+    return False
+
+
+class MathTask:
+  """Correct = the final answer matches the reference answer."""
+
+  def is_correct(self, example: Example, completion: str) -> bool:
+    return answer_matches(example.answer, completion)
+
 
 # ----------------------------------------------------------------------------- toy tree
 
 
 @dataclasses.dataclass(frozen=True)
 class ToyTreeSource:
-  """λ-GRPO's toy task: after BOS, emit 4 tokens, each L or R (16 leaves)."""
+  """λ-GRPO's toy task: after BOS, emit 4 tokens, each L or R (16 leaves).  Correct = the target leaf."""
 
   target: str = "LLRL"
 
   def __getitem__(self, index: int) -> Example:
     return Example(prompt="<bos>", answer=self.target, meta={"index": index})
 
+  def is_correct(self, example: Example, completion: str) -> bool:
+    return completion == example.answer
+
 
 # ----------------------------------------------------------------------------- arithmetic
 
-_NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo"]
-_ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "shells", "cards"]
+EVAL_PERCENT = 20  # share of the arithmetic problem space reserved for evaluation
+
+
+def _bucket(expression: str) -> int:
+  return int(hashlib.sha256(expression.encode()).hexdigest()[:8], 16) % 100
 
 
 @dataclasses.dataclass(frozen=True)
-class ArithmeticSource:
-  """Two- or three-step word problems with integer answers, made from (seed, index)."""
+class ArithmeticSource(MathTask):
+  """Integer arithmetic problems ``a op b [op c ...]`` from (seed, index), evaluated left to right.
+
+  Difficulty: ``num_ops`` operations, operands in [1, max_operand], operators
+  from ``ops`` (subset of "+-*"); results are never negative.  The problem
+  space is split by a hash of the expression: EVAL_PERCENT% of all problems
+  belong to the ``eval`` split and never appear in ``train``.  The eval split
+  yields distinct problems (``len`` tells how many exist).
+  """
 
   seed: int = 0
+  split: str = "train"  # train | eval
+  num_ops: int = 1
+  max_operand: int = 30
+  ops: str = "+-"
+  instruction: str = "Put the final answer in \\boxed{}."
+
+  def __post_init__(self):
+    if self.split not in ("train", "eval"):
+      raise ValueError(f"split must be 'train' or 'eval'; got {self.split!r}")
+
+  def _candidate(self, rng: random.Random) -> tuple[str, int, list[str]] | None:
+    value = rng.randint(1, self.max_operand)
+    text, steps = str(value), []
+    for k in range(self.num_ops):
+      op = rng.choice(self.ops)
+      x = rng.randint(1, self.max_operand)
+      new = value + x if op == "+" else value - x if op == "-" else value * x
+      if new < 0:
+        return None
+      steps.append(f"{value} {op} {x} = {new}")
+      text = f"({text}) {op} {x}" if op == "*" and k > 0 else f"{text} {op} {x}"  # left to right
+      value = new
+    return text, value, steps
+
+  def _draw(self, index: int, attempt_start: int = 0) -> tuple[Example, int]:
+    want_eval = self.split == "eval"
+    attempt = attempt_start
+    while True:
+      if attempt - attempt_start > 10_000:
+        raise ValueError(f"no {self.split} problem found in 10,000 draws at this difficulty (num_ops={self.num_ops}, "
+                         f"max_operand={self.max_operand}, ops={self.ops!r}): the problem space is too small")
+      rng = random.Random(f"{self.seed}/{self.split}/{index}/{attempt}")
+      attempt += 1
+      cand = self._candidate(rng)
+      if cand is None or (_bucket(cand[0]) < EVAL_PERCENT) != want_eval:
+        continue
+      text, value, steps = cand
+      prompt = f"What is {text}? {self.instruction}".strip()
+      meta = {"expression": text, "steps": steps, "index": index}
+      return Example(prompt=prompt, answer=str(value), meta=meta), attempt
 
   def __getitem__(self, index: int) -> Example:
-    rng = random.Random(self.seed * 1_000_003 + index)
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    a, b = rng.randint(2, 30), rng.randint(2, 30)
-    kind = rng.randrange(3)
-    if kind == 0:
-      c = rng.randint(1, a + b - 1)
-      q = f"{name} has {a} {item}, gets {b} more, then gives away {c}. How many {item} does {name} have now?"
-      steps, ans = [f"{a} + {b} = {a + b}", f"{a + b} - {c} = {a + b - c}"], a + b - c
-    elif kind == 1:
-      c = rng.randint(2, 6)
-      q = f"{name} buys {c} boxes with {a} {item} each and finds {b} more. How many {item} in total?"
-      steps, ans = [f"{c} * {a} = {c * a}", f"{c * a} + {b} = {c * a + b}"], c * a + b
-    else:
-      c = rng.randint(2, 5)
-      total = a * c
-      q = f"{name} shares {total} {item} equally among {c} friends, then each friend gets {b} more. How many does each friend have?"
-      steps, ans = [f"{total} / {c} = {a}", f"{a} + {b} = {a + b}"], a + b
-    prompt = q + " Show each calculation as 'x op y = z' on its own line, then give the final answer in \\boxed{}."
-    return Example(prompt=prompt, answer=str(ans), meta={"steps": steps, "index": index})
+    if self.split == "eval":
+      return self.eval_examples(index + 1)[index]
+    return self._draw(index)[0]
+
+  @functools.lru_cache(maxsize=4)
+  def eval_examples(self, n: int) -> tuple[Example, ...]:
+    """The first n distinct eval problems (raises if the eval split has fewer)."""
+    out, seen, index, misses = [], set(), 0, 0
+    while len(out) < n:
+      ex, _ = self._draw(index)
+      index += 1
+      if ex.meta["expression"] in seen:
+        misses += 1
+        if misses > 50 * n + 1000:
+          raise ValueError(f"the arithmetic eval split has only {len(out)} distinct problems at this difficulty "
+                           f"(num_ops={self.num_ops}, max_operand={self.max_operand}, ops={self.ops!r}); "
+                           f"ask for fewer eval examples or a harder task")
+        continue
+      seen.add(ex.meta["expression"])
+      out.append(dataclasses.replace(ex, meta={**ex.meta, "index": len(out)}))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- files and TFDS
 
 
-class _Shuffled:
+class _Shuffled(MathTask):
   """Cycle through a finite list of examples, reshuffled (seeded) every epoch."""
 
-  def __init__(self, examples: Sequence[Example], seed: int):
+  def __init__(self, examples: Sequence[Example], seed: int, name: str = "data source"):
     if not examples:
-      raise ValueError("the data source is empty")
+      raise ValueError(f"{name} is empty")
     self.examples, self.seed = list(examples), seed
 
   def __len__(self) -> int:
@@ -94,20 +185,39 @@ class _Shuffled:
     return self.examples[order[i]]
 
 
-def jsonl_source(path: str, seed: int = 0, prompt_key: str = "prompt", answer_key: str = "answer") -> _Shuffled:
-  """Examples from a JSONL file with ``prompt`` and ``answer`` fields (other fields go to meta)."""
+def read_jsonl(path: str, prompt_key: str = "prompt", answer_key: str = "answer") -> list[Example]:
+  """Examples from a JSONL file; errors name the file and the line (malformed JSON, non-UTF-8,
+  a missing or null field, a row that is not an object)."""
   examples = []
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
+  try:
+    f = open(path, "rb")
+  except OSError as e:
+    raise FileNotFoundError(f"JSONL file {path}: {e.strerror}") from None
+  with f:
+    for lineno, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
       if not line.strip():
         continue
-      row = json.loads(line)
-      missing = [k for k in (prompt_key, answer_key) if k not in row]
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+      if not isinstance(row, dict):
+        raise ValueError(f"{path}:{lineno}: each line must be a JSON object; got {type(row).__name__}")
+      missing = [k for k in (prompt_key, answer_key) if row.get(k) is None]
       if missing:
-        raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
+        raise ValueError(f"{path}:{lineno}: missing or null field(s) {missing}")
       meta = {k: v for k, v in row.items() if k not in (prompt_key, answer_key)}
-      examples.append(Example(str(row[prompt_key]), str(row[answer_key]), meta))
-  return _Shuffled(examples, seed)
+      examples.append(Example(str(row[prompt_key]), str(row[answer_key]), {**meta, "line": lineno}))
+  return examples
+
+
+def jsonl_source(path: str, seed: int = 0, prompt_key: str = "prompt", answer_key: str = "answer") -> _Shuffled:
+  """A shuffled stream over a JSONL file with ``prompt`` and ``answer`` fields (other fields go to meta)."""
+  return _Shuffled(read_jsonl(path, prompt_key, answer_key), seed, name=f"JSONL file {path}")
 
 
 def _tfds_example(name: str, row: dict[str, Any]) -> Example:
@@ -120,32 +230,82 @@ def _tfds_example(name: str, row: dict[str, Any]) -> Example:
   raise ValueError(f"no field mapping for TFDS dataset {name!r} (supported: gsm8k, math_dataset/*)")
 
 
-def tfds_source(name: str, data_dir: str, split: str = "train", seed: int = 0, limit: int | None = None) -> _Shuffled:
-  """Examples from a TFDS dataset already prepared in ``data_dir`` (no downloads)."""
+def tfds_examples(name: str, data_dir: str, split: str = "train", limit: int | None = None) -> list[Example]:
+  """Examples of a TFDS dataset already prepared in ``data_dir`` (no downloads)."""
   import tensorflow_datasets as tfds
 
   ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
-  rows = tfds.as_numpy(ds)
   examples = []
-  for i, row in enumerate(rows):
+  for i, row in enumerate(tfds.as_numpy(ds)):
     if limit is not None and i >= limit:
       break
     examples.append(_tfds_example(name, row))
-  return _Shuffled(examples, seed)
+  return examples
+
+
+def tfds_source(name: str, data_dir: str, split: str = "train", seed: int = 0, limit: int | None = None) -> _Shuffled:
+  return _Shuffled(tfds_examples(name, data_dir, split, limit), seed, name=f"TFDS {name} split {split}")
+
+
+class FixedExamples(MathTask):
+  """A finite list of examples (an eval set), indexable in order."""
+
+  def __init__(self, examples: Sequence[Example], task: Source | None = None):
+    self.examples = list(examples)
+    self.task = task
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def __getitem__(self, index: int) -> Example:
+    return self.examples[index]
+
+  def is_correct(self, example: Example, completion: str) -> bool:
+    return self.task.is_correct(example, completion) if self.task is not None else super().is_correct(example,
+                                                                                                       completion)
 
 
 def make_source(spec) -> Source:
-  """A source from a ``DataSpec``."""
+  """The training stream from a ``DataSpec``."""
   if spec.source == "toy_tree":
     return ToyTreeSource(spec.target)
   if spec.source == "arithmetic":
-    return ArithmeticSource(spec.seed)
+    return ArithmeticSource(spec.seed, "train", spec.num_ops, spec.max_operand, spec.ops, spec.instruction)
   if spec.source == "jsonl":
-    if not spec.path:
-      raise ValueError("data.path must name a JSONL file for source 'jsonl'")
     return jsonl_source(spec.path, spec.seed)
   if spec.source == "tfds":
-    if not spec.tfds_name or not spec.path:
-      raise ValueError("data.tfds_name and data.path (the TFDS data_dir) are required for source 'tfds'")
     return tfds_source(spec.tfds_name, spec.path, spec.tfds_split, spec.seed)
   raise ValueError(f"data.source must be toy_tree | arithmetic | jsonl | tfds; got {spec.source!r}")
+
+
+def make_eval_source(data, ev) -> FixedExamples:
+  """The held-out examples for an ``EvalSpec`` (``ev.num_examples`` of them, in a fixed order).
+
+  Synthetic sources use their eval split (disjoint from training by construction); JSONL needs
+  ``eval.path`` (a held-out file), TFDS reads ``eval.tfds_split``.  The toy task has one prompt:
+  its evaluation is the target frequency on that prompt.
+  """
+  kind = ev.source or data.source
+  n = ev.num_examples
+  if kind == "toy_tree":
+    task = ToyTreeSource(data.target)
+    return FixedExamples([task[i] for i in range(n)], task)
+  if kind == "arithmetic":
+    src = ArithmeticSource(data.seed, "eval", data.num_ops, data.max_operand, data.ops, data.instruction)
+    return FixedExamples(src.eval_examples(n), src)
+  if kind == "jsonl":
+    if not ev.path:
+      raise ValueError("config key 'eval.path' must name a held-out JSONL file to evaluate a JSONL source "
+                       "(the training file is never reused for evaluation)")
+    if data.source == "jsonl" and ev.path == data.path:
+      raise ValueError(f"config key 'eval.path' names the training file {ev.path}: use a held-out file")
+    examples = read_jsonl(ev.path)
+  elif kind == "tfds":
+    if ev.tfds_split == data.tfds_split and (ev.source is None or ev.source == data.source):
+      raise ValueError(f"config key 'eval.tfds_split' = {ev.tfds_split!r} is the training split: use a held-out one")
+    examples = tfds_examples(data.tfds_name, ev.path or data.path, ev.tfds_split, limit=n)
+  else:
+    raise ValueError(f"eval.source must be toy_tree | arithmetic | jsonl | tfds; got {kind!r}")
+  if len(examples) < n:
+    raise ValueError(f"eval.num_examples = {n} but the eval data has only {len(examples)} examples")
+  return FixedExamples(examples[:n])

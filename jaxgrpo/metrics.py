@@ -1,38 +1,85 @@
-"""Metrics sinks: JSONL and TensorBoard event files."""
+"""Metrics sinks: JSONL (the record) and TensorBoard event files (rebuilt from it on resume).
+
+A resumed run first truncates metrics.jsonl to the steps its checkpoint covers
+and rewrites the TensorBoard files from what is left, so after a crash every
+step appears once in both.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 from typing import Mapping
 
 import numpy as np
 
-
-class MetricsWriter:
-  def __init__(self, directory: str, tensorboard: bool = True):
-    os.makedirs(directory, exist_ok=True)
-    self.jsonl = open(os.path.join(directory, "metrics.jsonl"), "a")
-    self.tb = None
-    if tensorboard:
-      from tensorboardX import SummaryWriter
-
-      self.tb = SummaryWriter(os.path.join(directory, "tb"))
-
-  def write(self, step: int, metrics: Mapping[str, float]) -> None:
-    clean = {k: float(np.asarray(v)) for k, v in metrics.items()}
-    self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-    self.jsonl.flush()
-    if self.tb is not None:
-      for k, v in clean.items():
-        self.tb.add_scalar(k, v, step)
-
-  def close(self) -> None:
-    self.jsonl.close()
-    if self.tb is not None:
-      self.tb.close()
+METRICS_FILE = "metrics.jsonl"
 
 
 def read_jsonl(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsWriter:
+  """Appends ``{"step": N, **metrics}`` rows; ``keep_until`` drops rows after a resumed run's step."""
+
+  def __init__(self, directory: str, tensorboard: bool = True, keep_until: int | None = None):
+    os.makedirs(directory, exist_ok=True)
+    self.path = os.path.join(directory, METRICS_FILE)
+    self.tb_dir = os.path.join(directory, "tb")
+    rows = []
+    if os.path.exists(self.path):
+      rows = [r for r in _read_tolerant(self.path) if keep_until is not None and r.get("step", 0) <= keep_until]
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        for r in rows:
+          f.write(json.dumps(r) + "\n")
+      os.replace(tmp, self.path)
+    self.jsonl = open(self.path, "a")
+    self.tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+
+      shutil.rmtree(self.tb_dir, ignore_errors=True)
+      self.tb = SummaryWriter(self.tb_dir)
+      for r in rows:
+        self._tb_write(r["step"], {k: v for k, v in r.items() if k != "step"})
+
+  def _tb_write(self, step: int, metrics: Mapping[str, float]) -> None:
+    for k, v in metrics.items():
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        self.tb.add_scalar(k, v, step)
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    clean = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    try:
+      self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+      self.jsonl.flush()
+      if self.tb is not None:
+        self._tb_write(step, clean)
+        self.tb.flush()
+    except OSError as e:
+      raise OSError(e.errno, f"writing metrics of step {step} to {os.path.dirname(self.path)}: {e.strerror}") from None
+
+  def close(self) -> None:
+    for f in (self.jsonl, self.tb):
+      if f is not None:
+        try:
+          f.close()
+        except OSError:  # already reported by write()
+          pass
+
+
+def _read_tolerant(path: str) -> list[dict]:
+  """Rows of a metrics file, ignoring a last line cut short by a crash."""
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows

@@ -19,7 +19,10 @@ How it is computed (sorted-hash comparisons, as in the design):
      back — O(G log G) per position;
    * ``"compare"``: compare-and-count over the group — O(G²) per position,
      accumulated member by member so no G×G×T intermediate is materialized.
-   ``"auto"`` picks from the table measured by ``experiments/bench_prefix.py``.
+   ``"auto"`` picks compare up to G = 256 on CPU (measured by
+   ``experiments/bench_prefix.py``: compare wins at every G measured there) and
+   up to G = 32 on GPU/TPU, where the crossover has NOT been measured (a guess;
+   pass ``method`` explicitly if it matters to you).
 
 Collision bound.  Two different prefixes of the same length collide in one lane
 iff the sum of ``f`` over the positions where they differ cancels mod 2^32.
@@ -39,6 +42,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from jaxgrpo.hashing import fmix32
+
 Method = Literal["auto", "sort", "compare"]
 
 _LANE_KEYS = (0x9E3779B9, 0x85EBCA77)  # one salt per 32-bit lane
@@ -46,18 +51,10 @@ _POS_MULT = (0xC2B2AE3D, 0x27D4EB2F)
 
 # Crossover measured on a 2-core x86 CPU (experiments/bench_prefix.py): the fused
 # compare beats the sort for every G we measured there (sorting small segments
-# is slow on XLA:CPU).  On GPU/TPU sorting is cheap and O(G log G) wins earlier.
-_COMPARE_MAX_G = {"cpu": 256, "gpu": 32, "tpu": 32}  # gpu/tpu: not measured yet
+# is slow on XLA:CPU).  GPU/TPU: UNMEASURED — the value 32 is a guess (sorting is
+# cheap there, so O(G log G) should win earlier); pass method= explicitly to choose.
+_COMPARE_MAX_G = {"cpu": 256, "gpu": 32, "tpu": 32}
 _UNROLL_MAX_G = 32
-
-
-def _fmix32(x: jax.Array) -> jax.Array:
-  """murmur3's 32-bit finalizer: a bijective avalanche mix of uint32 values."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
 
 
 def prefix_hashes(tokens: jax.Array, mask: jax.Array, seed: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -79,7 +76,7 @@ def prefix_hashes(tokens: jax.Array, mask: jax.Array, seed: int = 0) -> tuple[ja
   lanes = []
   for key, mult in zip(_LANE_KEYS, _POS_MULT):
     k = jnp.uint32((key + 0x632BE5AB * seed) & 0xFFFFFFFF)
-    f = _fmix32(_fmix32(tok ^ k) + pos * jnp.uint32(mult))
+    f = fmix32(fmix32(tok ^ k) + pos * jnp.uint32(mult))
     f = jnp.where(valid, f, jnp.uint32(0))
     lanes.append(jnp.cumsum(f, axis=-1, dtype=jnp.uint32))
   return lanes[0], lanes[1]
@@ -170,7 +167,7 @@ def _flatten_groups(x: jax.Array, trailing: int) -> jax.Array:
   return x.reshape((-1,) + x.shape[x.ndim - trailing:])
 
 
-def _check_group_shapes(tokens, mask, rewards=None):
+def check_group_shapes(tokens, mask, rewards=None) -> None:
   """Static (trace-time) shape checks; free under jit, no runtime asserts."""
   if tokens.ndim < 2:
     raise ValueError(f"tokens must have shape [..., G, T]; got shape {tokens.shape}")
@@ -209,7 +206,7 @@ def group_prefix_reduce(
   """
   tokens = jnp.asarray(tokens)
   mask = jnp.asarray(mask)
-  _check_group_shapes(tokens, mask, values)
+  check_group_shapes(tokens, mask, values)
   g = tokens.shape[-2]
   if method == "auto":
     method = _default_method(g)

@@ -104,10 +104,46 @@ def head_from_hf(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
           "w2": tensors["score.2.weight"].T, "b2": tensors["score.2.bias"]}
 
 
-def make_prm(name: str) -> PRM:
-  if name == "arithmetic":
+class NeuralPRMScorer:
+  """A neural PRM as a PRM function: the question and the segments (each followed by the separator,
+  the last included) go through the PRM's chat template; P(correct) is read at each separator."""
+
+  SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+  def __init__(self, path: str, separator: str = "<extra_0>", dtype: str = "float32"):
+    from jaxgrpo.tokenizers import HFTokenizer
+
+    self.tokenizer = HFTokenizer(path)
+    self.separator = separator
+    self.prm, self.params = load_neural_prm(path, self.tokenizer.token_id(separator), dtype)
+    self._probs = jax.jit(self.prm.step_probs)
+
+  def __call__(self, example: Example, segments: Sequence[str]) -> list[float]:
+    messages = [{"role": "system", "content": self.SYSTEM}, {"role": "user", "content": example.prompt},
+                {"role": "assistant", "content": "".join(s + self.separator for s in segments)}]
+    text = self.tokenizer.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    ids = np.asarray([self.tokenizer.tok(text, add_special_tokens=False)["input_ids"]], np.int32)
+    n = ids.shape[1]
+    padded = -(-n // 64) * 64  # fewer shapes to compile
+    ids_p = np.full((1, padded), self.tokenizer.pad_id, np.int32)
+    ids_p[0, :n] = ids[0]
+    mask = np.zeros((1, padded), np.int32)
+    mask[0, :n] = 1
+    scores = self.prm.score_ids(self.params, ids_p, mask)[0]
+    if len(scores) != len(segments):
+      raise ValueError(f"the PRM read {len(scores)} separator scores for {len(segments)} segments (a segment "
+                       f"contains the separator {self.separator!r}?)")
+    return scores
+
+
+def make_prm(spec) -> PRM:
+  """The PRM an ``ObjectiveSpec`` names: ``arithmetic``, ``neural`` (from ``prm_path``) or ``module:function``."""
+  if spec.prm == "arithmetic":
     return ArithmeticPRM()
-  raise ValueError(
-      f"PRM {name!r} is not available here; 'arithmetic' is built in, a neural PRM needs a checkpoint "
-      "(see jaxgrpo.prm.NeuralPRM)"
-  )
+  if spec.prm == "neural":
+    if not spec.prm_path:
+      raise ValueError("objective.prm = neural needs objective.prm_path (a Qwen2.5-Math-PRM-style directory)")
+    return NeuralPRMScorer(spec.prm_path, spec.prm_separator)
+  from jaxgrpo.rewards import load_object
+
+  return load_object(spec.prm, "objective.prm")

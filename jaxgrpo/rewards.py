@@ -1,15 +1,21 @@
-"""Reward functions: (prompt, completion, example) → float, and scoring with checks."""
+"""Reward functions: (prompt, completion, example) → float, and scoring with checks.
+
+Built in: ``toy_tree`` (λ-GRPO's toy task), ``math`` (the final answer matches the reference, via
+math-verify) and ``format`` (a \\boxed{} answer).  Any other name of the form ``module:function`` is
+imported: a function ``(prompt, completion, example) -> float`` (e.g. ``rewards.names=[mypkg.rw:length_bonus]``).
+"""
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import importlib
 import math
 import re
 from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxgrpo.data import Example
+from jaxgrpo.data import Example, answer_matches
 
 RewardFn = Callable[[str, str, Example], float]
 
@@ -20,14 +26,14 @@ def toy_tree_reward(target: str = "LLRL", n_shared: int = 1, r_neg: float = -1.0
   if len(target) != 4 or set(target) - {"L", "R"}:
     raise ValueError(f"target must be 4 characters of L/R; got {target!r}")
 
-  def reward(prompt: str, completion: str, example: Example) -> float:
+  def toy_tree(prompt: str, completion: str, example: Example) -> float:
     if completion == target:
       return 1.0
     if completion[:n_shared] == target[:n_shared]:
       return r_neg
     return r_other
 
-  return reward
+  return toy_tree
 
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -38,30 +44,32 @@ def format_reward(prompt: str, completion: str, example: Example) -> float:
   return 1.0 if _BOXED.search(completion) else 0.0
 
 
-@functools.lru_cache(maxsize=1)
-def _math_verify():
-  from math_verify import parse, verify  # lazy: optional dependency
-
-  return parse, verify
-
-
 def math_reward(prompt: str, completion: str, example: Example) -> float:
   """1 if the completion's final answer equals the reference (math-verify), else 0."""
-  parse, verify = _math_verify()
-  gold = parse("$" + example.answer + "$") if "\\boxed" not in example.answer else parse(example.answer)
-  pred = parse(completion)
-  if not pred:
-    return 0.0
+  return 1.0 if answer_matches(example.answer, completion) else 0.0
+
+
+def load_object(spec: str, what: str):
+  """``module:attribute`` → the attribute (a reward function, a PRM, ...), with errors that name ``spec``."""
+  module_name, _, attr = spec.partition(":")
+  if not module_name or not attr:
+    raise ValueError(f"{what} {spec!r} must be a built-in name or 'module:function'")
   try:
-    return 1.0 if verify(gold, pred) else 0.0
-  except Exception:  # math-verify can raise on exotic expressions: count as wrong
-    return 0.0
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r} ({e})") from None
+  obj = module
+  for part in attr.split("."):
+    if not hasattr(obj, part):
+      raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    obj = getattr(obj, part)
+  if not callable(obj):
+    raise ValueError(f"{what} {spec!r} is not callable")
+  return obj
 
 
 def make_rewards(spec, data_spec) -> list[tuple[RewardFn, float]]:
-  """Reward functions and weights from a ``RewardSpec``."""
-  if len(spec.names) != len(spec.weights):
-    raise ValueError(f"rewards.names ({len(spec.names)}) and rewards.weights ({len(spec.weights)}) differ in length")
+  """Reward functions and weights from a ``RewardSpec`` (built-in names or ``module:function``)."""
   table = {
       "toy_tree": lambda: toy_tree_reward(data_spec.target, data_spec.n_shared, data_spec.r_neg, data_spec.r_other),
       "math": lambda: math_reward,
@@ -69,10 +77,40 @@ def make_rewards(spec, data_spec) -> list[tuple[RewardFn, float]]:
   }
   out = []
   for name, w in zip(spec.names, spec.weights):
-    if name not in table:
-      raise ValueError(f"unknown reward {name!r}; choose from {sorted(table)}")
-    out.append((table[name](), float(w)))
+    if name in table:
+      out.append((table[name](), float(w)))
+    elif ":" in name:
+      out.append((load_object(name, "reward"), float(w)))
+    else:
+      raise ValueError(f"unknown reward {name!r}; choose from {sorted(table)} or name a 'module:function'")
   return out
+
+
+def reward_name(fn: RewardFn) -> str:
+  return getattr(fn, "__name__", type(fn).__name__)
+
+
+def score_rows(
+    rewards: Sequence[tuple[RewardFn, float]],
+    examples: Sequence[Example],
+    completions: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+  """Score one completion per row: (weighted total float32[n], unweighted parts float64[len(rewards), n]).
+
+  A NaN, inf, missing or non-numeric reward raises ValueError naming the reward function, the example
+  and the completion."""
+  parts = np.zeros((len(rewards), len(completions)), np.float64)
+  for k, (fn, _) in enumerate(rewards):
+    for i, (ex, text) in enumerate(zip(examples, completions)):
+      r = fn(ex.prompt, text, ex)
+      if not _finite_scalar(r):
+        raise ValueError(
+            f"reward {reward_name(fn)!r} returned {r!r} for example {ex.meta.get('index', i)} "
+            f"(prompt {ex.prompt[:60]!r}), completion {text[:60]!r}: rewards must be finite numbers"
+        )
+      parts[k, i] = float(r)
+  weights = np.asarray([w for _, w in rewards], np.float64)
+  return (weights @ parts).astype(np.float32), parts
 
 
 def score_components(
@@ -81,26 +119,23 @@ def score_components(
     completions: Sequence[Sequence[str]],
     examples: Sequence[Example],
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-  """(weighted total float32[B, G], unweighted value of each reward function [B, G]).
-
-  A NaN, inf or missing reward raises ValueError naming the reward function and the example."""
+  """(weighted total float32[B, G], unweighted value of each reward function [B, G]) for B groups of G."""
   b, g = len(completions), len(completions[0]) if completions else 0
-  parts = []
-  for fn, _ in rewards:
-    name = getattr(fn, "__name__", repr(fn))
-    part = np.zeros((b, g), np.float64)
-    for i in range(b):
-      for j in range(g):
-        r = fn(prompts[i], completions[i][j], examples[i])
-        if r is None or not isinstance(r, (int, float, np.floating, np.integer)) or not math.isfinite(float(r)):
-          raise ValueError(
-              f"reward {name!r} returned {r!r} for example {examples[i].meta.get('index', i)} "
-              f"(prompt {prompts[i][:60]!r}), completion {j}: rewards must be finite numbers"
-          )
-        part[i, j] = float(r)
-    parts.append(part)
-  total = sum((w * p for (_, w), p in zip(rewards, parts)), np.zeros((b, g)))
-  return total.astype(np.float32), parts
+  rows_ex = [dataclasses.replace(e, prompt=p) for e, p in zip(examples, prompts) for _ in range(g)]
+  total, parts = score_rows(rewards, rows_ex, [c for group in completions for c in group])
+  return total.reshape(b, g), [p.reshape(b, g) for p in parts]
+
+
+def _finite_scalar(r) -> bool:
+  """A finite real number: Python, numpy or jax scalar (0-d array), bool included."""
+  if r is None or isinstance(r, (str, bytes)):
+    return False
+  try:
+    a = np.asarray(r)
+  except Exception:
+    return False
+  return a.ndim == 0 and (np.issubdtype(a.dtype, np.number) or a.dtype == bool) and \
+      not np.issubdtype(a.dtype, np.complexfloating) and math.isfinite(float(a))
 
 
 def score(rewards, prompts, completions, examples) -> np.ndarray:

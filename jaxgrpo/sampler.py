@@ -26,11 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgrpo import policy
 from jaxgrpo.models.transformer import Transformer, positions_from_mask
 
 FINISH_EOS = 0
 FINISH_LENGTH = 1
-_NEG = -1e30
+_NEG = policy.NEG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,10 @@ class SamplingParams:
   top_p: float = 1.0  # 1 = off
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
+
+  def kwargs(self) -> dict:
+    """The keyword arguments of ``sample`` these params stand for."""
+    return dataclasses.asdict(self)
 
   def validate(self) -> None:
     if self.group_size < 1:
@@ -79,11 +84,8 @@ def process_logits(
     logits: float32[N, V] raw next-token logits.
     allowed: optional bool[V]; disallowed tokens get probability 0.
   """
-  logits = logits.astype(jnp.float32)
-  if allowed is not None:
-    logits = jnp.where(allowed, logits, _NEG)
-  policy = logits / sp.temperature if sp.temperature > 0 else logits
-  sampling = policy
+  pol = policy.policy_logits(logits, sp.temperature, allowed)
+  sampling = pol
   if sp.top_k > 0 and sp.top_k < logits.shape[-1]:
     kth = jax.lax.top_k(sampling, sp.top_k)[0][..., -1:]
     sampling = jnp.where(sampling < kth, _NEG, sampling)
@@ -94,13 +96,10 @@ def process_logits(
     keep = before < sp.top_p  # the smallest prefix with mass >= top_p (always the top token)
     threshold = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
     sampling = jnp.where(sampling < threshold, _NEG, sampling)
-  return policy, sampling
+  return pol, sampling
 
 
-def entropy(logits: jax.Array) -> jax.Array:
-  """Shannon entropy (nats) of softmax(logits) over the last axis; -1e30 entries count as 0."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.sum(jnp.where(logits > _NEG / 2, jnp.exp(logp) * logp, 0.0), axis=-1)
+entropy = policy.entropy
 
 
 def categorical(logits: jax.Array, key: jax.Array, block: int = 128) -> tuple[jax.Array, jax.Array]:
@@ -139,14 +138,14 @@ def sample_token(
     logits: jax.Array, rng: jax.Array, sp: SamplingParams, allowed: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Sample one token per row: (token int32[N], logprob float32[N], entropy float32[N])."""
-  policy, sampling = process_logits(logits, sp, allowed)
+  pol, sampling = process_logits(logits, sp, allowed)
   if sp.temperature == 0:
     token = jnp.argmax(sampling, axis=-1).astype(jnp.int32)
     logp = jnp.take_along_axis(jax.nn.log_softmax(sampling, axis=-1), token[:, None], axis=-1)[:, 0]
-    return token, logp, entropy(policy)
+    return token, logp, entropy(pol)
   token, logp, ent = categorical(sampling, rng)
   if sp.top_k or sp.top_p < 1.0:  # truncated: the policy's entropy needs its own pass
-    ent = entropy(policy)
+    ent = entropy(pol)
   return token, logp, ent
 
 
@@ -154,10 +153,10 @@ def sample_token(
 
 
 def init_cache(model: Transformer, batch: int, length: int) -> dict[str, jax.Array]:
+  """An empty KV cache in the compute dtype: {"k", "v"} each [L, B, KV, S, Dh]."""
   cfg = model.config
   shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
-  dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+  return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "cache_len"))
@@ -166,7 +165,8 @@ def prefill(model: Transformer, params, prompt_ids: jax.Array, prompt_mask: jax.
   b, p = prompt_ids.shape
   valid = prompt_mask.astype(bool)
   slots = jnp.arange(cache_len)
-  mask = (slots[None, None, :] <= jnp.arange(p)[None, :, None]) & jnp.pad(valid, ((0, 0), (0, cache_len - p)))[:, None, :]
+  causal = slots[None, None, :] <= jnp.arange(p)[None, :, None]
+  mask = causal & jnp.pad(valid, ((0, 0), (0, cache_len - p)))[:, None, :]
   logits, cache = model.apply(
       {"params": params}, prompt_ids, positions_from_mask(prompt_mask), mask, init_cache(model, b, cache_len), 0
   )
@@ -225,6 +225,30 @@ def _decode(model: Transformer, params, state: _State, prompt_len: jax.Array, al
   return jax.lax.while_loop(cond, body, state)
 
 
+def validate_prompts(prompt_ids, prompt_mask, vocab_size: int) -> None:
+  """Host-side checks of left-padded prompts: shapes, a 0/1 mask of zeros-then-ones with at
+  least one token per row, and token ids inside the vocabulary.  Raises ValueError naming the row."""
+  ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask)
+  if ids.ndim != 2:
+    raise ValueError(f"prompt_ids must have shape [B, P]; got {ids.shape}")
+  if mask.shape != ids.shape:
+    raise ValueError(f"prompt_mask must have the shape of prompt_ids {ids.shape}; got {mask.shape}")
+  if not np.isin(mask, (0, 1)).all():
+    raise ValueError(f"prompt_mask must hold only 0 and 1; found {np.unique(mask)[:5].tolist()}")
+  m = mask.astype(bool)
+  bad = np.flatnonzero((m[:, :-1] & ~m[:, 1:]).any(axis=1))
+  if bad.size:
+    raise ValueError(f"prompts must be left-padded (mask zeros, then ones); row {int(bad[0])} has padding after "
+                     f"a token (mask {mask[bad[0]].tolist()})")
+  empty = np.flatnonzero(~m.any(axis=1))
+  if empty.size:
+    raise ValueError(f"prompt row {int(empty[0])} is empty (its mask is all 0): every prompt needs a token")
+  out = m & ((ids < 0) | (ids >= vocab_size))
+  if out.any():
+    r, c = np.argwhere(out)[0]
+    raise ValueError(f"prompt_ids[{r}, {c}] = {int(ids[r, c])} is outside the vocabulary [0, {vocab_size})")
+
+
 def sample(
     model: Transformer,
     params,
@@ -240,19 +264,25 @@ def sample(
     eos_ids: Sequence[int] = (),
     pad_id: int = 0,
     allowed_tokens: jax.Array | np.ndarray | None = None,
+    row_sharding: jax.sharding.Sharding | None = None,
 ) -> SampleOutput:
   """Sample ``group_size`` completions for each of B left-padded prompts.
 
   Args:
-    model, params: from ``jaxgrpo.models``.
-    prompt_ids: int[B, P] left-padded prompts; prompt_mask: [B, P].
-    rng: a PRNG key.
+    model, params: from ``jaxgrpo.models`` (cast params to the compute dtype
+      once beforehand with ``jaxgrpo.models.cast_params`` to avoid a cast per
+      decode step).
+    prompt_ids: int[B, P] left-padded prompts; prompt_mask: [B, P].  Checked
+      on the host when they are host or fully addressable arrays.
+    rng: a PRNG key (not consumed: the caller may reuse it).
     group_size: G completions per prompt.
     max_new_tokens: T, the completion buffer length.
     temperature: 0 for greedy; top_k: 0 = off; top_p in (0, 1].
     eos_ids: token ids that end a completion (the EOS is kept in the mask).
     pad_id: token written after a completion ends.
     allowed_tokens: optional bool[V]; only these tokens can be sampled.
+    row_sharding: optional sharding of the B·G decoded rows (e.g. over the
+      data-parallel mesh axes); the decode loop then runs data-parallel.
 
   Returns:
     SampleOutput with arrays shaped [B, G, T] / [B, G].
@@ -260,13 +290,15 @@ def sample(
   sp = SamplingParams(group_size, max_new_tokens, float(temperature), int(top_k), float(top_p),
                       tuple(int(e) for e in eos_ids), int(pad_id))
   sp.validate()
+  cfg = model.config
+  for name, ids in (("eos_ids", sp.eos_ids), ("pad_id", (sp.pad_id,))):
+    bad = [i for i in ids if not 0 <= i < cfg.vocab_size]
+    if bad:
+      raise ValueError(f"{name} {bad} outside the vocabulary [0, {cfg.vocab_size})")
+  if getattr(prompt_ids, "is_fully_addressable", True) and getattr(prompt_mask, "is_fully_addressable", True):
+    validate_prompts(prompt_ids, prompt_mask, cfg.vocab_size)
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
-  cfg = model.config
-  if prompt_ids.ndim != 2:
-    raise ValueError(f"prompt_ids must have shape [B, P]; got {prompt_ids.shape}")
-  if prompt_mask.shape != prompt_ids.shape:
-    raise ValueError(f"prompt_mask must have the shape of prompt_ids {prompt_ids.shape}; got {prompt_mask.shape}")
   b, p = prompt_ids.shape
   cache_len = p + max_new_tokens
   if cache_len > cfg.max_position_embeddings:
@@ -283,26 +315,13 @@ def sample(
     allowed_tokens = jnp.asarray(allowed_np)
 
   last_logits, cache = prefill(model, params, prompt_ids, prompt_mask, cache_len)
-  g, n = group_size, b * group_size
-  cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=1), cache)  # [L, B·G, KV, S, Dh]
-  kv_valid = jnp.pad(prompt_mask.astype(bool), ((0, 0), (0, max_new_tokens)))
-  state = _State(
-      step=jnp.zeros((), jnp.int32),
-      cache=cache,
-      logits=jnp.repeat(last_logits, g, axis=0),
-      kv_valid=jnp.repeat(kv_valid, g, axis=0),
-      tokens=jnp.full((n, max_new_tokens), pad_id, jnp.int32),
-      logprobs=jnp.zeros((n, max_new_tokens), jnp.float32),
-      entropies=jnp.zeros((n, max_new_tokens), jnp.float32),
-      done=jnp.zeros((n,), bool),
-      length=jnp.zeros((n,), jnp.int32),
-      rng=rng,
-  )
-  prompt_len = jnp.repeat(jnp.sum(prompt_mask, axis=-1), g).astype(jnp.int32)
+  state = _expand(last_logits, cache, prompt_mask, jnp.array(rng, copy=True), sp, row_sharding)
+  prompt_len = _rows(jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), sp.group_size, row_sharding)
   out = _decode(model, params, state, prompt_len, allowed_tokens, sp)
   t = max_new_tokens
   mask = (jnp.arange(t)[None, :] < out.length[:, None]).astype(jnp.int32)
   ended_eos = out.done & (out.length > 0)
+  g = group_size
   shape3 = (b, g, t)
   return SampleOutput(
       tokens=out.tokens.reshape(shape3),
@@ -312,3 +331,42 @@ def sample(
       lengths=out.length.reshape(b, g),
       finish_reason=jnp.where(ended_eos, FINISH_EOS, FINISH_LENGTH).astype(jnp.int32).reshape(b, g),
   )
+
+
+def _rows(x: jax.Array, g: int, sharding) -> jax.Array:
+  """Repeat each prompt's entry G times along the batch axis: [B, ...] → [B·G, ...] (prompt-major)."""
+  x = jnp.repeat(x, g, axis=0)
+  return x if sharding is None else jax.device_put(x, sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("sp", "row_sharding"))
+def _expand(last_logits, cache, prompt_mask, rng, sp: SamplingParams, row_sharding) -> _State:
+  """The decode loop's initial state: the prompt's cache and logits shared by its G rows."""
+  g = sp.group_size
+  n = last_logits.shape[0] * g
+  t = sp.max_new_tokens
+  rows = lambda x, axis=0: jnp.repeat(x, g, axis=axis)
+  constrain = lambda x, axis=0: x if row_sharding is None else jax.lax.with_sharding_constraint(
+      x, _on_axis(row_sharding, x.ndim, axis))
+  kv_valid = jnp.pad(prompt_mask.astype(bool), ((0, 0), (0, t)))
+  return _State(
+      step=jnp.zeros((), jnp.int32),
+      cache=jax.tree.map(lambda x: constrain(rows(x, 1), 1), cache),  # [L, B·G, KV, S, Dh]
+      logits=constrain(rows(last_logits)),
+      kv_valid=constrain(rows(kv_valid)),
+      tokens=constrain(jnp.full((n, t), sp.pad_id, jnp.int32)),
+      logprobs=constrain(jnp.zeros((n, t), jnp.float32)),
+      entropies=constrain(jnp.zeros((n, t), jnp.float32)),
+      done=constrain(jnp.zeros((n,), bool)),
+      length=constrain(jnp.zeros((n,), jnp.int32)),
+      rng=rng,
+  )
+
+
+def _on_axis(row_sharding, ndim: int, axis: int):
+  """``row_sharding`` (a NamedSharding of the row axis) moved to ``axis`` of an ndim-array."""
+  spec = list(row_sharding.spec) + [None] * ndim
+  lead = spec[0]
+  out = [None] * ndim
+  out[axis] = lead
+  return jax.sharding.NamedSharding(row_sharding.mesh, jax.sharding.PartitionSpec(*out))

@@ -7,11 +7,9 @@ The mesh has three named axes: ``data`` (pure data parallelism), ``fsdp``
 rule that does not divide a dimension evenly falls back to replication for that
 dimension, so one table serves every model size.
 
-Multi-host: call ``jax.distributed.initialize()`` before anything else on each
-host (TPU pods need no arguments; on GPU clusters pass coordinator_address,
-num_processes and process_id, or rely on SLURM/Open MPI auto-detection), then
-build the mesh from ``jax.devices()`` as here: every host runs the same
-program and ``make_mesh`` spans all of them.
+Multi-host: ``jaxgrpo.distributed.initialize`` first on every process, then
+``make_mesh`` spans the devices of all processes, ordered by process so each
+process holds one contiguous block of the batch axes.
 """
 
 from __future__ import annotations
@@ -51,7 +49,9 @@ class MeshRules:
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1 (whatever is left)."""
-  devices = list(devices if devices is not None else jax.devices())
+  if devices is None:
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  devices = list(devices)
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
     raise ValueError(f"at most one mesh axis may be -1; got data={data}, fsdp={fsdp}, tensor={tensor}")
@@ -68,11 +68,24 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def _mesh_size(mesh: Mesh, axes) -> int:
+def mesh_size(mesh: Mesh, axes) -> int:
+  """Number of devices along the named mesh axes (1 for None)."""
   if axes is None:
     return 1
   axes = (axes,) if isinstance(axes, str) else axes
   return math.prod(mesh.shape[a] for a in axes)
+
+
+def batch_axes(mesh: Mesh, rules: MeshRules = MeshRules()) -> tuple[str, ...]:
+  """The mesh axes the rule table puts the batch (row) axis on, without axes of size 1."""
+  axes = rules.lookup("batch")
+  axes_t = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+  return tuple(a for a in axes_t if mesh.shape[a] > 1)
+
+
+def batch_shards(mesh: Mesh, rules: MeshRules = MeshRules()) -> int:
+  """How many ways the batch axis is split (the data-parallel degree)."""
+  return mesh_size(mesh, batch_axes(mesh, rules))
 
 
 def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: MeshRules) -> PartitionSpec:
@@ -83,7 +96,7 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, ru
     axes = rules.lookup(name)
     axes_t = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
     axes_t = tuple(a for a in axes_t if a not in used and mesh.shape[a] > 1)
-    if axes_t and dim % _mesh_size(mesh, axes_t) == 0:
+    if axes_t and dim % mesh_size(mesh, axes_t) == 0:
       used.update(axes_t)
       out.append(axes_t[0] if len(axes_t) == 1 else axes_t)
     else:
@@ -100,11 +113,13 @@ def tree_shardings(logical_tree, shapes_tree, mesh: Mesh, rules: MeshRules = Mes
   )
 
 
-def batch_sharding(mesh: Mesh, ndim: int, rules: MeshRules = MeshRules()) -> NamedSharding:
-  """Shard the leading (batch) axis over the rule for ``batch``; the rest replicated."""
-  axes = rules.lookup("batch")
-  axes_t = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-  axes_t = tuple(a for a in axes_t if mesh.shape[a] > 1)
+def batch_sharding(mesh: Mesh, ndim: int, rules: MeshRules = MeshRules(), rows: int | None = None) -> NamedSharding:
+  """Shard the leading (batch) axis over the rule for ``batch``; the rest replicated.
+
+  With ``rows`` given, an axis of that many rows that the batch shards do not divide is replicated."""
+  axes_t = batch_axes(mesh, rules)
+  if rows is not None and rows % mesh_size(mesh, axes_t):
+    axes_t = ()
   lead = None if not axes_t else (axes_t[0] if len(axes_t) == 1 else axes_t)
   return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
 

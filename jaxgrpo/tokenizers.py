@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
@@ -29,10 +30,16 @@ class ToyTokenizer:
 class HFTokenizer:
   """An HF tokenizer (AutoTokenizer) applying the chat template to user prompts."""
 
+  TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
   def __init__(self, path: str, system_prompt: str | None = None):
     from transformers import AutoTokenizer
 
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in self.TOKENIZER_FILES):
+      raise FileNotFoundError(f"{path}: no tokenizer files (expected one of {list(self.TOKENIZER_FILES)}); "
+                              "copy the tokenizer of the base model into the checkpoint directory")
     self.tok = AutoTokenizer.from_pretrained(path)
+    self.path = path
     self.system_prompt = system_prompt
     eos = set()
     if self.tok.eos_token_id is not None:
@@ -53,13 +60,25 @@ class HFTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
+  def token_id(self, token: str) -> int:
+    ids = self.tok.convert_tokens_to_ids(token)
+    if not isinstance(ids, int) or ids == self.tok.unk_token_id:
+      raise ValueError(f"token {token!r} is not in the tokenizer of {self.path}")
+    return ids
+
   def allowed_tokens(self):
     return None
 
+  def save(self, path: str) -> None:
+    """Write the tokenizer files (for exported checkpoints)."""
+    self.tok.save_pretrained(path)
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pad token lists into ids [B, P] and mask [B, P]."""
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pad token lists into ids [B, P] and mask [B, P]; P is rounded up to ``multiple``
+  (fewer distinct shapes: fewer compilations)."""
   p = max(len(s) for s in seqs)
+  p = -(-p // multiple) * multiple
   ids = np.full((len(seqs), p), pad_id, np.int32)
   mask = np.zeros((len(seqs), p), np.int32)
   for i, s in enumerate(seqs):

@@ -1,91 +1,85 @@
-"""The sharded update step: log-probs of the completions, the policy loss, optax.
+"""The sharded update step: one jitted call per training step.
 
-``make_update_step`` returns a function jitted over a device mesh with input and
-output ``NamedSharding``s (the pjit pattern) that donates the train state.
+``make_update_program`` compiles ``update(state, frozen, ref_params, batch, row_orders) -> (state, metrics)``
+with ``jax.jit`` over a device mesh, input/output ``NamedSharding``s from the
+rule table, and a donated state (the pjit pattern).  Inside:
+
+* the reference log-probs (KL; the base model with LoRA off, or a kept copy of
+  the initial weights) and, where needed, the old policy's log-probs are
+  computed once over the batch, minibatch by minibatch;
+* μ = ``num_iterations`` passes of ``num_minibatches`` optimizer steps run in a
+  ``lax.scan``, each on the rows ``row_orders`` assigns to it;
+* every optimizer step checks, on device, that the loss, the gradient norm and
+  the new parameters are finite; an update that is not is not applied, and the
+  step reports which quantity failed (bit flags, see ``NONFINITE_FLAGS``).
+  With ``nonfinite="stop"`` no later update of the step is applied either, so
+  the state returned is that of the last finite update.
+
+Mixed precision: the trainable params (and so the Adam moments) stay in their
+param dtype; the loss casts them to the model's compute dtype once per
+minibatch, so gradients flow back to the master weights.
+
+Compiled programs are cached by ``make_update_program`` (an LRU cache keyed by
+the static specs: model, optimizer spec, loss and update specs, mesh, rules),
+so runs of a sweep in one process reuse them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgrpo import objectives
+from jaxgrpo import objectives, policy
 from jaxgrpo import sharding as shard_lib
-from jaxgrpo.models.transformer import Transformer, causal_mask, positions_from_mask
+from jaxgrpo.models import lora
+from jaxgrpo.models.transformer import Transformer, abstract_boxed_params, abstract_params, cast_params, logical_axes
+
+NONFINITE_FLAGS = {1: "loss", 2: "gradients", 4: "parameters"}
 
 
 class Batch(NamedTuple):
-  """One minibatch of N = B·G completions (leading axis sharded over data × fsdp)."""
+  """One step's N = B·G completions (leading axis sharded over the batch mesh axes)."""
 
-  input_ids: jax.Array  # int32[N, P + T] prompt (left-padded) then completion
-  attention_mask: jax.Array  # int32[N, P + T]
-  completion_mask: jax.Array  # float32[N, T]
+  prompt_ids: jax.Array  # int32[N, P] each row's prompt, left-padded
+  prompt_mask: jax.Array  # int32[N, P]
+  tokens: jax.Array  # int32[N, T] completion tokens
+  mask: jax.Array  # float32[N, T] 1 on completion tokens
   advantages: jax.Array  # float32[N, T]
-  weights: jax.Array  # float32[N, T]
-  old_logp: jax.Array  # float32[N, T] (ignored when num_iterations == 1)
-  ref_logp: jax.Array  # float32[N, T] (ignored when kl_beta == 0)
+  weights: jax.Array  # float32[N, T] token weights (λ-GRPO: 1/|λ|; else the mask)
+  old_logp: jax.Array  # float32[N, T] the sampler's log-probs (π_old), used when UpdateSpec.old_logp == "batch"
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-  """The static part of the loss (hashable; part of the jit cache key)."""
+  """The static part of the loss (hashable; part of the compile cache key)."""
 
   temperature: float = 1.0
   clip_eps_low: float = 0.2
   clip_eps_high: float = 0.2
   kl_beta: float = 0.0
   aggregation: str = "token_mean"
-  use_old_logp: bool = False  # μ > 1: ratios against the pre-update policy
-  allowed_tokens: tuple[int, ...] | None = None  # restrict the policy to these tokens (toy task)
+  allowed_ids: tuple[int, ...] | None = None  # restrict the policy to these tokens (toy task)
+  logprob_chunk: int = 0  # LM head + log-softmax over chunks of this many completion positions
 
 
-def lm_head(model: Transformer, params, hidden: jax.Array) -> jax.Array:
-  w = params["embed"].T if model.config.tie_word_embeddings else params["lm_head"]
-  return (hidden @ w).astype(jnp.float32)
+@dataclasses.dataclass(frozen=True)
+class UpdateSpec:
+  """How the step's updates are organized (static)."""
 
-
-def completion_logprobs(model: Transformer, params, input_ids, attention_mask, completion_len: int,
-                        temperature: float = 1.0, allowed_tokens: tuple[int, ...] | None = None) -> jax.Array:
-  """log π(y_t | x, y_<t) of the completion tokens: float32[N, T].
-
-  The head runs only on the T positions that predict completion tokens, and the
-  distribution is the one the sampler used (allowed-token mask, temperature).
-  """
-  hidden, _ = model.apply({"params": params}, input_ids, positions_from_mask(attention_mask),
-                          causal_mask(attention_mask), return_hidden=True)
-  s = input_ids.shape[1]
-  h = hidden[:, s - completion_len - 1: s - 1]
-  logits = lm_head(model, params, h)
-  if allowed_tokens is not None:
-    allowed = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(allowed_tokens)].set(True)
-    logits = jnp.where(allowed, logits, -1e30)
-  if temperature > 0:
-    logits = logits / temperature
-  targets = input_ids[:, s - completion_len:]
-  return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
-
-
-def loss_fn(params, batch: Batch, model: Transformer, spec: LossSpec):
-  t = batch.completion_mask.shape[1]
-  logp = completion_logprobs(model, params, batch.input_ids, batch.attention_mask, t, spec.temperature,
-                             spec.allowed_tokens)
-  return objectives.policy_loss(
-      logp,
-      batch.old_logp if spec.use_old_logp else None,
-      batch.ref_logp if spec.kl_beta else None,
-      batch.advantages,
-      batch.completion_mask,
-      weights=batch.weights,
-      clip_eps_low=spec.clip_eps_low,
-      clip_eps_high=spec.clip_eps_high,
-      kl_beta=spec.kl_beta,
-      aggregation=spec.aggregation,
-  )
+  num_iterations: int = 1  # μ
+  num_minibatches: int = 1
+  # The PPO ratio's denominator: "none" (stop_gradient of the current log-probs: exact when the step
+  # makes one optimizer update), "batch" (the sampler's log-probs, which are π_old's), or
+  # "recompute" (a forward pass of the params at the start of the step).
+  old_logp: Literal["none", "batch", "recompute"] = "none"
+  # KL reference: "none" (β = 0), "base" (the frozen base weights: LoRA with adapters off), "params".
+  reference: Literal["none", "base", "params"] = "none"
+  nonfinite: Literal["stop", "skip"] = "stop"
 
 
 def make_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformation:
@@ -111,19 +105,28 @@ def make_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformation:
   return optax.chain(*chain)
 
 
-def state_shardings(model: Transformer, params, tx, mesh, rules=shard_lib.MeshRules()):
-  """Shardings of {"params", "opt_state"} from the one rule table.
+def _trainable_part(tree, model: Transformer):
+  return lora.split(tree)[0] if model.config.lora is not None else tree
 
-  The optimizer state is built from the *boxed* abstract params, so its
-  param-shaped leaves (Adam moments) carry the same logical axes as their params
-  and shard the same way; leaves like step counts are replicated.
+
+def state_shardings(model: Transformer, tx, mesh, rules=shard_lib.MeshRules()) -> dict[str, Any]:
+  """Shardings of {"params", "opt_state"} (the trainable params: the adapters under LoRA) and of
+  "frozen" (the base weights under LoRA, else None) and "full" (every param), from the one rule table.
+
+  The optimizer state is built from the *boxed* abstract params, so its param-shaped leaves (Adam
+  moments) carry the same logical axes as their params and shard the same way; leaves like step
+  counts are replicated.
   """
-  from jaxgrpo.models.transformer import abstract_boxed_params, logical_axes
-
-  p_shard = shard_lib.tree_shardings(logical_axes(model), params, mesh, rules)
-  opt_logical = logical_axes(model, jax.eval_shape(tx.init, abstract_boxed_params(model)))
-  opt_shard = shard_lib.tree_shardings(opt_logical, jax.eval_shape(tx.init, params), mesh, rules)
-  return {"params": p_shard, "opt_state": opt_shard}
+  boxed = abstract_boxed_params(model)
+  shapes = abstract_params(model)
+  full = shard_lib.tree_shardings(logical_axes(model), shapes, mesh, rules)
+  trainable_boxed = _trainable_part(boxed, model)
+  opt_logical = logical_axes(model, jax.eval_shape(tx.init, trainable_boxed))
+  opt_shapes = jax.eval_shape(tx.init, _trainable_part(shapes, model))
+  return {"params": _trainable_part(full, model),
+          "opt_state": shard_lib.tree_shardings(opt_logical, opt_shapes, mesh, rules),
+          "frozen": lora.split(full)[1] if model.config.lora is not None else None,
+          "full": full}
 
 
 def shard_state(state, shardings):
@@ -135,23 +138,115 @@ def shard_state(state, shardings):
   return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)(placed)
 
 
-def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec: LossSpec, mesh, shardings,
-                     rules=shard_lib.MeshRules()):
-  """``update(state, batch) -> (state, metrics)`` jitted with NamedShardings, donating ``state``."""
-  batch_sh = Batch(*[shard_lib.batch_sharding(mesh, 2, rules) for _ in Batch._fields])
+def batch_logprobs(model: Transformer, params, batch: Batch, spec: LossSpec) -> jax.Array:
+  """log π(completion tokens) under ``params`` (cast to the compute dtype): float32[N, T]."""
+  input_ids = jnp.concatenate([batch.prompt_ids, batch.tokens], axis=1)
+  attn = jnp.concatenate([batch.prompt_mask, batch.mask.astype(batch.prompt_mask.dtype)], axis=1)
+  logp, _ = policy.completion_logprobs(model, cast_params(params, model.config.dtype), input_ids, attn,
+                                       batch.tokens.shape[1], spec.temperature, spec.allowed_ids, spec.logprob_chunk)
+  return logp
+
+
+def loss_fn(trainable, frozen, batch: Batch, old_logp, ref_logp, model: Transformer, spec: LossSpec):
+  params = lora.combine(frozen, trainable) if frozen is not None else trainable
+  logp = batch_logprobs(model, params, batch, spec)
+  return objectives.policy_loss(
+      logp, old_logp, ref_logp if spec.kl_beta else None, batch.advantages, batch.mask, weights=batch.weights,
+      clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, kl_beta=spec.kl_beta,
+      aggregation=spec.aggregation,
+  )
+
+
+def all_finite(tree) -> jax.Array:
+  """True if every floating leaf of ``tree`` is finite (one device-side reduction)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+class UpdateProgram(NamedTuple):
+  update: Any  # jitted (state, frozen, ref_params, batch, row_orders) -> (state, metrics)
+  shardings: dict[str, Any]  # from state_shardings
+  tx: optax.GradientTransformation
+
+
+@functools.lru_cache(maxsize=16)
+def make_update_program(model: Transformer, optim, total_steps: int, spec: LossSpec, uspec: UpdateSpec, mesh,
+                        rules=shard_lib.MeshRules()) -> UpdateProgram:
+  """The compiled update for these static specs (cached: a sweep reuses it across runs)."""
+  tx = make_optimizer(optim, total_steps)
+  sh = state_shardings(model, tx, mesh, rules)
+  return UpdateProgram(make_update_step(model, tx, spec, uspec, mesh, sh, rules), sh, tx)
+
+
+def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec: LossSpec, uspec: UpdateSpec, mesh,
+                     shardings, rules=shard_lib.MeshRules()):
+  """``update(state, frozen, ref_params, batch, row_orders) -> (state, metrics)``, jitted, donating ``state``.
+
+  ``row_orders`` int32[μ, N]: the order in which each pass visits the rows; pass i's minibatch j is
+  rows ``row_orders[i, j·N/M : (j+1)·N/M]``.
+  """
+  rows_sh = lambda ndim: shard_lib.batch_sharding(mesh, ndim, rules)
+  batch_sh = Batch(*[rows_sh(2) for _ in Batch._fields])
   repl = shard_lib.replicated(mesh)
+  m_count = uspec.num_minibatches
+  stop = uspec.nonfinite == "stop"
 
-  def update(state, batch: Batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, model, spec)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    return {"params": params, "opt_state": opt_state}, metrics
+  def constrain(x):
+    return jax.lax.with_sharding_constraint(x, rows_sh(x.ndim))
 
-  return jax.jit(update, in_shardings=(shardings, batch_sh), out_shardings=(shardings, repl), donate_argnums=(0,))
+  def minibatches(batch: Batch):  # natural order, [M, N/M, ...]
+    return jax.tree.map(lambda x: x.reshape(m_count, x.shape[0] // m_count, *x.shape[1:]), batch)
+
+  def logp_over_batch(params, batch: Batch):
+    out = jax.lax.map(lambda mb: batch_logprobs(model, params, mb, spec), minibatches(batch))
+    return jax.lax.stop_gradient(out.reshape(batch.tokens.shape))
+
+  def update(state, frozen, ref_params, batch: Batch, row_orders):
+    n = batch.tokens.shape[0]
+    if n % m_count:
+      raise ValueError(f"the batch's {n} rows do not split into {m_count} minibatches")
+    ref = None
+    if uspec.reference == "params":
+      ref = logp_over_batch(ref_params, batch)
+    elif uspec.reference == "base":
+      ref = logp_over_batch(frozen, batch)
+    old = None
+    if uspec.old_logp == "batch":
+      old = batch.old_logp
+    elif uspec.old_logp == "recompute":
+      old = logp_over_batch(lora.combine(frozen, state["params"]) if frozen is not None else state["params"], batch)
+    orders = row_orders.reshape(-1, n // m_count)
+
+    def body(carry, rows):
+      st, bad = carry
+      take = lambda x: None if x is None else constrain(x[rows])
+      mb = Batch(*[take(x) for x in batch])
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          st["params"], frozen, mb, take(old), take(ref), model, spec)
+      updates, opt_state = tx.update(grads, st["opt_state"], st["params"])
+      params = optax.apply_updates(st["params"], updates)
+      grad_norm = optax.tree.norm(grads)
+      flags = (jnp.where(jnp.isfinite(loss), 0, 1) | jnp.where(jnp.isfinite(grad_norm), 0, 2)
+               | jnp.where(all_finite(params), 0, 4)).astype(jnp.int32)
+      ok = (flags == 0) & ((bad == 0) if stop else True)
+      new = {"params": params, "opt_state": opt_state}
+      st = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, st)
+      metrics = dict(metrics, loss=loss, grad_norm=grad_norm, update_norm=optax.tree.norm(updates))
+      return (st, bad | flags), (metrics, ok)
+
+    (state, bad), (ms, oks) = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), orders)
+    applied = jnp.sum(oks)
+    w = oks.astype(jnp.float32)
+    metrics = {k: jnp.sum(jnp.where(oks, v, 0.0)) / jnp.maximum(jnp.sum(w), 1.0) for k, v in ms.items()}
+    metrics.update(nonfinite=bad, skipped_updates=oks.size - applied)
+    return state, metrics
+
+  state_sh = {"params": shardings["params"], "opt_state": shardings["opt_state"]}
+  ref_sh = shardings["full"] if uspec.reference == "params" else None
+  return jax.jit(update, in_shardings=(state_sh, shardings["frozen"], ref_sh, batch_sh, repl),
+                 out_shardings=(state_sh, repl), donate_argnums=(0,))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "completion_len", "temperature", "allowed_tokens"))
-def eval_logprobs(model, params, input_ids, attention_mask, completion_len, temperature=1.0, allowed_tokens=None):
-  """Log-probs without gradients (old policy before μ > 1 updates, reference policy)."""
-  return completion_logprobs(model, params, input_ids, attention_mask, completion_len, temperature, allowed_tokens)
+def nonfinite_names(flags: int) -> list[str]:
+  """The quantities a ``nonfinite`` metric names."""
+  return [name for bit, name in NONFINITE_FLAGS.items() if int(flags) & bit]

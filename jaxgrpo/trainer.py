@@ -1,9 +1,24 @@
-"""The training loop: sample → score → advantages → μ sharded updates, with checkpoints and metrics."""
+"""The training loop, as named stages over a ``Rollout``:
+
+    rollout = sample(examples)          # G completions per prompt (jaxgrpo.sampler, on the mesh)
+    rollout = score(rollout)            # rewards and task correctness (host functions, this process's rows)
+    adv, weights, m = advantages(rollout)   # GRPO / λ-GRPO / PRPO token advantages and weights (jitted)
+    m |= update(rollout, adv, weights)  # μ × minibatch optimizer steps, one jitted sharded call
+
+``run()`` adds what keeps a run whole: a locked output directory, verified
+checkpoints (resume from the newest good one), evaluation at step 0, every
+``eval.every`` steps and at the end, metrics written once per step, and a
+checkpoint of the last completed step on SIGTERM/SIGINT or an exception.  A
+non-finite loss, gradient or parameter stops the run (or skips the update:
+``nonfinite: skip``) without ever saving it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import os
+import contextlib
+import functools
+import logging
+import signal
 import time
 from typing import Any, Callable
 
@@ -12,103 +27,198 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxgrpo
-from jaxgrpo import checkpointing, data as data_lib, prm as prm_lib, rewards as rewards_lib, sampler
+from jaxgrpo import checkpointing, evaluation, models
+from jaxgrpo import data as data_lib
+from jaxgrpo import distributed as dist
+from jaxgrpo import prm as prm_lib
+from jaxgrpo import rewards as rewards_lib
 from jaxgrpo import sharding as shard_lib
 from jaxgrpo import train_step as ts
-from jaxgrpo.config import TrainConfig, save_config
+from jaxgrpo.config import TrainConfig
 from jaxgrpo.metrics import MetricsWriter
-from jaxgrpo.tokenizers import HFTokenizer, ToyTokenizer, left_pad
+from jaxgrpo.models import lora
+from jaxgrpo.progress import Progress
+from jaxgrpo.rollout import Rollout, RolloutEngine
+from jaxgrpo.run_dir import RunDir
 
-OBJECTIVES = ("grpo", "lambda_grpo", "prpo")
-_UPDATE_CACHE: dict = {}
-
-
-def build_model(spec, seed: int):
-  """(model, params, tokenizer) from a ``ModelSpec``."""
-  import jaxgrpo.models as M
-
-  if spec.checkpoint is None:
-    heads = spec.num_heads
-    cfg = M.ModelConfig(
-        family=spec.family, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-        num_heads=heads, num_kv_heads=heads, head_dim=spec.hidden_size // heads,
-        intermediate_size=spec.intermediate_size, max_position_embeddings=spec.max_position_embeddings,
-        activation="gelu_new" if spec.family == "gpt2" else "silu", tie_word_embeddings=spec.family == "gpt2",
-        qkv_bias=spec.family != "llama", out_bias=spec.family == "gpt2", mlp_bias=spec.family == "gpt2",
-        dtype=spec.dtype,
-    )
-    model = M.from_config(cfg)
-    params = M.init_params(model, jax.random.PRNGKey(seed))
-    if spec.vocab_size != 3:
-      raise ValueError("a model made from a config is only wired to the toy task's tokenizer (vocab_size=3)")
-    return model, params, ToyTokenizer()
-  path = spec.checkpoint
-  if path == "smollm2":
-    from jaxgrpo.models import smollm2
-
-    path = smollm2.hf_checkpoint_dir()
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"model.checkpoint {spec.checkpoint!r} is not a local HF checkpoint directory")
-  model, params = M.from_pretrained(path, dtype=spec.dtype)
-  return model, params, HFTokenizer(path)
+log = logging.getLogger("jaxgrpo")
 
 
-@dataclasses.dataclass
-class StepTimes:
-  sample: float = 0.0
-  score: float = 0.0
-  update: float = 0.0
+class NonFiniteError(RuntimeError):
+  """A step produced a non-finite loss, gradient or parameter (the run stops; nothing is saved)."""
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT arrived: the run saves its last completed step and exits."""
+
+  def __init__(self, signum: int):
+    super().__init__(f"received {signal.Signals(signum).name}")
+    self.signum = signum
 
 
 class Trainer:
-  """Holds the model, optimizer, mesh and state; ``run()`` trains to ``cfg.steps``, resuming if it can."""
+  """Holds the model, optimizer, mesh and state; ``run()`` trains to ``cfg.steps``, resuming if it can.
+
+  Args:
+    cfg: the run's config.
+    mesh, rules: the device mesh and partition rules (default: from ``cfg.mesh``).
+    on_step: called with (step, metrics) after every step.
+    prm: a PRM function for PRPO (default: ``cfg.objective.prm``).
+    rewards: [(fn, weight), ...] reward functions (default: ``cfg.rewards``).
+  """
 
   def __init__(self, cfg: TrainConfig, mesh=None, rules=shard_lib.MeshRules(),
-               on_step: Callable[[int, dict], None] | None = None, prm: prm_lib.PRM | None = None):
-    if cfg.objective.name not in OBJECTIVES:
-      raise ValueError(f"objective.name must be one of {OBJECTIVES}; got {cfg.objective.name!r}")
+               on_step: Callable[[int, dict], None] | None = None, prm: prm_lib.PRM | None = None,
+               rewards: list[tuple[Callable, float]] | None = None):
     self.cfg = cfg
+    o = cfg.objective
     self.on_step = on_step
     self.mesh = mesh if mesh is not None else shard_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     self.rules = rules
-    self.model, params, self.tokenizer = build_model(cfg.model, cfg.seed)
+    n = cfg.data.prompts_per_step * cfg.sampling.group_size
+    dp = shard_lib.batch_shards(self.mesh, rules)
+    if n % (dp * o.num_minibatches):
+      raise ValueError(f"data.prompts_per_step × sampling.group_size = {n} must be divisible by "
+                       f"objective.num_minibatches ({o.num_minibatches}) × the data-parallel mesh size ({dp})")
+    self.model, params, self.tokenizer = models.build_model(cfg.model, cfg.seed)
+    self.engine = RolloutEngine(self.model, self.tokenizer, self.mesh, rules)
     self.source = data_lib.make_source(cfg.data)
-    self.rewards = rewards_lib.make_rewards(cfg.rewards, cfg.data)
-    self.prm = prm
-    if self.prm is None and cfg.objective.name == "prpo":
-      self.prm = prm_lib.make_prm(cfg.objective.prm)
-    self.tx = ts.make_optimizer(cfg.optim, total_steps=cfg.steps)
-    self.shardings = ts.state_shardings(self.model, params, self.tx, self.mesh, rules)
-    self.ref_params = None
-    if cfg.objective.kl_beta > 0:  # the reference policy is only kept when KL is used
-      self.ref_params = ts.shard_state(params, self.shardings["params"])
-    state = {"params": params, "opt_state": self.tx.init(params)}
-    self.state = ts.shard_state(state, self.shardings)
-    allowed = self.tokenizer.allowed_tokens()
-    self.allowed = None if allowed is None else np.asarray(allowed, bool)
-    self.allowed_ids = None if allowed is None else tuple(int(i) for i in np.flatnonzero(allowed))
-    o = cfg.objective
-    self.loss_spec = ts.LossSpec(
-        temperature=cfg.sampling.temperature or 1.0, clip_eps_low=o.clip_eps_low, clip_eps_high=o.clip_eps_high,
-        kl_beta=o.kl_beta, aggregation=o.aggregation, use_old_logp=o.num_iterations > 1,
-        allowed_tokens=self.allowed_ids,
-    )
-    key = (self.model, cfg.optim, cfg.steps, self.loss_spec, self.mesh, rules)
-    if key not in _UPDATE_CACHE:  # reuse compiled steps across runs of one process (sweeps)
-      _UPDATE_CACHE[key] = ts.make_update_step(self.model, self.tx, self.loss_spec, self.mesh, self.shardings, rules)
-    self.update = _UPDATE_CACHE[key]
+    self.eval_set = data_lib.make_eval_source(cfg.data, cfg.eval) if cfg.eval.enabled else None
+    self.rewards = rewards if rewards is not None else rewards_lib.make_rewards(cfg.rewards, cfg.data)
+    self.reward_names = None if rewards is not None else list(cfg.rewards.names)
+    self.prm = prm if prm is not None or o.name != "prpo" else prm_lib.make_prm(o)
+    self.loss_spec = o.loss_spec(cfg.sampling.temperature, self.engine.allowed_ids)
+    self.update_spec = ts.UpdateSpec(
+        num_iterations=o.num_iterations, num_minibatches=o.num_minibatches, old_logp=self._old_logp_source(),
+        reference="none" if not o.kl_beta else ("base" if self.model.config.lora is not None else "params"),
+        nonfinite=cfg.nonfinite)
+    program = ts.make_update_program(self.model, cfg.optim, cfg.steps, self.loss_spec, self.update_spec,
+                                     self.mesh, rules)
+    self._update, self.shardings, self.tx = program
+    adapters, base = lora.split(params) if self.model.config.lora is not None else (params, None)
+    self.frozen = None if base is None else ts.shard_state(base, self.shardings["frozen"])
+    self.ref_params = ts.shard_state(params, self.shardings["full"]) if self.update_spec.reference == "params" \
+        else None
+    state = {"params": adapters, "opt_state": self.tx.init(adapters)}
+    self.state = ts.shard_state(state, {"params": self.shardings["params"], "opt_state": self.shardings["opt_state"]})
     self.step = 0
     self.data_pos = 0
     self.rng = np.asarray(jax.random.PRNGKey(cfg.seed))
-    n = cfg.data.prompts_per_step * cfg.sampling.group_size
-    dp = shard_lib._mesh_size(self.mesh, ("data", "fsdp"))
-    if n % (dp * o.num_minibatches):
-      raise ValueError(
-          f"prompts_per_step × group_size = {n} must be divisible by num_minibatches ({o.num_minibatches}) × "
-          f"the data-parallel mesh size ({dp})"
-      )
+    self._state_is_step = True  # the state holds the result of a completed step (safe to save)
 
-  # ------------------------------------------------------------------ state for checkpoints
+  def _old_logp_source(self) -> str:
+    """π_old for the PPO ratio.  With one optimizer step per batch the ratio is exactly 1 at the
+    update and no π_old is needed.  Otherwise the sampler's log-probs are π_old's (same params, same
+    policy distribution) unless top-k/top-p truncated the sampling distribution; then recompute."""
+    o, s = self.cfg.objective, self.cfg.sampling
+    if o.optimizer_steps_per_batch == 1:
+      return "none"
+    if o.recompute_old_logp or s.top_k or s.top_p < 1.0:
+      return "recompute"
+    return "batch"
+
+  # ------------------------------------------------------------------ stages
+
+  def policy_params(self):
+    """Every param (base + adapters), cast once to the compute dtype: what the sampler runs."""
+    full = lora.combine(self.frozen, self.state["params"]) if self.frozen is not None else self.state["params"]
+    return models.cast_params(full, self.model.config.dtype)
+
+  def sample(self, examples: list[data_lib.Example], key) -> Rollout:
+    return self.engine.generate(self.policy_params(), examples, key, self.cfg.sampling)
+
+  def score(self, rollout: Rollout) -> Rollout:
+    return self.engine.grade(self.engine.score(rollout, self.rewards, self.reward_names), self.source)
+
+  def advantages(self, rollout: Rollout) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Token advantages and weights [N, T] for the configured objective, plus group metrics."""
+    o = self.cfg.objective
+    g = rollout.group_size
+    if o.name == "prpo":
+      seg = _segments(rollout.entropies, rollout.mask, o.prpo_k, o.prpo_min_gap)
+      scores = self._prm_scores(rollout, seg)
+      return _prpo_advantages(rollout.tokens, rollout.mask, rollout.rewards, seg, scores, g, o,
+                              self.engine.row_sharding(rollout.num_rows, 2))
+    return _grpo_advantages(rollout.tokens, rollout.mask, rollout.rewards, g, o,
+                            self.engine.row_sharding(rollout.num_rows, 2))
+
+  def _prm_scores(self, rollout: Rollout, seg: jax.Array) -> jax.Array:
+    """PRM scores [N, k + 1] of each completion's segments (neutral 0.5 past its last segment)."""
+    o = self.cfg.objective
+    seg_local = self.engine.host(rollout, seg)
+    tok_local = self.engine.host(rollout, rollout.tokens)
+    scores = np.full((len(rollout.rows), o.prpo_k + 1), 0.5, np.float32)
+    for i, ex in enumerate(rollout.row_examples()):
+      n_seg = int(seg_local[i].max()) + 1
+      texts = [self.tokenizer.decode(tok_local[i][seg_local[i] == k]) for k in range(n_seg)]
+      if not texts:
+        continue
+      s = np.asarray(self.prm(ex, texts), np.float32)
+      if s.shape != (len(texts),) or not np.isfinite(s).all() or (s < 0).any() or (s > 1).any():
+        raise ValueError(f"the PRM must return {len(texts)} scores in [0, 1] for example "
+                         f"{ex.meta.get('index', i)}; got {s}")
+      scores[i, :n_seg] = s
+    return self.engine.to_global(scores, rollout.num_rows)
+
+  def update(self, rollout: Rollout, adv: jax.Array, weights: jax.Array) -> dict[str, float]:
+    """μ passes × num_minibatches optimizer steps on the rollout (one jitted call)."""
+    o, n = self.cfg.objective, rollout.num_rows
+    batch = ts.Batch(*_rows_of_prompts(rollout.prompt_ids, rollout.prompt_mask, rollout.group_size,
+                                       self.engine.row_sharding(n, 2)),
+                     rollout.tokens, rollout.mask.astype(jnp.float32), adv, weights, rollout.logprobs)
+    rng = np.random.default_rng([self.cfg.seed, self.step])
+    orders = np.stack([rng.permutation(n) if o.num_minibatches > 1 else np.arange(n)
+                       for _ in range(o.num_iterations)]).astype(np.int32)
+    self._state_is_step = False
+    self.state, metrics = self._update(self.state, self.frozen, self.ref_params, batch, orders)
+    metrics = {k: float(v) for k, v in dist.fetch_tree(metrics).items()}
+    flags = int(metrics.pop("nonfinite"))
+    if flags:
+      names = ts.nonfinite_names(flags)
+      msg = (f"step {self.step + 1}: non-finite {', '.join(names)} in {int(metrics['skipped_updates'])} of "
+             f"{o.optimizer_steps_per_batch} update(s)")
+      if self.cfg.nonfinite == "stop":
+        raise NonFiniteError(msg + "; the run stops without saving this step (the last checkpoint is intact). "
+                             "Lower the learning rate, check the rewards/PRM, or set nonfinite: skip.")
+      log.warning("%s: skipped", msg)
+    self._state_is_step = True
+    return metrics
+
+  def train_step(self) -> dict[str, float]:
+    """One step: sample → score → advantages → update; returns the step's metrics."""
+    cfg = self.cfg
+    b = cfg.data.prompts_per_step
+    times = {}
+    examples = [self.source[self.data_pos + i] for i in range(b)]
+    key = jax.random.fold_in(jnp.asarray(self.rng), self.step)
+    with _timed(times, "sample"):
+      ro = self.sample(examples, key)
+    with _timed(times, "score"):
+      ro = self.score(ro)
+      adv, weights, group_metrics = self.advantages(ro)
+      group_metrics = dist.fetch_tree(group_metrics)
+    with _timed(times, "update"):
+      metrics = self.update(ro, adv, weights)
+    metrics.update({k: float(v) for k, v in group_metrics.items()})
+    metrics.update({k: float(v) for k, v in dist.fetch_tree(_rollout_metrics(ro.tokens, ro.mask, ro.entropies,
+                                                                             ro.lengths, ro.finish_reason, ro.correct,
+                                                                             ro.reward_parts)).items()})
+    total = sum(times.values())
+    metrics.update({f"time_{k}": v for k, v in times.items()}, time_step=total,
+                   tokens_per_s=metrics["completion_tokens"] / max(total, 1e-9))
+    self.data_pos += b
+    self.step += 1
+    return metrics
+
+  def evaluate(self) -> dict[str, float]:
+    """Held-out metrics of the current policy (``eval/`` prefix)."""
+    ev = self.cfg.eval
+    key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), 0x5EED)
+    out = evaluation.evaluate(self.engine, self.policy_params(), self.eval_set, self.eval_set.examples, ev, key,
+                              self.cfg.sampling, show_progress=self.cfg.progress)
+    return {f"eval/{k}": v for k, v in out.items()}
+
+  # ------------------------------------------------------------------ checkpoint state
 
   def _ckpt_state(self) -> dict[str, Any]:
     return {**self.state, "step": np.asarray(self.step, np.int64), "rng": np.asarray(self.rng),
@@ -120,158 +230,195 @@ class Trainer:
     self.rng = np.asarray(restored["rng"])
     self.data_pos = int(restored["data_pos"])
 
-  # ------------------------------------------------------------------ one step
-
-  def rollout(self, step_key):
-    cfg = self.cfg
-    b = cfg.data.prompts_per_step
-    examples = [self.source[self.data_pos + i] for i in range(b)]
-    prompt_ids, prompt_mask = left_pad([self.tokenizer.encode_prompt(e.prompt) for e in examples],
-                                       self.tokenizer.pad_id)
-    s = cfg.sampling
-    out = sampler.sample(self.model, self.state["params"], prompt_ids, prompt_mask, step_key,
-                         group_size=s.group_size, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                         top_k=s.top_k, top_p=s.top_p, eos_ids=self.tokenizer.eos_ids, pad_id=self.tokenizer.pad_id,
-                         allowed_tokens=self.allowed)
-    return examples, prompt_ids, prompt_mask, jax.device_get(out)
-
-  def advantages(self, examples, out, rewards):
-    """Per-token advantages and weights [B, G, T] for the configured objective, plus metrics."""
-    o = self.cfg.objective
-    tokens, mask = jnp.asarray(out.tokens), jnp.asarray(out.mask)
-    counts = jaxgrpo.prefix_counts(tokens, mask)
-    metrics = {**jaxgrpo.advantage_metrics(rewards), **jaxgrpo.prefix_metrics(counts, mask)}
-    if o.name == "prpo":
-      adv = self._prpo_advantages(examples, out, rewards)
-    else:
-      seq = jaxgrpo.group_advantages(jnp.asarray(rewards), scale=o.scale_rewards, ddof=o.ddof, eps=o.eps)
-      adv = jnp.broadcast_to(seq[..., None], tokens.shape) * mask
-    use_lambda = o.name == "lambda_grpo" or o.lambda_weights
-    weights = jaxgrpo.lambda_weights(counts) if use_lambda else mask.astype(jnp.float32)
-    return np.asarray(adv, np.float32), np.asarray(weights, np.float32), metrics
-
-  def _prpo_advantages(self, examples, out, rewards):
-    o = self.cfg.objective
-    seg = np.asarray(jaxgrpo.entropy_segments(jnp.asarray(out.entropies), jnp.asarray(out.mask), k=o.prpo_k,
-                                              min_gap=o.prpo_min_gap))
-    b, g, _ = seg.shape
-    scores = np.full((b, g, max(int(seg.max()) + 1, 1)), 0.5, np.float32)  # seg is -1 on padding
-    for i in range(b):
-      for j in range(g):
-        ids = out.tokens[i, j]
-        texts = [self.tokenizer.decode(ids[seg[i, j] == k]) for k in range(int(seg[i, j].max()) + 1)]
-        if texts:
-          s = np.asarray(self.prm(examples[i], texts), np.float32)
-          if s.shape != (len(texts),) or not np.isfinite(s).all() or (s < 0).any() or (s > 1).any():
-            raise ValueError(f"the PRM must return {len(texts)} scores in [0, 1] for example {i}; got {s}")
-          scores[i, j, : len(texts)] = s
-    tok_scores = jaxgrpo.segment_scores_to_tokens(jnp.asarray(seg), jnp.asarray(scores))
-    return jaxgrpo.prpo_advantages(tok_scores, jnp.asarray(out.mask), jnp.asarray(rewards),
-                                   normalization=o.prpo_normalization, prior_std=o.prpo_prior_std,
-                                   outcome=o.prpo_outcome, ddof=o.ddof, eps=o.eps)
-
-  def train_step(self) -> dict[str, float]:
-    cfg, o = self.cfg, self.cfg.objective
-    times = StepTimes()
-    t0 = time.perf_counter()
-    step_key = jax.random.fold_in(jnp.asarray(self.rng), self.step)
-    examples, prompt_ids, prompt_mask, out = self.rollout(step_key)
-    times.sample = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    prompts = [e.prompt for e in examples]
-    texts = [[self.tokenizer.decode(out.tokens[i, j][out.mask[i, j] == 1]) for j in range(out.tokens.shape[1])]
-             for i in range(out.tokens.shape[0])]
-    rewards, parts = rewards_lib.score_components(self.rewards, prompts, texts, examples)
-    adv, weights, metrics = self.advantages(examples, out, rewards)
-    times.score = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    b, g, t = out.tokens.shape
-    n = b * g
-    rep = lambda x: np.repeat(x, g, axis=0)
-    input_ids = np.concatenate([rep(prompt_ids), out.tokens.reshape(n, t)], axis=1).astype(np.int32)
-    attn = np.concatenate([rep(prompt_mask), out.mask.reshape(n, t)], axis=1).astype(np.int32)
-    comp_mask = out.mask.reshape(n, t).astype(np.float32)
-    zeros = np.zeros((n, t), np.float32)
-    old = zeros
-    if o.num_iterations > 1:
-      old = np.asarray(ts.eval_logprobs(self.model, self.state["params"], input_ids, attn, t,
-                                        self.loss_spec.temperature, self.allowed_ids))
-    ref = zeros
-    if self.ref_params is not None:
-      ref = np.asarray(ts.eval_logprobs(self.model, self.ref_params, input_ids, attn, t,
-                                        self.loss_spec.temperature, self.allowed_ids))
-    full = ts.Batch(input_ids, attn, comp_mask, adv.reshape(n, t), weights.reshape(n, t), old, ref)
-    perm_key = np.random.default_rng([cfg.seed, self.step])
-    upd = []
-    for _ in range(o.num_iterations):
-      order = perm_key.permutation(n) if o.num_minibatches > 1 else np.arange(n)
-      for mb in np.array_split(order, o.num_minibatches):
-        self.state, m = self.update(self.state, ts.Batch(*[x[mb] for x in full]))
-        upd.append(m)
-    upd = jax.device_get(upd)
-    times.update = time.perf_counter() - t0
-
-    lengths = out.lengths.astype(np.float32)
-    total = times.sample + times.score + times.update
-    metrics = {k: float(v) for k, v in metrics.items()}
-    metrics.update({k: float(np.mean([u[k] for u in upd])) for k in upd[0]})
-    target = getattr(self.source, "target", None)
-    if target is not None:
-      metrics["target_frac"] = float(np.mean([[c == target for c in row] for row in texts]))
-    for name, part in zip(cfg.rewards.names, parts):
-      metrics[f"reward_{name}"] = float(np.mean(part))
-    if "math" in cfg.rewards.names:  # accuracy = fraction of correct final answers
-      metrics["accuracy"] = float(np.mean(parts[cfg.rewards.names.index("math")] > 0.5))
-    elif target is not None:
-      metrics["accuracy"] = metrics["target_frac"]
-    metrics.update(
-        entropy_mean=float(np.sum(out.entropies * out.mask) / max(out.mask.sum(), 1)),
-        completion_len_mean=float(lengths.mean()), completion_len_max=float(lengths.max()),
-        tokens_per_s=float(out.mask.sum() / max(total, 1e-9)),
-        time_sample=times.sample, time_score=times.score, time_update=times.update, time_step=total,
-    )
-    self.data_pos += b
-    self.step += 1
-    return metrics
-
   # ------------------------------------------------------------------ the loop
 
-  def run(self, resume: bool = True) -> list[dict[str, float]]:
-    cfg = self.cfg
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-    ckpt = checkpointing.Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), cfg.checkpoint_every,
-                                      cfg.keep_checkpoints)
-    if resume and ckpt.latest_step() is not None:
-      self._load_ckpt_state(ckpt.restore(self._ckpt_state()))
-    writer = MetricsWriter(cfg.output_dir)
-    history = []
-    bar = None
-    if cfg.progress:
-      from tqdm.auto import tqdm
+  def run(self, resume: bool = True, overwrite: bool = False, allow_config_change: bool = False,
+          run_dir: RunDir | None = None) -> list[dict]:
+    """Train to ``cfg.steps`` and return the metrics of the steps run now (eval rows included).
 
-      bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, dynamic_ncols=True)
+    ``run_dir``: the output directory, already locked (the CLI locks it before building the trainer)."""
+    cfg = self.cfg
+    primary = dist.is_primary()
+    run_dir = run_dir or RunDir(cfg.output_dir, lock=primary)
+    ckpt = writer = None
+    history: list[dict] = []
+    failing = False
     try:
-      while self.step < cfg.steps:
-        m = self.train_step()
-        history.append(m)
-        if self.step % cfg.log_every == 0:
-          writer.write(self.step, m)
-        if bar is not None:
-          bar.update(1)
-          bar.set_postfix(reward=f"{m['reward_mean']:.3f}", loss=f"{m['loss']:.4f}", refresh=False)
-        ckpt.maybe_save(self.step, self._ckpt_state())
-        if self.on_step is not None:
-          self.on_step(self.step, m)
-      ckpt.maybe_save(self.step, self._ckpt_state(), force=True)
-    except KeyboardInterrupt:
-      ckpt.maybe_save(self.step, self._ckpt_state(), force=True)
+      run_dir.prepare(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change,
+                      write=primary)
+      ckpt = checkpointing.Checkpointer(run_dir.checkpoints, cfg.checkpoint_every, cfg.keep_checkpoints,
+                                        async_save=cfg.checkpoint_async)
+      if resume:
+        restored = ckpt.restore(self._ckpt_state())
+        if restored is not None:
+          self._load_ckpt_state(restored[0])
+      writer = MetricsWriter(cfg.output_dir, keep_until=self.step) if primary else None
+      with _signals_raise_preempted():
+        self._loop(ckpt, writer, history)
+      self._save(ckpt, force=True)
+    except (Preempted, KeyboardInterrupt, Exception) as e:
+      failing = True
+      if ckpt is not None and not isinstance(e, (NonFiniteError, checkpointing.CheckpointSaveError,
+                                                 checkpointing.CheckpointRestoreError)):
+        self._save_on_exit(ckpt, e)
       raise
     finally:
-      if bar is not None:
-        bar.close()
-      writer.close()
-      ckpt.close()
+      if writer is not None:
+        writer.close()
+      if ckpt is not None:
+        try:
+          ckpt.close()
+        except checkpointing.CheckpointSaveError as e:
+          if not failing:
+            raise
+          log.error("%s", e)
+      run_dir.release()
     return history
+
+  def _loop(self, ckpt, writer, history) -> None:
+    cfg = self.cfg
+    bar = Progress(cfg.steps, initial=self.step, desc=cfg.name, enabled=cfg.progress and dist.is_primary())
+    last_eval = None
+    try:
+      if self.eval_set is not None and self.step == 0:
+        last_eval = self._eval_and_log(writer, history)
+      while self.step < cfg.steps:
+        m = self.train_step()
+        history.append({"step": self.step, **m})
+        if writer is not None and self.step % cfg.log_every == 0:
+          writer.write(self.step, m)
+        bar.update(1, reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.3f}")
+        if ckpt.due(self.step):
+          self._save(ckpt)
+        if self.eval_set is not None and cfg.eval.every and self.step % cfg.eval.every == 0:
+          last_eval = self._eval_and_log(writer, history)
+        if self.on_step is not None:
+          self.on_step(self.step, m)
+      if self.eval_set is not None and last_eval != self.step:
+        self._eval_and_log(writer, history)
+    finally:
+      bar.close()
+
+  def _eval_and_log(self, writer, history) -> int:
+    m = self.evaluate()
+    history.append({"step": self.step, **m})
+    if writer is not None:
+      writer.write(self.step, m)
+    if dist.is_primary():
+      log.info("step %d eval: %s", self.step, {k: round(v, 4) for k, v in m.items()})
+    return self.step
+
+  def _save(self, ckpt, force: bool = False) -> None:
+    if (force or ckpt.due(self.step)) and self._state_is_step:
+      ckpt.save(self.step, self._ckpt_state())
+
+  def _save_on_exit(self, ckpt, reason: BaseException) -> None:
+    """On a signal or an exception: save the last completed step if the state still holds it."""
+    if not self._state_is_step or any(x.is_deleted() for x in jax.tree.leaves(self.state)
+                                      if isinstance(x, jax.Array)):
+      log.warning("not saving on exit (%s): the state is mid-update", type(reason).__name__)
+      return
+    with _signals_ignored():
+      try:
+        if ckpt.save(self.step, self._ckpt_state()):
+          log.warning("saved step %d on exit (%s)", self.step, reason)
+        ckpt.wait()
+      except checkpointing.CheckpointSaveError as e:
+        log.error("%s", e)
+
+
+# ----------------------------------------------------------------------------- jitted helpers
+
+
+def _timed(times: dict, name: str):
+  @contextlib.contextmanager
+  def cm():
+    t0 = time.perf_counter()
+    yield
+    times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+  return cm()
+
+
+@contextlib.contextmanager
+def _signals_raise_preempted():
+  """SIGTERM (and SIGINT) raise ``Preempted`` in the main thread, so the run can save and exit."""
+  def handler(signum, frame):
+    raise Preempted(signum)
+
+  old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+  """While the exit checkpoint is written, a second signal is reported and otherwise ignored."""
+  def handler(signum, frame):
+    log.warning("%s during the exit checkpoint: ignored until it is written", signal.Signals(signum).name)
+
+  old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+@functools.partial(jax.jit, static_argnames=("g", "sh"))
+def _rows_of_prompts(prompt_ids, prompt_mask, g, sh):
+  rep = lambda x: jax.lax.with_sharding_constraint(jnp.repeat(x, g, axis=0), sh)
+  return rep(prompt_ids), rep(prompt_mask)
+
+
+def _group_view(x, g):
+  return x.reshape(-1, g, *x.shape[1:])
+
+
+@functools.partial(jax.jit, static_argnames=("g", "o", "sh"))
+def _grpo_advantages(tokens, mask, rewards, g, o, sh):
+  tok, msk, r = _group_view(tokens, g), _group_view(mask, g), _group_view(rewards, g)
+  counts = jaxgrpo.prefix_counts(tok, msk)
+  metrics = {**jaxgrpo.advantage_metrics(r), **jaxgrpo.prefix_metrics(counts, msk)}
+  seq = jaxgrpo.group_advantages(r, scale=o.scale_rewards, ddof=o.ddof, eps=o.eps)
+  adv = seq[..., None] * msk
+  weights = jaxgrpo.lambda_weights(counts) if o.uses_lambda else msk.astype(jnp.float32)
+  flat = lambda x: jax.lax.with_sharding_constraint(x.reshape(tokens.shape).astype(jnp.float32), sh)
+  return flat(adv), flat(weights), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("k", "min_gap"))
+def _segments(entropies, mask, k, min_gap):
+  return jaxgrpo.entropy_segments(entropies, mask, k=k, min_gap=min_gap)
+
+
+@functools.partial(jax.jit, static_argnames=("g", "o", "sh"))
+def _prpo_advantages(tokens, mask, rewards, seg, scores, g, o, sh):
+  tok, msk, r = _group_view(tokens, g), _group_view(mask, g), _group_view(rewards, g)
+  counts = jaxgrpo.prefix_counts(tok, msk)
+  metrics = {**jaxgrpo.advantage_metrics(r), **jaxgrpo.prefix_metrics(counts, msk)}
+  tok_scores = jaxgrpo.segment_scores_to_tokens(_group_view(seg, g), _group_view(scores, g))
+  adv = jaxgrpo.prpo_advantages(tok_scores, msk, r, normalization=o.prpo_normalization, prior_std=o.prpo_prior_std,
+                                outcome=o.prpo_outcome, ddof=o.ddof, eps=o.eps)
+  weights = jaxgrpo.lambda_weights(counts) if o.uses_lambda else msk.astype(jnp.float32)
+  valid = msk.astype(bool)
+  metrics.update(segments_mean=jnp.mean(jnp.max(_group_view(seg, g), axis=-1) + 1.0),
+                 prm_score_mean=jnp.sum(jnp.where(valid, tok_scores, 0.0)) / jnp.maximum(jnp.sum(valid), 1))
+  flat = lambda x: jax.lax.with_sharding_constraint(x.reshape(tokens.shape).astype(jnp.float32), sh)
+  return flat(adv), flat(weights), metrics
+
+
+@jax.jit
+def _rollout_metrics(tokens, mask, entropies, lengths, finish_reason, correct, parts):
+  m = mask.astype(jnp.float32)
+  lengths = lengths.astype(jnp.float32)
+  out = {
+      "accuracy": jnp.mean(correct),
+      "entropy_mean": jnp.sum(entropies * m) / jnp.maximum(jnp.sum(m), 1.0),
+      "completion_len_mean": jnp.mean(lengths), "completion_len_max": jnp.max(lengths),
+      "completion_tokens": jnp.sum(m), "truncated_frac": jnp.mean((finish_reason != 0).astype(jnp.float32)),
+  }
+  out.update({f"reward_{name}": jnp.mean(v) for name, v in parts.items()})
+  return out

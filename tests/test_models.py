@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from hf_tiny import TINY, hf_logits, make_tiny, padded_batch
 from safetensors.numpy import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import jaxgrpo.models as M
-from hf_tiny import TINY, hf_logits, make_tiny, padded_batch
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))
@@ -38,7 +38,7 @@ def test_logits_bf16_error_comparable_to_transformers_bf16(tiny_checkpoint):
   import copy
 
   name, hf, path = tiny_checkpoint
-  model, params = M.from_pretrained(path, dtype="bfloat16")
+  model, params = M.from_pretrained(path, dtype=jnp.bfloat16, param_dtype="bfloat16")  # strings or jnp dtypes
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
   ids, mask = padded_batch(model.config.vocab_size, seed=1)
   ours = np.asarray(M.logits(model, params, jnp.asarray(ids), jnp.asarray(mask)))
@@ -155,7 +155,8 @@ def test_old_style_rope_fields_read_like_rope_parameters():
   new = M.from_hf_config({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, **scaling}})
   assert old == new and old.rope_scaling.factor == 32.0 and old.rope_theta == 500000.0
   with pytest.raises(M.UnsupportedConfigError, match=r"missing \['factor'\]"):
-    M.from_hf_config({**base, "rope_scaling": {"rope_type": "llama3", **{k: v for k, v in scaling.items() if k != "factor"}}})
+    partial = {k: v for k, v in scaling.items() if k != "factor"}
+    M.from_hf_config({**base, "rope_scaling": {"rope_type": "llama3", **partial}})
 
 
 def test_checkpoint_mismatches_are_reported_by_name(llama_path, tmp_path):

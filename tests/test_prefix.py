@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import jaxgrpo
 from strategies import batch_of_groups
 from trie_oracle import Trie, groups_to_arrays
+
+import jaxgrpo
 
 METHODS = ["sort", "compare"]
 PAPER_GROUP = ["ABCD", "ABEFHI", "JKLM", "JKLNQST", "JKLNQU", "VWYZ"]

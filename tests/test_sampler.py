@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from hf_tiny import TINY, make_tiny
 
 import jaxgrpo.models as M
 from jaxgrpo import sampler
-from hf_tiny import TINY, make_tiny
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))

@@ -1,4 +1,5 @@
-"""A sharded update step equals the single-device step (8 simulated CPU devices)."""
+"""The update step: sharded == single device (8 simulated CPU devices), minibatches inside one call ==
+separate calls, non-finite updates detected on device and never applied."""
 
 import jax
 import numpy as np
@@ -11,40 +12,47 @@ from jaxgrpo import sharding as shard_lib
 from jaxgrpo import train_step as ts
 
 
-def tiny_model():
+def tiny_model(**kw):
   cfg = M.ModelConfig(family="llama", vocab_size=32, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                      head_dim=8, intermediate_size=64, max_position_embeddings=32)
+                      head_dim=8, intermediate_size=64, max_position_embeddings=32, **kw)
   model = M.from_config(cfg)
   return model, M.init_params(model, jax.random.PRNGKey(0))
 
 
 def make_batch(n=16, p=3, t=5, seed=0):
   rng = np.random.default_rng(seed)
-  ids = rng.integers(1, 32, size=(n, p + t)).astype(np.int32)
-  attn = np.ones((n, p + t), np.int32)
-  attn[::3, 0] = 0  # some left padding
+  ids = rng.integers(1, 32, size=(n, p)).astype(np.int32)
+  pmask = np.ones((n, p), np.int32)
+  pmask[::3, 0] = 0  # some left padding
   lengths = rng.integers(1, t + 1, size=n)
   comp = (np.arange(t) < lengths[:, None]).astype(np.float32)
-  attn[:, p:] = comp
+  tokens = rng.integers(1, 32, size=(n, t)).astype(np.int32)
   adv = rng.normal(size=(n, t)).astype(np.float32) * comp
   w = rng.uniform(0.2, 1.0, size=(n, t)).astype(np.float32)
   old = rng.normal(-3.0, 0.1, size=(n, t)).astype(np.float32)
-  ref = rng.normal(-3.0, 0.1, size=(n, t)).astype(np.float32)
-  return ts.Batch(ids, attn, comp, adv, w, old, ref)
+  return ts.Batch(ids, pmask, tokens, comp, adv, w, old)
 
 
-def run_steps(mesh, steps=2, tx=None):
+SGD = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5))
+
+
+def run_steps(mesh, steps=2, tx=None, uspec=None, batches=None):
   model, params = tiny_model()
   # SGD keeps the comparison well conditioned: Adam's first step is ~lr·sign(g), which
   # turns a 1e-9 reduction-order difference in a near-zero gradient into an lr-sized one.
-  tx = tx or optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5))
-  spec = ts.LossSpec(kl_beta=0.05, use_old_logp=True, clip_eps_high=0.28)
-  sh = ts.state_shardings(model, params, tx, mesh)
-  state = ts.shard_state({"params": params, "opt_state": tx.init(params)}, sh)
-  update = ts.make_update_step(model, tx, spec, mesh, sh)
+  tx = tx or SGD
+  spec = ts.LossSpec(kl_beta=0.05, clip_eps_high=0.28)
+  uspec = uspec or ts.UpdateSpec(old_logp="batch", reference="params")
+  sh = ts.state_shardings(model, tx, mesh)
+  state = ts.shard_state({"params": params, "opt_state": tx.init(params)},
+                         {"params": sh["params"], "opt_state": sh["opt_state"]})
+  ref = ts.shard_state(params, sh["full"]) if uspec.reference == "params" else None
+  update = ts.make_update_step(model, tx, spec, uspec, mesh, sh)
   metrics = []
   for s in range(steps):
-    state, m = update(state, make_batch(seed=s))
+    batch = batches[s] if batches else make_batch(seed=s)
+    orders = np.tile(np.arange(16, dtype=np.int32), (uspec.num_iterations, 1))
+    state, m = update(state, None, ref, batch, orders)
     metrics.append(m)
   return jax.device_get(state), jax.device_get(metrics), sh
 
@@ -72,12 +80,69 @@ def test_sharded_adamw_state_is_sharded_like_params():
   assert mu["layers"]["attn"]["q_kernel"].spec == sh["params"]["layers"]["attn"]["q_kernel"].spec
 
 
+def test_minibatches_in_one_call_equal_separate_calls():
+  """μ=2 passes × 2 minibatches in one jitted call == four single-minibatch calls on the same rows."""
+  mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  model, params = tiny_model()
+  spec = ts.LossSpec(clip_eps_high=0.28)
+  sh = ts.state_shardings(model, SGD, mesh)
+  state_sh = {"params": sh["params"], "opt_state": sh["opt_state"]}
+  batch = make_batch()
+  orders = np.stack([np.random.default_rng(i).permutation(16) for i in range(2)]).astype(np.int32)
+  fused = ts.make_update_step(model, SGD, spec, ts.UpdateSpec(2, 2, old_logp="batch"), mesh, sh)
+  s1, m = fused(ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh), None, None, batch, orders)
+  single = ts.make_update_step(model, SGD, spec, ts.UpdateSpec(1, 1, old_logp="batch"), mesh, sh)
+  s2 = ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh)
+  for rows in orders.reshape(4, 8):
+    mb = ts.Batch(*[x[rows] for x in batch])
+    s2, _ = single(s2, None, None, mb, np.arange(8, dtype=np.int32)[None])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), jax.device_get(s1), jax.device_get(s2))
+  assert int(m["skipped_updates"]) == 0 and int(m["nonfinite"]) == 0
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_nonfinite_update_is_detected_and_not_applied(mode):
+  """A NaN advantage in the second minibatch: flagged on device; its update is never applied, and in
+  stop mode neither is any later one."""
+  mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  model, params = tiny_model()
+  sh = ts.state_shardings(model, SGD, mesh)
+  state_sh = {"params": sh["params"], "opt_state": sh["opt_state"]}
+  batch = make_batch()
+  adv = np.array(batch.advantages)
+  adv[5, 0] = np.nan  # row 5 is in the second of 4 minibatches (rows 4-7)
+  bad = batch._replace(advantages=adv)
+  update = ts.make_update_step(model, SGD, ts.LossSpec(), ts.UpdateSpec(1, 4, old_logp="batch", nonfinite=mode),
+                               mesh, sh)
+  state, m = update(ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh), None, None, bad,
+                    np.arange(16, dtype=np.int32)[None])
+  assert ts.nonfinite_names(int(m["nonfinite"])) == ["loss", "gradients", "parameters"]
+  assert bool(ts.all_finite(state))
+  assert int(m["skipped_updates"]) == (3 if mode == "stop" else 1)
+  # the reference: minibatch 0 only (stop), or minibatches 0, 2, 3 (skip)
+  one = ts.make_update_step(model, SGD, ts.LossSpec(), ts.UpdateSpec(1, 1, old_logp="batch"), mesh, sh)
+  ref = ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh)
+  for k in ([0] if mode == "stop" else [0, 2, 3]):
+    rows = np.arange(4 * k, 4 * k + 4)
+    ref, _ = one(ref, None, None, ts.Batch(*[x[rows] for x in batch]), np.arange(4, dtype=np.int32)[None])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), jax.device_get(state), jax.device_get(ref))
+
+
 def test_rules_fall_back_to_replication_when_a_dim_does_not_divide():
   mesh = shard_lib.make_mesh(1, 2, 4) if jax.device_count() >= 8 else None
   if mesh is None:
     pytest.skip("needs 8 devices")
   spec = shard_lib.spec_for(("vocab", "embed"), (30, 64), mesh, shard_lib.MeshRules())
   assert tuple(spec) == (None, "fsdp")  # 30 % 4 != 0 → vocab replicated
+
+
+def test_batch_axes_come_from_the_rules():
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 devices")
+  mesh = shard_lib.make_mesh(2, 2, 2)
+  assert shard_lib.batch_shards(mesh) == 4
+  custom = shard_lib.MeshRules(rules=(("batch", "data"),) + shard_lib.MeshRules().rules[1:])
+  assert shard_lib.batch_axes(mesh, custom) == ("data",) and shard_lib.batch_shards(mesh, custom) == 2
 
 
 def test_mesh_errors_are_clear():

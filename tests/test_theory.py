@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import jaxgrpo
 from strategies import overlapping_group
 from trie_oracle import Trie, groups_to_arrays
+
+import jaxgrpo
 
 jax.config.update("jax_enable_x64", False)
 

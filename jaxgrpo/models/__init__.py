@@ -1,8 +1,8 @@
 """Flax GPT-2, Llama and Qwen2 models loaded from and saved to HF checkpoints.
 
-    model, params = jaxgrpo.models.from_pretrained("path/to/hf_dir", dtype="float32")
-    logits = jaxgrpo.models.logits(model, params, input_ids, attention_mask)   # float32[B, T, V]
-    jaxgrpo.models.save_pretrained(model, params, "out_dir")                   # transformers loads it
+    model, params = jaxgrpo.models.from_pretrained("path/to/hf_dir", dtype=jnp.bfloat16)  # f32 master weights
+    logits = jaxgrpo.models.logits(model, params, input_ids, attention_mask)               # float32[B, T, V]
+    jaxgrpo.models.save_pretrained(model, params, "out_dir")                               # transformers loads it
 """
 
 from __future__ import annotations
@@ -11,10 +11,27 @@ import functools
 
 import jax
 
+from jaxgrpo.models.build import build_model, config_from_spec, model_config
 from jaxgrpo.models.checkpoint import from_pretrained, read_config, read_safetensors, save_pretrained
-from jaxgrpo.models.config import ModelConfig, RopeScaling, UnsupportedConfigError, from_hf_config, to_hf_config
+from jaxgrpo.models.config import (
+  LoraConfig,
+  ModelConfig,
+  RopeScaling,
+  UnsupportedConfigError,
+  dtype_name,
+  from_hf_config,
+  to_hf_config,
+)
 from jaxgrpo.models.convert import CheckpointMismatchError, hf_to_params, params_to_hf
-from jaxgrpo.models.transformer import Transformer, causal_mask, init_params, logical_axes, positions_from_mask
+from jaxgrpo.models.transformer import (
+  Transformer,
+  abstract_params,
+  cast_params,
+  causal_mask,
+  init_params,
+  logical_axes,
+  positions_from_mask,
+)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -39,11 +56,17 @@ def from_config(cfg: ModelConfig) -> Transformer:
 
 __all__ = [
     "CheckpointMismatchError",
+    "LoraConfig",
     "ModelConfig",
     "RopeScaling",
     "Transformer",
     "UnsupportedConfigError",
+    "abstract_params",
+    "build_model",
+    "cast_params",
     "causal_mask",
+    "config_from_spec",
+    "dtype_name",
     "from_config",
     "from_hf_config",
     "from_pretrained",
@@ -51,6 +74,7 @@ __all__ = [
     "init_params",
     "logical_axes",
     "logits",
+    "model_config",
     "params_to_hf",
     "positions_from_mask",
     "read_config",

@@ -34,48 +34,79 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
   tensors = {}
   for file in files:
-    with safe_open(file, framework="numpy") as f:
-      for name in f.keys():
-        tensors[name] = f.get_tensor(name)
+    if not os.path.exists(file):
+      raise FileNotFoundError(f"{file}: listed in {INDEX_FILE} but missing")
+    try:
+      with safe_open(file, framework="numpy") as f:
+        for name in f.keys():
+          tensors[name] = f.get_tensor(name)
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+      raise ValueError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e})") from None
   return tensors
 
 
-def read_config(path: str, dtype: str = "float32") -> config_lib.ModelConfig:
+def read_config(path: str, dtype="float32", **options) -> config_lib.ModelConfig:
+  """The ``ModelConfig`` of an HF directory's config.json (errors name the file and the field)."""
   cfg_path = os.path.join(path, "config.json")
   if not os.path.exists(cfg_path):
     raise FileNotFoundError(f"{path}: no config.json")
-  with open(cfg_path) as f:
-    return config_lib.from_hf_config(json.load(f), dtype=dtype)
+  try:
+    with open(cfg_path) as f:
+      hf = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{cfg_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+  if not isinstance(hf, dict):
+    raise ValueError(f"{cfg_path}: must hold a JSON object")
+  try:
+    return config_lib.from_hf_config(hf, dtype=dtype, **options)
+  except ValueError as e:
+    raise type(e)(f"{cfg_path}: {e}") from None
 
 
-def from_pretrained(path: str, dtype: str = "float32") -> tuple[Transformer, dict[str, Any]]:
+def from_pretrained(path: str, dtype="float32", param_dtype="float32", **options) -> tuple[Transformer, dict[str, Any]]:
   """Load an HF checkpoint directory into (model, params).
 
   Args:
     path: directory with config.json and model.safetensors (or a sharded
       model.safetensors.index.json).
-    dtype: "float32" or "bfloat16" for parameters and compute.
+    dtype: compute dtype; param_dtype: dtype the parameters are stored in
+      (float32 master weights by default: a bf16 checkpoint loads losslessly).
+      Strings ("bfloat16") or jnp dtypes (jnp.bfloat16).
+    options: other ``ModelConfig`` fields (remat, attention_chunk, lora).
   """
-  cfg = read_config(path, dtype)
-  np_dtype = jnp.bfloat16 if dtype == "bfloat16" else np.float32
-  params = convert.hf_to_params(read_safetensors(path), cfg, dtype=np_dtype)
+  cfg = read_config(path, dtype, param_dtype=param_dtype, **options)
+  tensors = read_safetensors(path)
+  try:
+    params = convert.hf_to_params(tensors, cfg, dtype=jnp.dtype(cfg.param_dtype))
+  except convert.CheckpointMismatchError as e:
+    raise convert.CheckpointMismatchError(f"{path}: {e}") from None
   return Transformer(cfg), jax.tree.map(jnp.asarray, params)
 
 
 def save_pretrained(
-    model: Transformer, params: dict[str, Any], path: str, *, max_shard_bytes: int | None = None
+    model: Transformer, params: dict[str, Any], path: str, *, max_shard_bytes: int | None = None,
+    dtype=None,
 ) -> None:
   """Write config.json and safetensors that transformers' from_pretrained loads.
 
   Args:
+    params: the model's params (LoRA adapters, if any, are folded into the weights).
     max_shard_bytes: if set and the tensors exceed it, write shards plus
       model.safetensors.index.json.
+    dtype: dtype of the saved tensors (default: the params' dtype).
   """
+  from jaxgrpo.models import lora
+
   cfg = model.config
+  params = lora.merged(cfg, params)
+  np_dtype = None if dtype is None else jnp.dtype(config_lib.dtype_name(dtype))
+  tensors = convert.params_to_hf(params, cfg)
+  if np_dtype is not None:
+    tensors = {k: v.astype(np_dtype) for k, v in tensors.items()}
+  saved_dtype = next(iter(tensors.values())).dtype
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(config_lib.to_hf_config(cfg), f, indent=2)
-  tensors = convert.params_to_hf(jax.device_get(params), cfg)
+    json.dump(config_lib.to_hf_config(cfg, dtype=saved_dtype), f, indent=2)
   total = sum(t.nbytes for t in tensors.values())
   meta = {"format": "pt"}
   if max_shard_bytes is None or total <= max_shard_bytes:

@@ -13,8 +13,57 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+import jax
+import jax.numpy as jnp
+
 Family = Literal["gpt2", "llama", "qwen2"]
 FAMILIES = ("gpt2", "llama", "qwen2")
+DTYPES = ("float32", "bfloat16", "float16")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+# ``remat`` values: no rematerialization, recompute everything, or a named jax.checkpoint policy.
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable",
+                  "everything_saveable")
+
+
+def dtype_name(dtype, field: str = "dtype") -> str:
+  """Canonical name of a floating dtype given as a string or a numpy/jnp dtype ("float32", "bfloat16", ...)."""
+  try:
+    name = jnp.dtype(dtype).name
+  except TypeError:
+    raise ValueError(f"{field} must be one of {DTYPES} (a string or a jnp dtype); got {dtype!r}") from None
+  if name not in DTYPES:
+    raise ValueError(f"{field} must be one of {DTYPES}; got {dtype!r}")
+  return name
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy for a ``remat`` name (None for "full": save nothing)."""
+  if name not in REMAT_POLICIES or name == "none":
+    raise ValueError(f"remat must be one of {REMAT_POLICIES}; got {name!r}")
+  return None if name == "full" else getattr(jax.checkpoint_policies, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Low-rank adapters W + (alpha / rank) · A B on the named projections (PEFT's LoRA, dropout 0)."""
+
+  rank: int
+  alpha: float
+  targets: tuple[str, ...] = LORA_TARGETS
+
+  def __post_init__(self):
+    if not isinstance(self.rank, int) or self.rank < 1:
+      raise ValueError(f"lora rank must be an integer >= 1; got {self.rank!r}")
+    if not self.alpha > 0:
+      raise ValueError(f"lora alpha must be > 0; got {self.alpha!r}")
+    object.__setattr__(self, "targets", tuple(self.targets))
+    bad = [t for t in self.targets if t not in LORA_TARGETS]
+    if bad or not self.targets:
+      raise ValueError(f"lora targets must be a non-empty subset of {LORA_TARGETS}; got {list(self.targets)}")
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +100,11 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_id: tuple[int, ...] = ()
   pad_token_id: int | None = None
-  dtype: str = "float32"  # compute and parameter dtype: "float32" | "bfloat16"
+  dtype: str = "float32"  # compute dtype (activations, matmuls); strings or jnp dtypes accepted
+  param_dtype: str = "float32"  # parameters (and so Adam moments): f32 master weights by default
+  remat: str = "none"  # rematerialization of each scanned layer: see REMAT_POLICIES
+  attention_chunk: int = 0  # full forward passes: queries in blocks of this size (0 = one block)
+  lora: LoraConfig | None = None
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -60,8 +113,12 @@ class ModelConfig:
       raise ValueError(
           f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
       )
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}")
+    object.__setattr__(self, "dtype", dtype_name(self.dtype, "dtype"))
+    object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype, "param_dtype"))
+    if self.remat != "none":
+      remat_policy(self.remat)
+    if self.attention_chunk < 0:
+      raise ValueError(f"attention_chunk must be >= 0; got {self.attention_chunk}")
     if self.activation not in ("silu", "gelu_new"):
       raise ValueError(f"activation must be 'silu' or 'gelu_new'; got {self.activation!r}")
 
@@ -171,15 +228,18 @@ def _require(hf, key, allowed, family):
     )
 
 
-def from_hf_config(hf: dict[str, Any], dtype: str = "float32") -> ModelConfig:
-  """Strictly convert a Hugging Face config.json dict into a ``ModelConfig``."""
+def from_hf_config(hf: dict[str, Any], dtype="float32", **options) -> ModelConfig:
+  """Strictly convert a Hugging Face config.json dict into a ``ModelConfig``.
+
+  ``options`` sets the fields that are not in config.json (param_dtype, remat, attention_chunk, lora).
+  """
   family = hf.get("model_type")
   if family not in FAMILIES:
     raise UnsupportedConfigError(f"config field 'model_type' = {family!r}; supported: {list(FAMILIES)}")
   _check_fields(hf, family)
   common = dict(
       bos_token_id=hf.get("bos_token_id"), eos_token_id=_eos_tuple(hf.get("eos_token_id")),
-      pad_token_id=hf.get("pad_token_id"), dtype=dtype,
+      pad_token_id=hf.get("pad_token_id"), dtype=dtype, **options,
   )
   if family == "gpt2":
     _require(hf, "activation_function", {"gelu_new"}, family)
@@ -220,12 +280,12 @@ def from_hf_config(hf: dict[str, Any], dtype: str = "float32") -> ModelConfig:
   )
 
 
-def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
-  """The config.json transformers needs to rebuild the same model."""
+def to_hf_config(cfg: ModelConfig, dtype: str | None = None) -> dict[str, Any]:
+  """The config.json transformers needs to rebuild the same model (``dtype``: of the saved tensors)."""
   eos = list(cfg.eos_token_id)
   eos_field = eos[0] if len(eos) == 1 else (eos or None)
   tokens = dict(bos_token_id=cfg.bos_token_id, eos_token_id=eos_field, pad_token_id=cfg.pad_token_id)
-  dtype = cfg.dtype
+  dtype = dtype_name(dtype or cfg.param_dtype)
   if cfg.family == "gpt2":
     return dict(
         model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size, n_embd=cfg.hidden_size,

@@ -80,8 +80,10 @@ def _llama_rows(cfg: ModelConfig, lm_head: bool = True) -> list[Row]:
   if cfg.qkv_bias:
     rows += [
         _vec(L + ("attn", "q_bias"), QD, lambda c: (c.num_heads, c.head_dim))("model.layers.{i}.self_attn.q_proj.bias"),
-        _vec(L + ("attn", "k_bias"), KD, lambda c: (c.num_kv_heads, c.head_dim))("model.layers.{i}.self_attn.k_proj.bias"),
-        _vec(L + ("attn", "v_bias"), KD, lambda c: (c.num_kv_heads, c.head_dim))("model.layers.{i}.self_attn.v_proj.bias"),
+        _vec(L + ("attn", "k_bias"), KD, lambda c: (c.num_kv_heads, c.head_dim))(
+            "model.layers.{i}.self_attn.k_proj.bias"),
+        _vec(L + ("attn", "v_bias"), KD, lambda c: (c.num_kv_heads, c.head_dim))(
+            "model.layers.{i}.self_attn.v_proj.bias"),
     ]
   if cfg.out_bias:
     rows.append(_vec(L + ("attn", "o_bias"), D)("model.layers.{i}.self_attn.o_proj.bias"))
@@ -166,7 +168,8 @@ class CheckpointMismatchError(ValueError):
   """The tensors of a checkpoint do not match the config."""
 
 
-def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, dtype=None, lm_head: bool = True) -> dict[str, Any]:
+def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, dtype=None,
+                 lm_head: bool = True) -> dict[str, Any]:
   """HF name → array mapping to the params pytree (numpy arrays).
 
   Raises ``CheckpointMismatchError`` listing missing and unexpected tensor names

@@ -6,6 +6,22 @@ scanned with ``nn.scan``); every parameter is created with logical axis names
 ``layers``) so the trainer can shard it from one rule table
 (``logical_axes``).
 
+Precision: parameters live in ``config.param_dtype`` (float32 master weights by
+default) and are cast to ``config.dtype`` where they are used, so gradients
+reach the master weights in their own dtype.  Callers that run many forward
+passes on the same weights (the sampler, the update step) cast them once with
+``cast_params``; the casts here are then no-ops.
+
+Memory: ``config.remat`` rematerializes each scanned layer (a jax.checkpoint
+policy), ``config.attention_chunk`` computes full-sequence attention in query
+blocks (so no [T, T] score matrix per head exists), and ``head`` applies the LM
+head to any slice of hidden states (chunked log-probs, see ``jaxgrpo.policy``).
+
+LoRA (``config.lora``): adapters ``<name>_lora_a`` / ``<name>_lora_b`` next to
+each targeted kernel.  They are used when present in the params, so the same
+model with the adapters left out of the params is the base model (the
+reference policy), with no second copy of the weights.
+
 The module takes an explicit boolean attention mask [B, T, S] and an optional
 KV cache, which makes one code path serve full forward passes (S = T) and
 cached decoding (S = cache length).
@@ -21,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgrpo.models.config import ModelConfig
+from jaxgrpo.models.config import ModelConfig, remat_policy
 
 # KV cache, one buffer for all layers: {"k": [L, B, KV, S, Dh], "v": [L, B, KV, S, Dh]}.
 # The layer scan only reads it (as scanned xs) and returns the new slots of each
@@ -32,20 +48,35 @@ from jaxgrpo.models.config import ModelConfig
 Cache = dict[str, jax.Array]
 
 _INIT = nn.initializers.normal(0.02)
-
-
-def _dtype(cfg: ModelConfig):
-  return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+LORA_A, LORA_B = "_lora_a", "_lora_b"
 
 
 def _param(mod: nn.Module, name: str, shape, axes, init=_INIT):
-  return mod.param(name, nn.with_logical_partitioning(init, axes), shape, _dtype(mod.config))
+  """A parameter in param_dtype, returned cast to the compute dtype."""
+  cfg = mod.config
+  p = mod.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype))
+  return p.astype(cfg.dtype)
+
+
+def _lora(mod: nn.Module, target: str, name: str, in_shape, out_shape, in_axes, out_axes):
+  """(A, B) adapters of kernel ``name`` (None when absent): A [*in, r] starts random, B [r, *out] at zero."""
+  cfg = mod.config
+  if cfg.lora is None or target not in cfg.lora.targets:
+    return None
+  if not (mod.is_initializing() or mod.has_variable("params", name + LORA_A)):
+    return None  # adapters off: the base model
+  r = cfg.lora.rank
+  fan_in = int(np.prod(in_shape))
+  a = _param(mod, name + LORA_A, (*in_shape, r), (*in_axes, None), nn.initializers.normal(1.0 / math.sqrt(fan_in)))
+  b = _param(mod, name + LORA_B, (r, *out_shape), (None, *out_axes), nn.initializers.zeros)
+  return a, b * jnp.asarray(cfg.lora.scale, cfg.dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   """Rotary inverse frequencies (float32, like transformers), with Llama-3 scaling."""
   d = cfg.head_dim
-  inv = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))).astype(np.float32)
+  exponents = np.arange(0, d, 2, dtype=np.float32) / np.float32(d)
+  inv = (1.0 / (np.float32(cfg.rope_theta) ** exponents)).astype(np.float32)
   s = cfg.rope_scaling
   if s is None:
     return inv
@@ -93,6 +124,29 @@ class Norm(nn.Module):
     return scale * h.astype(x.dtype)
 
 
+def _attend(qg, k, v, mask, scale):
+  """Softmax attention without a cache.  qg [B, T, KV, G, Dh]; k, v [B, S, KV, Dh]; mask bool [B, T, S]."""
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * scale
+  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(qg.dtype)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v)
+
+
+def _attend_in_blocks(qg, k, v, mask, scale, block: int):
+  """``_attend`` over query blocks of ``block`` rows, each rematerialized in the backward pass:
+  the scores that exist at once are [B, KV, G, block, S] instead of [B, KV, G, T, S]."""
+  b, t = qg.shape[:2]
+  pad = (-t) % block
+  qg = jnp.pad(qg, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+  mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
+  nb = (t + pad) // block
+  q_blocks = jnp.moveaxis(qg.reshape(b, nb, block, *qg.shape[2:]), 1, 0)
+  m_blocks = jnp.moveaxis(mask.reshape(b, nb, block, mask.shape[-1]), 1, 0)
+  body = jax.checkpoint(lambda qm: _attend(qm[0], k, v, qm[1], scale), prevent_cse=False)
+  out = jax.lax.map(body, (q_blocks, m_blocks))  # [nb, B, block, KV, G, Dh]
+  return jnp.moveaxis(out, 0, 1).reshape(b, t + pad, *qg.shape[2:])[:, :t]
+
+
 class Attention(nn.Module):
   config: ModelConfig
 
@@ -101,25 +155,31 @@ class Attention(nn.Module):
     """Returns (y, new k/v slots [B, KV, T, Dh] or None without a cache)."""
     cfg = self.config
     d, h, kv, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    wq = _param(self, "q_kernel", (d, h, dh), ("embed", "heads", "head_dim"))
-    wk = _param(self, "k_kernel", (d, kv, dh), ("embed", "kv_heads", "head_dim"))
-    wv = _param(self, "v_kernel", (d, kv, dh), ("embed", "kv_heads", "head_dim"))
-    wo = _param(self, "o_kernel", (h, dh, d), ("heads", "head_dim", "embed"))
-    q = jnp.einsum("btd,dhk->bthk", x, wq)
-    k = jnp.einsum("btd,dhk->bthk", x, wk)
-    v = jnp.einsum("btd,dhk->bthk", x, wv)
-    if cfg.qkv_bias:
-      z = nn.initializers.zeros
-      q = q + _param(self, "q_bias", (h, dh), ("heads", "head_dim"), z)
-      k = k + _param(self, "k_bias", (kv, dh), ("kv_heads", "head_dim"), z)
-      v = v + _param(self, "v_bias", (kv, dh), ("kv_heads", "head_dim"), z)
+
+    def project_in(target, n_heads, heads_axis):
+      w = _param(self, f"{target}_kernel", (d, n_heads, dh), ("embed", heads_axis, "head_dim"))
+      y = jnp.einsum("btd,dhk->bthk", x, w)
+      ab = _lora(self, target, f"{target}_kernel", (d,), (n_heads, dh), ("embed",), (heads_axis, "head_dim"))
+      if ab is not None:
+        y = y + jnp.einsum("btr,rhk->bthk", jnp.einsum("btd,dr->btr", x, ab[0]), ab[1])
+      if cfg.qkv_bias:
+        y = y + _param(self, f"{target}_bias", (n_heads, dh), (heads_axis, "head_dim"), nn.initializers.zeros)
+      return y
+
+    q = project_in("q", h, "heads")
+    k = project_in("k", kv, "kv_heads")
+    v = project_in("v", kv, "kv_heads")
     if rope is not None:
       q = _apply_rope(q, *rope)
       k = _apply_rope(k, *rope)
+    wo = _param(self, "o_kernel", (h, dh, d), ("heads", "head_dim", "embed"))
+    o_lora = _lora(self, "o", "o_kernel", (h, dh), (d,), ("heads", "head_dim"), ("embed",))
     o_bias = _param(self, "o_bias", (d,), ("embed",), nn.initializers.zeros) if cfg.out_bias else None
 
     def project_out(out):  # [B, T, H, Dh] -> [B, T, D]
       y = jnp.einsum("bthk,hkd->btd", out, wo)
+      if o_lora is not None:
+        y = y + jnp.einsum("btr,rd->btd", jnp.einsum("bthk,hkr->btr", out, o_lora[0]), o_lora[1])
       return y if o_bias is None else y + o_bias
 
     b, t = x.shape[:2]
@@ -127,11 +187,17 @@ class Attention(nn.Module):
     neg = jnp.finfo(jnp.float32).min
     scale = 1.0 / math.sqrt(dh)
     if layer_cache is None:
-      scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * scale
-      scores = jnp.where(mask[:, None, None, :, :], scores, neg)
-      probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
-      return project_out(out), None
+      if cfg.attention_chunk and t > cfg.attention_chunk:
+        out = _attend_in_blocks(qg, k, v, mask, scale, cfg.attention_chunk)
+      else:
+        out = _attend(qg, k, v, mask, scale)
+      return project_out(out.reshape(b, t, h, dh)), None
+    new_slots = {"k": k.transpose(0, 2, 1, 3).astype(layer_cache["k"].dtype),
+                 "v": v.transpose(0, 2, 1, 3).astype(layer_cache["v"].dtype)}
+    if isinstance(cache_index, int) and cache_index == 0:
+      # Prefill into an empty cache: only the new keys exist (no scores against empty slots).
+      mask_new = mask[:, :, :t]
+      return project_out(_attend(qg, k, v, mask_new, scale).reshape(b, t, h, dh)), new_slots
     # With a cache: attend to the cached slots before ``cache_index`` (read in
     # place, never copied) and to the T new keys, then return the new slots.
     index = jnp.asarray(cache_index, jnp.int32)
@@ -157,10 +223,7 @@ class Attention(nn.Module):
     else:
       out = (jnp.einsum("bkgts,bksd->btkgd", probs[..., :s_len], old_v)
              + jnp.einsum("bkgts,bskd->btkgd", probs[..., s_len:], v)).reshape(b, t, h, dh)
-    new_slots = {"k": k.transpose(0, 2, 1, 3).astype(layer_cache["k"].dtype),
-                 "v": v.transpose(0, 2, 1, 3).astype(layer_cache["v"].dtype)}
     return project_out(out), new_slots
-
 
 
 class MLP(nn.Module):
@@ -172,20 +235,22 @@ class MLP(nn.Module):
     d, f = cfg.hidden_size, cfg.intermediate_size
     shape = x.shape
     x = x.reshape(-1, d)  # 2-D matmuls: XLA:CPU's weight gradients are ~1.5x faster than with [B, T, D]
-    up = x @ _param(self, "up_kernel", (d, f), ("embed", "mlp"))
-    if cfg.mlp_bias:
-      up = up + _param(self, "up_bias", (f,), ("mlp",), nn.initializers.zeros)
-    if cfg.activation == "silu":
-      gate = x @ _param(self, "gate_kernel", (d, f), ("embed", "mlp"))
+
+    def dense(target, h, n_in, n_out, axes):
+      y = h @ _param(self, f"{target}_kernel", (n_in, n_out), axes)
+      ab = _lora(self, target, f"{target}_kernel", (n_in,), (n_out,), axes[:1], axes[1:])
+      if ab is not None:
+        y = y + (h @ ab[0]) @ ab[1]
       if cfg.mlp_bias:
-        gate = gate + _param(self, "gate_bias", (f,), ("mlp",), nn.initializers.zeros)
-      hidden = jax.nn.silu(gate) * up
+        y = y + _param(self, f"{target}_bias", (n_out,), axes[1:], nn.initializers.zeros)
+      return y
+
+    up = dense("up", x, d, f, ("embed", "mlp"))
+    if cfg.activation == "silu":
+      hidden = jax.nn.silu(dense("gate", x, d, f, ("embed", "mlp"))) * up
     else:
       hidden = jax.nn.gelu(up, approximate=True)  # GPT-2's gelu_new
-    y = hidden @ _param(self, "down_kernel", (f, d), ("mlp", "embed"))
-    if cfg.mlp_bias:
-      y = y + _param(self, "down_bias", (d,), ("embed",), nn.initializers.zeros)
-    return y.reshape(shape)
+    return dense("down", hidden, f, d, ("mlp", "embed")).reshape(shape)
 
 
 class Block(nn.Module):
@@ -204,7 +269,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM.  ``__call__`` returns (logits float32[B, T, V], new_cache)."""
+  """Decoder-only LM.  ``__call__`` returns (logits float32[B, T, V] or hidden states, new_cache)."""
 
   config: ModelConfig
 
@@ -227,8 +292,11 @@ class Transformer(nn.Module):
       x = x + jnp.take(pos_embed, positions, axis=0)
     else:
       rope = rope_tables(cfg, positions)
+    block = Block
+    if cfg.remat != "none" and cache is None:
+      block = nn.remat(Block, policy=remat_policy(cfg.remat), prevent_cse=False)
     layers = nn.scan(
-        Block,
+        block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
@@ -244,11 +312,16 @@ class Transformer(nn.Module):
     x = Norm(cfg, name="final_norm")(x)
     if return_hidden:
       return x, new_cache
-    if cfg.tie_word_embeddings:
-      logits = x @ embed.T
-    else:
-      logits = x @ _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
-    return logits.astype(jnp.float32), new_cache
+    if not cfg.tie_word_embeddings:
+      _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+    return self.head(x), new_cache
+
+  def head(self, hidden: jax.Array) -> jax.Array:
+    """The LM head: float32 logits [..., V] of final-norm hidden states [..., D]."""
+    cfg = self.config
+    params = self.variables["params"]
+    w = nn.meta.unbox(params["embed"]).T if cfg.tie_word_embeddings else nn.meta.unbox(params["lm_head"])
+    return (hidden @ w.astype(cfg.dtype)).astype(jnp.float32)
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
@@ -263,20 +336,33 @@ def causal_mask(attention_mask: jax.Array) -> jax.Array:
   return causal[None] & attention_mask.astype(bool)[:, None, :]
 
 
-def init_params(model: Transformer, rng: jax.Array) -> dict[str, Any]:
-  """Random parameters (normal(0.02) weights, zero biases, unit norms)."""
+def _init_variables(model: Transformer, rng):
   ids = jnp.zeros((1, 1), jnp.int32)
-  variables = model.init(rng, ids, ids, jnp.ones((1, 1, 1), bool))
-  return nn.meta.unbox(variables["params"])
+  return model.init(rng, ids, ids, jnp.ones((1, 1, 1), bool))
+
+
+def init_params(model: Transformer, rng: jax.Array) -> dict[str, Any]:
+  """Random parameters (normal(0.02) weights, zero biases, unit norms; LoRA A random, B zero)."""
+  return nn.meta.unbox(_init_variables(model, rng)["params"])
 
 
 def abstract_boxed_params(model: Transformer) -> dict[str, Any]:
   """Shape-only params, each boxed with its logical axis names (``nn.LogicallyPartitioned``)."""
-  ids = jnp.zeros((1, 1), jnp.int32)
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, jnp.ones((1, 1, 1), bool)))["params"]
+  return jax.eval_shape(lambda: _init_variables(model, jax.random.PRNGKey(0)))["params"]
+
+
+def abstract_params(model: Transformer) -> dict[str, Any]:
+  """Shape-only params (``jax.ShapeDtypeStruct`` leaves): nothing is allocated."""
+  return nn.meta.unbox(abstract_boxed_params(model))
 
 
 def logical_axes(model: Transformer, tree=None) -> dict[str, Any]:
   """PartitionSpecs of logical axis names for the params, or for any pytree built
   from the boxed params (e.g. ``jax.eval_shape(tx.init, abstract_boxed_params(model))``)."""
   return nn.get_partition_spec(abstract_boxed_params(model) if tree is None else tree)
+
+
+def cast_params(params, dtype) -> dict[str, Any]:
+  """Floating leaves cast to ``dtype`` (once per step, before many forward passes)."""
+  dtype = jnp.dtype(dtype)
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)

@@ -1,0 +1,298 @@
+"""λ-GRPO vs GRPO on the paper's toy binary-tree task (arXiv 2509.21154, Table 1), all seeds in one program.
+
+A depth-4 binary tree: after BOS the policy emits 4 tokens, each L or R (every
+other token is masked out of the policy).  The target leaf gets +1, leaves
+sharing its first n tokens get r_neg, all others +0.7.  Metric: the fraction of
+sampled completions equal to the target over the last 50 steps, averaged over
+seeds.
+
+One configuration (setting × method × learning rate) is one jitted program:
+params, optimizer state and PRNG keys carry a leading seed axis (``jax.vmap``)
+and the steps run in a ``lax.scan``, so a configuration compiles once and all
+its seeds train together.  ``--sequential`` runs the same program seed by seed
+(the results are equal; see tests/test_toy_tree.py) for the speed comparison.
+
+Methods: grpo | lambda_grpo | lambda_grpo_wmean (λ weights normalized by Σ
+weights: the update-norm-matched variant) | grpo_lrmatch (GRPO with its
+learning rate scaled by the mean update-norm ratio λ-GRPO/GRPO measured in the
+same sweep).
+
+    python experiments/toy_tree.py                         # the main job: small model, 6 settings, 3 seeds
+    python experiments/toy_tree.py --scale paper --settings 1:-1.0,2:-0.5 --seeds 5 --lr 1e-5
+    python experiments/toy_tree.py --methods grpo,lambda_grpo,lambda_grpo_wmean,grpo_lrmatch --lrs 1e-5,3e-5,1e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxgrpo
+from jaxgrpo import models, policy
+from jaxgrpo.config import ModelSpec
+
+PAPER = {  # (n, r_neg): (GRPO, λ-GRPO), the paper's Table 1 (GPT-2 small, lr 1e-5, 5 seeds)
+    (1, -0.5): (0.3995, 0.5663), (2, -0.5): (0.1980, 0.4292),
+    (1, -1.0): (0.0000, 0.7535), (2, -1.0): (0.0488, 0.3612),
+    (1, -1.5): (0.2000, 0.4463), (2, -1.5): (0.0000, 0.3820),
+}
+SETTINGS = "1:-0.5,2:-0.5,1:-1.0,2:-1.0,1:-1.5,2:-1.5"
+METHODS = ("grpo", "lambda_grpo", "lambda_grpo_wmean", "grpo_lrmatch")
+SCALES = {  # the model: a small GPT-2 for the main job, GPT-2 small's architecture for the paper's scale
+    "small": ModelSpec(family="gpt2", vocab_size=3, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256,
+                       max_position_embeddings=16),
+    "paper": ModelSpec(family="gpt2", vocab_size=3, hidden_size=768, num_layers=12, num_heads=12,
+                       intermediate_size=3072, max_position_embeddings=16),
+}
+L, R, BOS = 1, 2, 0
+DEPTH = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+  """One configuration (static: part of the compiled program)."""
+
+  n_shared: int = 1
+  r_neg: float = -1.0
+  r_other: float = 0.7
+  target: tuple[int, ...] = (L, L, R, L)  # LLRL
+  method: str = "lambda_grpo"
+  group_size: int = 16
+  steps: int = 250
+  lr: float = 3e-5
+  scale: str = "small"
+
+
+def toy_rewards(tokens: jax.Array, cfg: ToyConfig) -> jax.Array:
+  """float32[G]: +1 for the target leaf, r_neg for leaves sharing its first n tokens, r_other otherwise."""
+  target = jnp.asarray(cfg.target)
+  hit = jnp.all(tokens == target, axis=-1)
+  shares = jnp.all(tokens[:, :cfg.n_shared] == target[:cfg.n_shared], axis=-1)
+  return jnp.where(hit, 1.0, jnp.where(shares, cfg.r_neg, cfg.r_other)).astype(jnp.float32)
+
+
+def _sample(model, params, key, g: int) -> jax.Array:
+  """G completions of DEPTH tokens after BOS from the policy (L/R only, temperature 1): int32[G, DEPTH]."""
+  allowed = policy.allowed_mask(3, (L, R))
+  ids = jnp.zeros((g, DEPTH + 1), jnp.int32)
+  attn = jnp.ones((g, DEPTH + 1), jnp.int32)
+  for t in range(DEPTH):  # causal: positions after t do not affect the logits at t
+    logits, _ = model.apply({"params": params}, ids, models.positions_from_mask(attn), models.causal_mask(attn))
+    pol = policy.policy_logits(logits[:, t], 1.0, allowed)
+    ids = ids.at[:, t + 1].set(jax.random.categorical(jax.random.fold_in(key, t), pol).astype(jnp.int32))
+  return ids[:, 1:]
+
+
+def make_step(model, tx, cfg: ToyConfig):
+  """``step(state, key, lr_scale) -> (state, metrics)`` for one seed: sample, reward, advantage, one update
+  (scaled by ``lr_scale``, a traced scalar)."""
+  lam = cfg.method in ("lambda_grpo", "lambda_grpo_wmean")
+  aggregation = "weight_mean" if cfg.method == "lambda_grpo_wmean" else "token_mean"
+  g = cfg.group_size
+
+  def loss_fn(params, tokens, adv, weights):
+    ids = jnp.concatenate([jnp.zeros((g, 1), jnp.int32), tokens], axis=1)
+    logp, _ = policy.completion_logprobs(model, params, ids, jnp.ones_like(ids), DEPTH, 1.0, (L, R))
+    mask = jnp.ones_like(logp)
+    return jaxgrpo.policy_loss(logp, None, None, adv, mask, weights=weights, aggregation=aggregation)
+
+  def step(state, key, lr_scale):
+    params, opt_state = state
+    tokens = _sample(model, params, key, g)
+    rewards = toy_rewards(tokens, cfg)
+    adv = jaxgrpo.group_advantages(rewards)
+    mask = jnp.ones_like(tokens)
+    counts = jaxgrpo.prefix_counts(tokens, mask)
+    weights = jaxgrpo.lambda_weights(counts) if lam else mask.astype(jnp.float32)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens, adv, weights)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: u * lr_scale, updates)
+    params = optax.apply_updates(params, updates)
+    metrics = {"target_frac": jnp.mean(jnp.all(tokens == jnp.asarray(cfg.target), axis=-1).astype(jnp.float32)),
+               "reward_mean": jnp.mean(rewards), "loss": loss, "update_norm": optax.tree.norm(updates),
+               "lambda_mean": jnp.mean(counts.astype(jnp.float32))}
+    return (params, opt_state), metrics
+
+  return step
+
+
+def make_model(scale: str):
+  return models.from_config(models.config_from_spec(SCALES[scale]))
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_run(cfg: ToyConfig, vmapped: bool = True):
+  """One jitted program ``(keys, lr_scale) -> metrics``: init + ``cfg.steps`` steps for a batch of seed
+  keys (leading axis) — or for one seed key when ``vmapped`` is False.  Metrics are [S, steps] (or [steps])."""
+  model = make_model(cfg.scale)
+  tx = optax.adam(cfg.lr)
+  step = make_step(model, tx, cfg)
+
+  def one_seed(key, lr_scale):
+    init_key, run_key = jax.random.split(key)
+    params = models.init_params(model, init_key)
+    keys = jax.random.split(run_key, cfg.steps)
+    _, metrics = jax.lax.scan(lambda s, k: step(s, k, lr_scale), (params, tx.init(params)), keys)
+    return metrics
+
+  return jax.jit(jax.vmap(one_seed, in_axes=(0, None)) if vmapped else one_seed)
+
+
+def seed_keys(seeds: int) -> jax.Array:
+  return jnp.stack([jax.random.PRNGKey(s) for s in range(seeds)])
+
+
+def run(cfg: ToyConfig, seeds: int, lr_scale: float = 1.0, sequential: bool = False) -> dict[str, np.ndarray]:
+  """Per-step metrics [seeds, steps] of one configuration (all seeds in one program unless sequential)."""
+  keys = seed_keys(seeds)
+  scale = jnp.float32(lr_scale)
+  if sequential:
+    fn = compiled_run(cfg, vmapped=False)
+    per_seed = [jax.device_get(fn(k, scale)) for k in keys]
+    return {k: np.stack([m[k] for m in per_seed]) for k in per_seed[0]}
+  return {k: np.asarray(v) for k, v in jax.device_get(compiled_run(cfg)(keys, scale)).items()}
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _key(setting, method, lr):
+  return f"{setting[0]}|{setting[1]}|{method}|{lr:g}"
+
+
+def sweep(args) -> dict:
+  settings = [(int(a), float(b)) for a, b in (s.split(":") for s in args.settings.split(","))]
+  methods = args.methods.split(",")
+  lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [args.lr]
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "results.json")
+  results = json.load(open(path)) if os.path.exists(path) and not args.fresh else {"runs": {}}
+  results["args"] = vars(args)
+  ordered = [m for m in METHODS if m in methods and m != "grpo_lrmatch"] + (["grpo_lrmatch"] if
+                                                                           "grpo_lrmatch" in methods else [])
+  t_start = time.time()
+  for lr in lrs:
+    for setting in settings:
+      for method in ordered:
+        key = _key(setting, method, lr)
+        if key in results["runs"]:  # resumable: finished configurations are kept
+          continue
+        scale = 1.0
+        base = "grpo" if method == "grpo_lrmatch" else method
+        if method == "grpo_lrmatch":  # GRPO's lr × the measured mean update-norm ratio λ-GRPO / GRPO
+          lam = results["runs"][_key(setting, "lambda_grpo", lr)]["update_norm_mean"]
+          grpo = results["runs"][_key(setting, "grpo", lr)]["update_norm_mean"]
+          scale = lam / grpo
+        cfg = ToyConfig(n_shared=setting[0], r_neg=setting[1], method=base, steps=args.steps, lr=lr,
+                        group_size=args.group_size, scale=args.scale)
+        t0 = time.time()
+        m = run(cfg, args.seeds, lr_scale=scale)
+        seconds = time.time() - t0
+        curves = m["target_frac"]
+        results["runs"][key] = {
+            "n": setting[0], "r_neg": setting[1], "method": method, "lr": lr, "lr_scale": scale,
+            "final": float(np.mean(curves[:, -50:])), "final_per_seed": np.mean(curves[:, -50:], axis=1).tolist(),
+            "update_norm_mean": float(np.mean(m["update_norm"])), "seconds": seconds,
+            "curves": curves.tolist(), "peak_early": float(np.max(np.mean(curves[:, :50], axis=0))),
+        }
+        print(f"{key}: final {results['runs'][key]['final']:.4f} ({seconds:.0f} s)", flush=True)
+        with open(path + ".tmp", "w") as f:
+          json.dump(results, f)
+        os.replace(path + ".tmp", path)
+  results["seconds_this_invocation"] = time.time() - t_start
+  results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"
+  with open(path, "w") as f:
+    json.dump(results, f)
+  return results
+
+
+def table(results: dict, lr: float, methods: list[str]) -> str:
+  names = {"grpo": "GRPO", "lambda_grpo": "λ-GRPO", "lambda_grpo_wmean": "λ-GRPO (Σw norm)",
+           "grpo_lrmatch": "GRPO (lr × norm ratio)"}
+  runs = [r for r in results["runs"].values() if r["lr"] == lr]
+  settings = sorted({(r["n"], r["r_neg"]) for r in runs}, key=lambda s: (-s[1], s[0]))
+  head = "| n | r_neg | " + " | ".join(names[m] for m in methods) + " | paper GRPO | paper λ-GRPO |"
+  lines = [head, "|---" * (len(methods) + 4) + "|"]
+  for n, r in settings:
+    cells = []
+    for m in methods:
+      run_ = results["runs"].get(_key((n, r), m, lr))
+      cells.append("" if run_ is None else f"{run_['final']:.3f} ± {np.std(run_['final_per_seed']):.3f}")
+    paper = PAPER.get((n, r), (float("nan"),) * 2)
+    lines.append(f"| {n} | {r} | " + " | ".join(cells) + f" | {paper[0]:.4f} | {paper[1]:.4f} |")
+  return "\n".join(lines)
+
+
+def plot(results: dict, lr: float, methods: list[str], path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  runs = [r for r in results["runs"].values() if r["lr"] == lr]
+  settings = sorted({(r["n"], r["r_neg"]) for r in runs}, key=lambda s: (-s[1], s[0]))
+  cols = min(3, len(settings))
+  rows = -(-len(settings) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+  colors = {"grpo": "tab:red", "lambda_grpo": "tab:blue", "lambda_grpo_wmean": "tab:green",
+            "grpo_lrmatch": "tab:orange"}
+  for ax, (n, r) in zip(axes.flat, settings):
+    for m in methods:
+      run_ = results["runs"].get(_key((n, r), m, lr))
+      if run_ is None:
+        continue
+      curves = np.asarray(run_["curves"])
+      for c in curves:  # per-seed curves, faint
+        ax.plot(np.convolve(c, np.ones(10) / 10, mode="valid"), color=colors[m], alpha=0.15, lw=0.8)
+      mean = np.convolve(curves.mean(0), np.ones(10) / 10, mode="valid")
+      ax.plot(mean, color=colors[m], lw=2, label=m)
+    ax.set_title(f"n={n}, r_neg={r}")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("target frequency")
+  axes.flat[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--scale", choices=sorted(SCALES), default="small")
+  p.add_argument("--settings", default=SETTINGS)
+  p.add_argument("--methods", default="grpo,lambda_grpo")
+  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--steps", type=int, default=250)
+  p.add_argument("--group-size", type=int, default=16)
+  p.add_argument("--lr", type=float, default=3e-5)
+  p.add_argument("--lrs", default="", help="comma-separated learning rates (overrides --lr)")
+  p.add_argument("--out", default="runs/toy_tree")
+  p.add_argument("--fresh", action="store_true", help="ignore finished configurations in --out")
+  args = p.parse_args(argv)
+  results = sweep(args)
+  methods = [m for m in METHODS if m in args.methods.split(",")]
+  lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [args.lr]
+  for lr in lrs:
+    print(f"\nTarget-leaf frequency over the last 50 steps, mean ± std over {args.seeds} seeds — {args.scale} model, "
+          f"lr {lr:g}, G={args.group_size}, {args.steps} steps\n")
+    print(table(results, lr, methods))
+    out_png = os.path.join(args.out, f"toy_target_frequency_lr{lr:g}.png")
+    plot(results, lr, methods, out_png)
+    print(f"\nplot: {out_png}")
+  total = sum(r["seconds"] for r in results["runs"].values())
+  print(f"{len(results['runs'])} configurations, {total:.0f} s of training ({results['machine']})")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

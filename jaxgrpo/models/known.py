@@ -1,0 +1,20 @@
+"""config.json of the papers' models, so ``jaxgrpo plan`` can size them without their weights.
+
+Only architectures (no weights, no tokenizers); a local checkpoint directory always takes precedence.
+Architecture fields as in each model's config.json on the Hugging Face hub (written here from it; only sizes matter).
+"""
+
+_QWEN25_15B = dict(
+    model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072, rms_norm_eps=1e-6,
+    hidden_act="silu", use_sliding_window=False, bos_token_id=151643,
+)
+
+CONFIGS = {
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": dict(
+        _QWEN25_15B, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=151646, eos_token_id=151643,
+        max_window_layers=21),
+    "Qwen/Qwen2.5-Math-1.5B": dict(
+        _QWEN25_15B, rope_theta=10000.0, tie_word_embeddings=True, eos_token_id=151643,
+        max_position_embeddings=4096, max_window_layers=21),
+}
