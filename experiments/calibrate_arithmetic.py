@@ -26,12 +26,21 @@ from jaxgrpo.config import EvalSpec
 from jaxgrpo.rollout import RolloutEngine
 from jaxgrpo.tokenizers import HFTokenizer
 
-LEVELS = [  # (name, data overrides)
-    ("1 op, ±, operands ≤ 10", dict(num_ops=1, max_operand=10, ops="+-")),
-    ("1 op, ±, operands ≤ 30", dict(num_ops=1, max_operand=30, ops="+-")),
-    ("1 op, ±, operands ≤ 99", dict(num_ops=1, max_operand=99, ops="+-")),
-    ("1 op, ±×, operands ≤ 12", dict(num_ops=1, max_operand=12, ops="+-*")),
-    ("2 ops, ±, operands ≤ 20", dict(num_ops=2, max_operand=20, ops="+-")),
+LEVELS = [  # (name, config overrides): the difficulty levels
+    ("1 op, ±, operands ≤ 10", {"data": dict(num_ops=1, max_operand=10, ops="+-")}),
+    ("1 op, ±, operands ≤ 30", {"data": dict(num_ops=1, max_operand=30, ops="+-")}),
+    ("1 op, ±, operands ≤ 99", {"data": dict(num_ops=1, max_operand=99, ops="+-")}),
+    ("1 op, ±×, operands ≤ 12", {"data": dict(num_ops=1, max_operand=12, ops="+-*")}),
+    ("2 ops, ±, operands ≤ 20", {"data": dict(num_ops=2, max_operand=20, ops="+-")}),
+]
+_L30 = dict(num_ops=1, max_operand=30, ops="+-")
+VARIANTS = [  # (name, config overrides): wording, length and reward at the ≤ 30 level
+    ("≤30, math reward, 48 tokens", {"data": _L30}),
+    ("≤30, math + 0.1 format, 48 tokens",
+     {"data": _L30, "rewards": dict(names=("math", "format"), weights=(1.0, 0.1))}),
+    ("≤30, math reward, 64 tokens", {"data": _L30, "sampling": dict(max_new_tokens=64)}),
+    ("≤30, 'Reply with the number only.'", {"data": dict(_L30, instruction="Reply with the number only.")}),
+    ("≤30, short system prompt", {"data": dict(_L30, system_prompt="You are a careful calculator.")}),
 ]
 
 
@@ -40,17 +49,19 @@ def main():
   p.add_argument("--eval", type=int, default=200)
   p.add_argument("--prompts", type=int, default=32, help="training prompts sampled at G = 8 per level")
   p.add_argument("--temperatures", default="1.0,0.7")
-  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "calibrate_arithmetic.json"))
+  p.add_argument("--variants", action="store_true", help="wording/length/reward variants at the chosen level")
+  p.add_argument("--out", default="")
   args = p.parse_args()
-  base = presets.preset("smollm2_arithmetic")
-  path = models.build.checkpoint_dir(base.model)
+  preset = presets.preset("smollm2_arithmetic")
+  path = models.build.checkpoint_dir(preset.model)
   model, params = models.from_pretrained(path)
-  tokenizer = HFTokenizer(path, base.data.system_prompt)
-  engine = RolloutEngine(model, tokenizer, shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   rows = []
   t_all = time.time()
-  for name, over in LEVELS:
-    data = presets.replace(base, data=over).data
+  for name, over in (VARIANTS if args.variants else LEVELS):
+    base = presets.replace(preset, **over)
+    data = base.data
+    engine = RolloutEngine(model, HFTokenizer(path, data.system_prompt), mesh)
     t0 = time.time()
     ev = EvalSpec(num_examples=args.eval, batch_size=100)
     try:
@@ -61,8 +72,8 @@ def main():
       eval_set = data_lib.make_eval_source(data, ev)
     greedy = evaluation.evaluate(engine, params, eval_set, eval_set.examples, ev, jax.random.PRNGKey(0),
                                  base.sampling, show_progress=False)
-    row = {"level": name, **over, "eval_problems": len(eval_set), "greedy_accuracy": greedy["greedy_accuracy"],
-           "greedy_length": greedy["greedy_length"]}
+    row = {"level": name, "overrides": over, "eval_problems": len(eval_set),
+           "greedy_accuracy": greedy["greedy_accuracy"], "greedy_length": greedy["greedy_length"]}
     source = data_lib.make_source(data)
     examples = [source[i] for i in range(args.prompts)]
     for temp in (float(t) for t in args.temperatures.split(",")):
@@ -80,10 +91,11 @@ def main():
     row["seconds"] = time.time() - t0
     rows.append(row)
     print(json.dumps(row), flush=True)
-  out = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to f32)", "max_new_tokens":
-         base.sampling.max_new_tokens, "group_size": base.sampling.group_size, "rewards": list(base.rewards.names),
-         "system_prompt": base.data.system_prompt, "instruction": base.data.instruction, "rows": rows,
+  out = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to f32)", "preset": "smollm2_arithmetic",
+         "group_size": preset.sampling.group_size, "prompts_per_level": args.prompts, "rows": rows,
          "seconds": time.time() - t_all}
+  args.out = args.out or os.path.join(os.path.dirname(__file__), "results",
+                                     "calibrate_variants.json" if args.variants else "calibrate_levels.json")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(out, f, indent=1)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxgrpo import distributed as dist
 from jaxgrpo import hashing
 from jaxgrpo.train_step import all_finite
 
@@ -52,7 +53,7 @@ def _leaf_checksums(tree) -> list[jax.Array]:
 def checksums(tree) -> dict[str, int]:
   """A uint32 content checksum per leaf, keyed by the leaf's path (order-sensitive, exact for any sharding)."""
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  values = jax.device_get(_leaf_checksums(jax.tree.map(jnp.asarray, tree)))
+  values = dist.fetch_tree(_leaf_checksums(jax.tree.map(jnp.asarray, tree)))
   return {p: int(v) for p, v in zip(paths, values)}
 
 
@@ -88,7 +89,8 @@ class Checkpointer:
     else:
       self._check_writable()
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "meta"),
+        self.directory,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                              enable_async_checkpointing=async_save),
     )
@@ -118,7 +120,7 @@ class Checkpointer:
     self.wait()
     if step in self.manager.all_steps():
       return False
-    if not bool(jax.device_get(all_finite(state))):
+    if not bool(dist.fetch(all_finite(state))):
       raise CheckpointSaveError(f"refusing to save step {step}: the state holds non-finite values")
     meta = {"step": int(step), "checksums": checksums(state), "tree": {k: list(v[0]) + [v[1]]
                                                                       for k, v in _describe(state).items()}}
@@ -203,7 +205,7 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), template)
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    if not bool(jax.device_get(all_finite(state))):
+    if not bool(dist.fetch(all_finite(state))):
       raise ValueError("it holds non-finite values")
     got = checksums(state)
     wrong = [k for k, v in meta["checksums"].items() if got.get(k) != v]
@@ -212,8 +214,12 @@ class Checkpointer:
     return state
 
   def read(self, step: int) -> dict[str, Any]:
-    """Checkpoint ``step`` as saved (host arrays, no template, no verification): for inspection."""
-    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    """Checkpoint ``step`` as saved, on this process's first device (any topology; no verification):
+    for inspection and tools."""
+    meta = self.manager.item_metadata(step)["state"]
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=one), meta)
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
 
   def close(self) -> None:
     """Finish the last write (raising if it failed) and release orbax, never hanging."""

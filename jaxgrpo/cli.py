@@ -132,7 +132,7 @@ def _plan(args: argparse.Namespace) -> int:
   from jaxgrpo import plan
 
   cfg = _config(args)
-  report = plan.plan(cfg, devices=args.devices, hbm_gib=args.hbm)
+  report = plan.plan(cfg, devices=args.devices, hbm_gib=args.hbm, prompt_len=args.prompt_len)
   print(plan.format_report(report))
   return 0 if report["fits"] else 3
 
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_config_args(pl)
   pl.add_argument("--devices", type=int, default=1, help="number of (simulated) devices")
   pl.add_argument("--hbm", type=float, default=80.0, help="memory per device in GiB")
+  pl.add_argument("--prompt-len", type=int, help="prompt tokens per row (default: 256)")
   pl.set_defaults(func=_plan)
   return parser
 

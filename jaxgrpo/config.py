@@ -137,6 +137,7 @@ class ObjectiveSpec:
   kl_beta: float = 0.0
   num_iterations: int = 1  # μ: update passes over each batch
   num_minibatches: int = 1  # optimizer steps per pass
+  micro_batches: int = 1  # gradient accumulation inside each minibatch (same update, less memory)
   logprob_chunk: int = 0  # completion positions per LM-head chunk in the loss (0 = unchunked)
   recompute_old_logp: bool = False  # recompute π_old with a forward pass instead of using the sampler's
   # PRPO
@@ -159,6 +160,7 @@ class ObjectiveSpec:
     _require(self.kl_beta >= 0, "objective.kl_beta", ">= 0", self.kl_beta)
     _require(self.num_iterations >= 1, "objective.num_iterations", ">= 1", self.num_iterations)
     _require(self.num_minibatches >= 1, "objective.num_minibatches", ">= 1", self.num_minibatches)
+    _require(self.micro_batches >= 1, "objective.micro_batches", ">= 1", self.micro_batches)
     _require(self.logprob_chunk >= 0, "objective.logprob_chunk", ">= 0", self.logprob_chunk)
     _require(self.prpo_k >= 1, "objective.prpo_k", ">= 1", self.prpo_k)
     _require(self.prpo_min_gap >= 1, "objective.prpo_min_gap", ">= 1", self.prpo_min_gap)
@@ -188,6 +190,7 @@ class ObjectiveSpec:
 
 @dataclasses.dataclass(frozen=True)
 class OptimSpec:
+  optimizer: Literal["adamw", "sgd"] = "adamw"
   learning_rate: float = 1e-3
   schedule: Schedule = "constant"
   warmup_steps: int = 0

@@ -37,25 +37,33 @@ def k3_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
   return jnp.exp(d) - d - 1.0
 
 
+def aggregation_denominator(mask: jax.Array, weights: jax.Array | None, aggregation: Aggregation,
+                            normalizer: float | None = None) -> jax.Array:
+  """What an aggregation divides by: Σ lengths (token_mean), the number of non-empty sequences
+  (seq_mean, which divides a sum of per-sequence means), the normalizer or the element count (constant),
+  Σ weights (weight_mean).  A batch split into micro-batches gives the same loss and gradient when each
+  micro-batch's loss is weighted by its denominator over the whole batch's (gradient accumulation)."""
+  m = mask.astype(jnp.float32)
+  if aggregation == "token_mean":  # DAPO: 1 / Σ_i len(y_i)
+    return jnp.maximum(jnp.sum(m), 1.0)
+  if aggregation == "seq_mean":  # original GRPO: per-sequence mean, then mean
+    return jnp.maximum(jnp.sum(jnp.sum(m, axis=-1) > 0), 1).astype(jnp.float32)
+  if aggregation == "constant":  # Dr. GRPO: a fixed normalizer (default: sequences × T)
+    return jnp.asarray(float(m.size) if normalizer is None else normalizer, jnp.float32)
+  if aggregation == "weight_mean":  # normalize by Σ weights (update-norm matched)
+    w = m if weights is None else weights.astype(jnp.float32) * m
+    return jnp.maximum(jnp.sum(w), 1e-8)
+  raise ValueError(f"aggregation must be one of {AGGREGATIONS}; got {aggregation!r}")
+
+
 def _aggregate(per_token, mask, weights, aggregation, normalizer):
   """Reduce masked per-token terms (already multiplied by the weights)."""
+  den = aggregation_denominator(mask, weights, aggregation, normalizer).astype(per_token.dtype)
   m = mask.astype(per_token.dtype)
-  total = jnp.sum(per_token * m)
-  if aggregation == "token_mean":  # DAPO: 1 / Σ_i len(y_i)
-    return total / jnp.maximum(jnp.sum(m), 1.0)
-  if aggregation == "seq_mean":  # original GRPO: per-sequence mean, then mean
-    lengths = jnp.sum(m, axis=-1)
-    per_seq = jnp.sum(per_token * m, axis=-1) / jnp.maximum(lengths, 1.0)
-    n_seq = jnp.sum(lengths > 0)
-    return jnp.sum(per_seq) / jnp.maximum(n_seq, 1).astype(per_token.dtype)
-  if aggregation == "constant":  # Dr. GRPO: a fixed normalizer (default: sequences × T)
-    if normalizer is None:
-      normalizer = float(per_token.size)
-    return total / normalizer
-  if aggregation == "weight_mean":  # normalize by Σ weights (update-norm matched)
-    w = m if weights is None else weights.astype(per_token.dtype) * m
-    return total / jnp.maximum(jnp.sum(w), 1e-8)
-  raise ValueError(f"aggregation must be one of {AGGREGATIONS}; got {aggregation!r}")
+  if aggregation == "seq_mean":
+    per_seq = jnp.sum(per_token * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+    return jnp.sum(per_seq) / den
+  return jnp.sum(per_token * m) / den
 
 
 def policy_loss(

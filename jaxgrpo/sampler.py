@@ -370,3 +370,30 @@ def _on_axis(row_sharding, ndim: int, axis: int):
   out = [None] * ndim
   out[axis] = lead
   return jax.sharding.NamedSharding(row_sharding.mesh, jax.sharding.PartitionSpec(*out))
+
+
+def lower(model: Transformer, params, prompt_ids: jax.ShapeDtypeStruct, sp: SamplingParams,
+          row_sharding: jax.sharding.Sharding | None = None):
+  """(prefill, decode) lowered for abstract inputs, and the abstract KV cache (with its sharding):
+  what ``sample`` runs, for memory planning without allocating anything.
+
+  Args:
+    params: abstract params (ShapeDtypeStructs, with shardings) in the compute dtype.
+    prompt_ids: abstract int32[B, P] prompts (with a sharding).
+    row_sharding: the sharding of the B·G decoded rows, as in ``sample``.
+  """
+  b, p = prompt_ids.shape
+  n, t = b * sp.group_size, sp.max_new_tokens
+  cfg = model.config
+  pre = prefill.lower(model, params, prompt_ids, prompt_ids, p + t)
+  rows = (lambda ndim, axis=0: None) if row_sharding is None else (lambda ndim, axis=0: _on_axis(row_sharding, ndim,
+                                                                                                  axis))
+  spec = lambda shape, dtype, axis=0: jax.ShapeDtypeStruct(shape, dtype, sharding=rows(len(shape), axis))
+  cache = jax.eval_shape(lambda: init_cache(model, n, p + t))
+  cache = jax.tree.map(lambda c: spec(c.shape, c.dtype, 1), cache)
+  state = _State(step=jax.ShapeDtypeStruct((), jnp.int32), cache=cache, logits=spec((n, cfg.vocab_size), jnp.float32),
+                 kv_valid=spec((n, p + t), bool), tokens=spec((n, t), jnp.int32), logprobs=spec((n, t), jnp.float32),
+                 entropies=spec((n, t), jnp.float32), done=spec((n,), bool), length=spec((n,), jnp.int32),
+                 rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  dec = _decode.lower(model, params, state, spec((n,), jnp.int32), None, sp)
+  return pre, dec, cache

@@ -73,6 +73,7 @@ class UpdateSpec:
 
   num_iterations: int = 1  # μ
   num_minibatches: int = 1
+  micro_batches: int = 1  # gradient accumulation: each minibatch's gradient in this many slices (less memory)
   # The PPO ratio's denominator: "none" (stop_gradient of the current log-probs: exact when the step
   # makes one optimizer update), "batch" (the sampler's log-probs, which are π_old's), or
   # "recompute" (a forward pass of the params at the start of the step).
@@ -82,8 +83,28 @@ class UpdateSpec:
   nonfinite: Literal["stop", "skip"] = "stop"
 
 
+def update_spec(objective, sampling, lora_enabled: bool, nonfinite: str) -> UpdateSpec:
+  """The ``UpdateSpec`` for an ``ObjectiveSpec`` and a ``SamplingSpec``.
+
+  π_old for the PPO ratio: with one optimizer step per batch the ratio is exactly 1 at the update and no
+  π_old is needed.  Otherwise the sampler's log-probs are π_old's (same params, same policy distribution)
+  unless top-k/top-p truncated the sampling distribution (or ``recompute_old_logp``): then a forward pass
+  recomputes them.  The KL reference is the base model with adapters off under LoRA, else a kept copy.
+  """
+  o = objective
+  if o.optimizer_steps_per_batch == 1:
+    old = "none"
+  elif o.recompute_old_logp or sampling.top_k or sampling.top_p < 1.0:
+    old = "recompute"
+  else:
+    old = "batch"
+  reference = "none" if not o.kl_beta else ("base" if lora_enabled else "params")
+  return UpdateSpec(o.num_iterations, o.num_minibatches, o.micro_batches, old_logp=old, reference=reference,
+                    nonfinite=nonfinite)
+
+
 def make_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformation:
-  """AdamW with a schedule and global-norm clipping, from an ``OptimSpec``."""
+  """AdamW (or SGD) with a schedule and global-norm clipping, from an ``OptimSpec``."""
   lr = optim.learning_rate
   schedule: Any = lr
   total = max(total_steps, 1)
@@ -101,7 +122,10 @@ def make_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformation:
   chain = []
   if optim.max_grad_norm and optim.max_grad_norm > 0:
     chain.append(optax.clip_by_global_norm(optim.max_grad_norm))
-  chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
+  if optim.optimizer == "sgd":
+    chain.append(optax.sgd(schedule))
+  else:
+    chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
   return optax.chain(*chain)
 
 
@@ -201,10 +225,38 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
     out = jax.lax.map(lambda mb: batch_logprobs(model, params, mb, spec), minibatches(batch))
     return jax.lax.stop_gradient(out.reshape(batch.tokens.shape))
 
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  micro = uspec.micro_batches
+
+  def grad_of_minibatch(params, frozen, mb: Batch, old, ref):
+    """Loss, metrics and gradient of a minibatch, accumulated over ``micro`` slices of its rows: each
+    slice's loss is weighted by its share of the minibatch's aggregation denominator (exact)."""
+    if micro == 1:
+      return grad_fn(params, frozen, mb, old, ref, model, spec)
+    total = objectives.aggregation_denominator(mb.mask, mb.weights, spec.aggregation)
+    split = lambda x: None if x is None else x.reshape(micro, x.shape[0] // micro, *x.shape[1:])
+    slices = (jax.tree.map(split, mb), split(old), split(ref))
+
+    def one(acc, xs):
+      mbi, oi, ri = xs
+      share = objectives.aggregation_denominator(mbi.mask, mbi.weights, spec.aggregation) / total
+      (loss_i, m_i), g_i = grad_fn(params, frozen, mbi, oi, ri, model, spec)
+      acc_g, acc_loss, acc_m = acc
+      acc_g = jax.tree.map(lambda a, g: a + share * g, acc_g, g_i)
+      acc_m = jax.tree.map(lambda a, m: a + share * m, acc_m, m_i)
+      return (acc_g, acc_loss + share * loss_i, acc_m), None
+
+    first = jax.tree.map(lambda x: x[0], slices)
+    metric_shapes = jax.eval_shape(lambda: grad_fn(params, frozen, *first, model, spec)[0][1])
+    init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+    (grads, loss, metrics), _ = jax.lax.scan(one, init, slices)
+    return (loss, metrics), grads
+
   def update(state, frozen, ref_params, batch: Batch, row_orders):
     n = batch.tokens.shape[0]
-    if n % m_count:
-      raise ValueError(f"the batch's {n} rows do not split into {m_count} minibatches")
+    if n % (m_count * micro):
+      raise ValueError(f"the batch's {n} rows do not split into {m_count} minibatches × {micro} micro-batches")
     ref = None
     if uspec.reference == "params":
       ref = logp_over_batch(ref_params, batch)
@@ -221,8 +273,7 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
       st, bad = carry
       take = lambda x: None if x is None else constrain(x[rows])
       mb = Batch(*[take(x) for x in batch])
-      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          st["params"], frozen, mb, take(old), take(ref), model, spec)
+      (loss, metrics), grads = grad_of_minibatch(st["params"], frozen, mb, take(old), take(ref))
       updates, opt_state = tx.update(grads, st["opt_state"], st["params"])
       params = optax.apply_updates(st["params"], updates)
       grad_norm = optax.tree.norm(grads)

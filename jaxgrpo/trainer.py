@@ -77,9 +77,10 @@ class Trainer:
     self.rules = rules
     n = cfg.data.prompts_per_step * cfg.sampling.group_size
     dp = shard_lib.batch_shards(self.mesh, rules)
-    if n % (dp * o.num_minibatches):
+    if n % (dp * o.num_minibatches * o.micro_batches):
       raise ValueError(f"data.prompts_per_step × sampling.group_size = {n} must be divisible by "
-                       f"objective.num_minibatches ({o.num_minibatches}) × the data-parallel mesh size ({dp})")
+                       f"objective.num_minibatches ({o.num_minibatches}) × objective.micro_batches "
+                       f"({o.micro_batches}) × the data-parallel mesh size ({dp})")
     self.model, params, self.tokenizer = models.build_model(cfg.model, cfg.seed)
     self.engine = RolloutEngine(self.model, self.tokenizer, self.mesh, rules)
     self.source = data_lib.make_source(cfg.data)
@@ -88,10 +89,7 @@ class Trainer:
     self.reward_names = None if rewards is not None else list(cfg.rewards.names)
     self.prm = prm if prm is not None or o.name != "prpo" else prm_lib.make_prm(o)
     self.loss_spec = o.loss_spec(cfg.sampling.temperature, self.engine.allowed_ids)
-    self.update_spec = ts.UpdateSpec(
-        num_iterations=o.num_iterations, num_minibatches=o.num_minibatches, old_logp=self._old_logp_source(),
-        reference="none" if not o.kl_beta else ("base" if self.model.config.lora is not None else "params"),
-        nonfinite=cfg.nonfinite)
+    self.update_spec = ts.update_spec(o, cfg.sampling, self.model.config.lora is not None, cfg.nonfinite)
     program = ts.make_update_program(self.model, cfg.optim, cfg.steps, self.loss_spec, self.update_spec,
                                      self.mesh, rules)
     self._update, self.shardings, self.tx = program
@@ -105,17 +103,6 @@ class Trainer:
     self.data_pos = 0
     self.rng = np.asarray(jax.random.PRNGKey(cfg.seed))
     self._state_is_step = True  # the state holds the result of a completed step (safe to save)
-
-  def _old_logp_source(self) -> str:
-    """π_old for the PPO ratio.  With one optimizer step per batch the ratio is exactly 1 at the
-    update and no π_old is needed.  Otherwise the sampler's log-probs are π_old's (same params, same
-    policy distribution) unless top-k/top-p truncated the sampling distribution; then recompute."""
-    o, s = self.cfg.objective, self.cfg.sampling
-    if o.optimizer_steps_per_batch == 1:
-      return "none"
-    if o.recompute_old_logp or s.top_k or s.top_p < 1.0:
-      return "recompute"
-    return "batch"
 
   # ------------------------------------------------------------------ stages
 

@@ -100,6 +100,27 @@ def test_minibatches_in_one_call_equal_separate_calls():
   assert int(m["skipped_updates"]) == 0 and int(m["nonfinite"]) == 0
 
 
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "constant", "weight_mean"])
+def test_micro_batches_accumulate_to_the_same_update(aggregation):
+  """Gradient accumulation over 4 micro-batches gives the one-shot minibatch gradient, for every aggregation."""
+  mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  model, params = tiny_model()
+  spec = ts.LossSpec(aggregation=aggregation, kl_beta=0.05)
+  sh = ts.state_shardings(model, SGD, mesh)
+  state_sh = {"params": sh["params"], "opt_state": sh["opt_state"]}
+  ref = ts.shard_state(params, sh["full"])
+  out = []
+  for micro in (1, 4):
+    step = ts.make_update_step(model, SGD, spec, ts.UpdateSpec(1, 2, micro, old_logp="batch", reference="params"),
+                               mesh, sh)
+    state = ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh)
+    state, m = step(state, None, ref, make_batch(), np.arange(16, dtype=np.int32)[None])
+    out.append((jax.device_get(state), jax.device_get(m)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), out[0][0], out[1][0])
+  np.testing.assert_allclose(out[0][1]["loss"], out[1][1]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(out[0][1]["grad_norm"], out[1][1]["grad_norm"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_nonfinite_update_is_detected_and_not_applied(mode):
   """A NaN advantage in the second minibatch: flagged on device; its update is never applied, and in

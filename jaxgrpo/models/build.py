@@ -59,6 +59,15 @@ def model_config(spec) -> ModelConfig:
   return read_config(checkpoint_dir(spec), spec.dtype, **model_options(spec))
 
 
+def allowed_ids(spec) -> tuple[int, ...] | None:
+  """Token ids the policy may emit: the toy task's L/R for a model made from a config, else every token."""
+  if spec.checkpoint is None:
+    from jaxgrpo.tokenizers import ToyTokenizer
+
+    return tuple(int(i) for i in ToyTokenizer().allowed_tokens().nonzero()[0])
+  return None
+
+
 def init_adapters(model: Transformer, rng: jax.Array) -> dict[str, Any]:
   """Fresh LoRA adapters (A random, B zero) for ``model`` (only the adapters are computed)."""
   return jax.jit(lambda k: lora_lib.split(init_params(model, k))[0])(rng)

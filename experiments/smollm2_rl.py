@@ -1,0 +1,141 @@
+"""GRPO vs λ-GRPO vs PRPO vs PRPO + λ on SmolLM2-135M-Instruct, synthetic arithmetic (issue 8).
+
+Every run starts from the same checkpoint with the same seed and data stream, trains for the same number of
+steps with the `smollm2_arithmetic` preset, and is evaluated (greedy pass@1 on 200 held-out problems, disjoint
+from training by construction) at step 0, every --eval-every steps and at the end.  Runs are resumable: each
+lives in its own output_dir and an interrupted sweep continues where it stopped (rerun the same command).
+
+    python experiments/smollm2_rl.py                                   # the experiment (≈ 90 min on 2 cores)
+    python experiments/smollm2_rl.py --methods grpo --lrs 3e-6,1e-5,3e-5 --steps 12 --out runs/smollm2_lr_sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+
+from jaxgrpo import presets
+from jaxgrpo.metrics import read_jsonl
+from jaxgrpo.trainer import Trainer
+
+METHODS = {  # name → objective overrides
+    "grpo": {"name": "grpo"},
+    "lambda_grpo": {"name": "lambda_grpo"},
+    "prpo": {"name": "prpo", "prm": "arithmetic"},
+    "prpo_lambda": {"name": "prpo", "prm": "arithmetic", "lambda_weights": True},
+}
+LABELS = {"grpo": "GRPO", "lambda_grpo": "λ-GRPO", "prpo": "PRPO (rule PRM)", "prpo_lambda": "PRPO + λ"}
+
+
+def config(method: str, lr: float, args, seed: int):
+  base = presets.preset("smollm2_arithmetic")
+  tag = f"{method}_lr{lr:g}_s{seed}"
+  return tag, presets.replace(
+      base, name=tag, steps=args.steps, seed=seed, output_dir=os.path.join(args.out, tag),
+      checkpoint_every=args.checkpoint_every, progress=False, objective=METHODS[method],
+      optim={"learning_rate": lr}, eval={"num_examples": args.eval_examples, "every": args.eval_every},
+      data={"prompts_per_step": args.prompts})
+
+
+def summarize(run_dir: str) -> dict:
+  rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+  evals = [r for r in rows if "eval/greedy_accuracy" in r]
+  train = [r for r in rows if "loss" in r]
+  pick = lambda k: [float(r[k]) for r in train if k in r]
+  return {
+      "eval_steps": [r["step"] for r in evals], "eval_accuracy": [r["eval/greedy_accuracy"] for r in evals],
+      "eval_length": [r["eval/greedy_length"] for r in evals],
+      "train_accuracy": pick("accuracy"), "reward_mean": pick("reward_mean"), "lambda_mean": pick("lambda_mean"),
+      "intermediate_prop": pick("intermediate_prop"), "entropy_mean": pick("entropy_mean"),
+      "zero_std_group_frac": pick("zero_std_group_frac"), "completion_len_mean": pick("completion_len_mean"),
+      "time_step": pick("time_step"), "prm_score_mean": pick("prm_score_mean"),
+  }
+
+
+def plot(results: dict, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+  colors = {"grpo": "tab:red", "lambda_grpo": "tab:blue", "prpo": "tab:green", "prpo_lambda": "tab:purple"}
+  for tag, r in results["runs"].items():
+    style = "-" if r["lr"] == results["args"]["lr_main"] else ":"
+    label = f"{LABELS[r['method']]} (lr {r['lr']:g}, seed {r['seed']})"
+    axes[0].plot(r["eval_steps"], r["eval_accuracy"], style, marker="o", color=colors[r["method"]], label=label)
+    k = 5
+    acc = np.asarray(r["train_accuracy"])
+    if len(acc) >= k:
+      axes[1].plot(np.arange(k, len(acc) + 1), np.convolve(acc, np.ones(k) / k, mode="valid"), style,
+                   color=colors[r["method"]], label=label)
+  axes[0].set_xlabel("step")
+  axes[0].set_ylabel("held-out greedy accuracy (200 problems)")
+  axes[1].set_xlabel("step")
+  axes[1].set_ylabel("training accuracy (sampled, 5-step mean)")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main() -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--methods", default="grpo,lambda_grpo,prpo,prpo_lambda")
+  p.add_argument("--lrs", default="", help="comma-separated learning rates (default: the preset's)")
+  p.add_argument("--seeds", default="0")
+  p.add_argument("--steps", type=int, default=0, help="default: the preset's")
+  p.add_argument("--prompts", type=int, default=0, help="prompts per step (default: the preset's)")
+  p.add_argument("--eval-every", type=int, default=0, help="default: the preset's")
+  p.add_argument("--eval-examples", type=int, default=200)
+  p.add_argument("--checkpoint-every", type=int, default=5)
+  p.add_argument("--out", default="runs/smollm2_rl")
+  p.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "smollm2_rl.json"))
+  args = p.parse_args()
+  base = presets.preset("smollm2_arithmetic")
+  args.steps = args.steps or base.steps
+  args.prompts = args.prompts or base.data.prompts_per_step
+  args.eval_every = args.eval_every or base.eval.every
+  lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [base.optim.learning_rate]
+  args.lr_main = lrs[0]
+  seeds = [int(s) for s in args.seeds.split(",")]
+  os.makedirs(args.out, exist_ok=True)
+  results = {"args": vars(args), "runs": {}}
+  t0 = time.time()
+  for seed in seeds:
+    for lr in lrs:
+      for method in args.methods.split(","):
+        tag, cfg = config(method, lr, args, seed)
+        t_run = time.time()
+        Trainer(cfg).run()  # resumes from the run's own checkpoints if it was interrupted
+        s = summarize(cfg.output_dir)
+        results["runs"][tag] = {"method": method, "lr": lr, "seed": seed, **s}
+        print(f"{tag}: eval accuracy {s['eval_accuracy'][0]:.3f} → {s['eval_accuracy'][-1]:.3f} "
+              f"({time.time() - t_run:.0f} s this invocation)", flush=True)
+  results["seconds"] = time.time() - t0
+  results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"
+  os.makedirs(os.path.dirname(args.results), exist_ok=True)
+  with open(args.results, "w") as f:
+    json.dump(results, f, indent=1)
+  plot(results, args.results.replace(".json", ".png"))
+  print("\n| method | lr | seed | eval acc step 0 | eval acc end | Δ (points) | best | train acc first 5 → last 5 "
+        "| s/step |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for r in results["runs"].values():
+    acc = r["eval_accuracy"]
+    tr = r["train_accuracy"]
+    print(f"| {LABELS[r['method']]} | {r['lr']:g} | {r['seed']} | {acc[0]:.3f} | {acc[-1]:.3f} | "
+          f"{100 * (acc[-1] - acc[0]):+.1f} | {max(acc):.3f} | {np.mean(tr[:5]):.3f} → {np.mean(tr[-5:]):.3f} | "
+          f"{np.mean(r['time_step']):.1f} |")
+  print(f"\nplot: {args.results.replace('.json', '.png')}; {results['seconds']:.0f} s ({results['machine']})")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
