@@ -137,6 +137,14 @@ def _plan(args: argparse.Namespace) -> int:
   return 0 if report["fits"] else 3
 
 
+def _prepare_math(args: argparse.Namespace) -> int:
+  from jaxgrpo import data
+
+  n = data.math_to_jsonl(args.src_dir, args.out, args.split)
+  print(f"wrote {n} problems to {args.out}")
+  return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", help="YAML config file (may name a 'preset:')")
   p.add_argument("--preset", help="toy | smollm2_arithmetic | lambda_grpo_paper | lambda_grpo_paper_full | prpo_paper")
@@ -182,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
   pl.add_argument("--hbm", type=float, default=80.0, help="memory per device in GiB")
   pl.add_argument("--prompt-len", type=int, help="prompt tokens per row (default: 256)")
   pl.set_defaults(func=_plan)
+
+  pm = sub.add_parser("prepare-math", help="MATH dataset directory → JSONL (the prpo_paper preset's data)")
+  pm.add_argument("src_dir", help="the MATH dataset's root (train/<subject>/<id>.json)")
+  pm.add_argument("out", help="output JSONL file")
+  pm.add_argument("--split", default="train")
+  pm.set_defaults(func=_prepare_math)
   return parser
 
 

@@ -265,6 +265,48 @@ class FixedExamples(MathTask):
                                                                                                        completion)
 
 
+def last_boxed(text: str) -> str | None:
+  """The content of the last \\boxed{...} in ``text`` (nested braces balanced), or None."""
+  start = text.rfind("\\boxed{")
+  if start < 0:
+    return None
+  i = start + len("\\boxed{")
+  depth, out = 1, []
+  while i < len(text):
+    ch = text[i]
+    depth += ch == "{"
+    depth -= ch == "}"
+    if depth == 0:
+      return "".join(out).strip()
+    out.append(ch)
+    i += 1
+  return None
+
+
+def math_to_jsonl(src_dir: str, out_path: str, split: str = "train") -> int:
+  """Convert the MATH dataset (Hendrycks et al.; ``<src_dir>/<split>/<subject>/<id>.json`` with ``problem``
+  and ``solution``) to JSONL rows {prompt, answer, level, type}; the answer is the solution's last
+  \\boxed{}.  Problems without one are skipped.  Returns the number of rows written."""
+  import glob
+  import os
+
+  files = sorted(glob.glob(os.path.join(src_dir, split, "*", "*.json")))
+  if not files:
+    raise FileNotFoundError(f"{src_dir}: no {split}/<subject>/<id>.json files (the MATH dataset's layout)")
+  n = 0
+  with open(out_path, "w") as out:
+    for path in files:
+      with open(path) as f:
+        row = json.load(f)
+      answer = last_boxed(row.get("solution", ""))
+      if not row.get("problem") or answer is None:
+        continue
+      out.write(json.dumps({"prompt": row["problem"], "answer": answer, "level": row.get("level"),
+                            "type": row.get("type"), "source": os.path.relpath(path, src_dir)}) + "\n")
+      n += 1
+  return n
+
+
 def make_source(spec) -> Source:
   """The training stream from a ``DataSpec``."""
   if spec.source == "toy_tree":

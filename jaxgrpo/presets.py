@@ -42,7 +42,8 @@ def preset(name: str) -> TrainConfig:
     return TrainConfig(name="toy", steps=250, output_dir="runs/toy", checkpoint_every=0)
   if name == "smollm2_arithmetic":
     # Calibrated in experiments/calibrate_arithmetic.py: one + or − of operands in [1, 30] starts
-    # SmolLM2-135M-Instruct at ~34% greedy accuracy, with ~25% zero-variance groups at G = 8, T = 1.0.
+    # SmolLM2-135M-Instruct at 30.5% greedy accuracy on the held-out split; with the 0.1 format bonus 11% of
+    # groups have zero reward variance at G = 8, T = 1.0 (39% with the math reward alone).
     return TrainConfig(
         name="smollm2_arithmetic", steps=60, output_dir="runs/smollm2_arithmetic", checkpoint_every=10,
         model=ModelSpec(checkpoint="smollm2"),
@@ -51,7 +52,7 @@ def preset(name: str) -> TrainConfig:
         optim=OptimSpec(learning_rate=1e-5, max_grad_norm=1.0),
         data=DataSpec(source="arithmetic", prompts_per_step=4, num_ops=1, max_operand=30, ops="+-"),
         eval=EvalSpec(num_examples=200, every=10, greedy=True, batch_size=100),
-        rewards=RewardSpec(names=("math",), weights=(1.0,)),
+        rewards=RewardSpec(names=("math", "format"), weights=(1.0, 0.1)),
     )
   if name in ("lambda_grpo_paper", "lambda_grpo_paper_full"):
     lora = LoraSpec(rank=64, alpha=128.0) if name == "lambda_grpo_paper" else LoraSpec()

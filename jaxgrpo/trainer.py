@@ -92,7 +92,7 @@ class Trainer:
     self.update_spec = ts.update_spec(o, cfg.sampling, self.model.config.lora is not None, cfg.nonfinite)
     program = ts.make_update_program(self.model, cfg.optim, cfg.steps, self.loss_spec, self.update_spec,
                                      self.mesh, rules)
-    self._update, self.shardings, self.tx = program
+    self.update_fn, self.shardings, self.tx = program
     adapters, base = lora.split(params) if self.model.config.lora is not None else (params, None)
     self.frozen = None if base is None else ts.shard_state(base, self.shardings["frozen"])
     self.ref_params = ts.shard_state(params, self.shardings["full"]) if self.update_spec.reference == "params" \
@@ -157,7 +157,7 @@ class Trainer:
     orders = np.stack([rng.permutation(n) if o.num_minibatches > 1 else np.arange(n)
                        for _ in range(o.num_iterations)]).astype(np.int32)
     self._state_is_step = False
-    self.state, metrics = self._update(self.state, self.frozen, self.ref_params, batch, orders)
+    self.state, metrics = self.update_fn(self.state, self.frozen, self.ref_params, batch, orders)
     metrics = {k: float(v) for k, v in dist.fetch_tree(metrics).items()}
     flags = int(metrics.pop("nonfinite"))
     if flags:

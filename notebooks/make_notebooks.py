@@ -69,7 +69,174 @@ fig.savefig(os.path.join(OUT, 'toy_curves.png'), dpi=90)
 ]
 
 
-BOOKS = {"toy_tree_lambda_grpo.ipynb": TOY}
+_SMOLLM2_SETUP = """
+import os
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+import jaxgrpo
+from jaxgrpo import data, models, presets, rewards
+from jaxgrpo import sharding as shard_lib
+from jaxgrpo.rollout import RolloutEngine
+from jaxgrpo.tokenizers import HFTokenizer
+
+SMALL = bool(os.environ.get('NB_SMALL'))
+OUT = os.environ.get('NB_OUT', 'runs/notebooks')
+os.makedirs(OUT, exist_ok=True)
+ROOT = '..' if os.path.exists('../data') else '.'
+base = presets.preset('smollm2_arithmetic')
+path = models.build.checkpoint_dir(base.model)          # SmolLM2-135M-Instruct, converted once from its GGUF file
+model, params = models.from_pretrained(path)
+tok = HFTokenizer(path)
+engine = RolloutEngine(model, tok, shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+problems = data.jsonl_source(os.path.join(ROOT, 'data', 'word_problems.jsonl'))
+"""
+
+OVERLAP = [
+    ("markdown", """
+# Prefix overlap in real rollouts (λ-GRPO's "does overlap happen?")
+
+GRPO with an outcome reward is a process-reward objective whose steps are the prefixes a group's completions
+share (Sullivan & Koller, arXiv 2509.21154). Here SmolLM2-135M-Instruct samples a group of completions for a
+word problem; we draw the group as a prefix tree — every process step with |λ| (how many completions share it)
+and its step advantage A(i,t) — and then measure how much overlap there is as the group size and temperature
+change. `experiments/overlap_stats.py` runs the same analysis at scale.
+"""),
+    ("code", _SMOLLM2_SETUP),
+    ("code", """
+G = 8
+spec = presets.replace(base, sampling={'group_size': G, 'temperature': 1.0, 'max_new_tokens': 48}).sampling
+example = problems[3]
+ro = engine.grade(engine.generate(params, [example], jax.random.PRNGKey(7), spec), problems)
+tokens, mask = np.asarray(ro.tokens), np.asarray(ro.mask)
+r = np.asarray(ro.correct) + 0.1 * np.asarray([rewards.format_reward('', t, example) for t in ro.texts])
+prm = jaxgrpo.checked.implicit_prm(tokens[None], mask[None], r[None].astype(np.float32))
+counts, adv = np.asarray(prm.counts[0]), np.asarray(prm.step_advantages[0])
+print(example.prompt)
+for i in np.argsort(ro.texts):
+    print(f'r={r[i]:.1f}', repr(ro.texts[i][:90]))
+"""),
+    ("code", """
+def draw_tree(tokens, mask, counts, adv, tok, ax, max_len=32):
+    # The group as a prefix tree: rows sorted so shared prefixes line up; one box per process step
+    # (a maximal run of tokens with the same |λ| and the same members), coloured by its step advantage.
+    order = sorted(range(len(tokens)), key=lambda i: list(tokens[i][mask[i] == 1]))
+    cmap = plt.get_cmap('coolwarm')
+    drawn = set()
+    for row, i in enumerate(order):
+        n = min(int(mask[i].sum()), max_len)
+        start = 0
+        for t in range(1, n + 1):
+            if t == n or counts[i, t] != counts[i, start]:
+                key = (tuple(tokens[i][:t]), start)
+                if key not in drawn or counts[i, start] == 1:
+                    drawn.add(key)
+                    rows = [r for r, j in enumerate(order) if tuple(tokens[j][:t]) == tuple(tokens[i][:t])]
+                    y0, h = min(rows), len(rows)
+                    a = float(adv[i, start])
+                    ax.add_patch(plt.Rectangle((start, y0), t - start, h, facecolor=cmap(0.5 + a / 4),
+                                               edgecolor='k', lw=0.6))
+                    text = tok.decode([int(x) for x in tokens[i][start:t]]).replace('\\n', '⏎')
+                    ax.text(start + 0.1, y0 + h / 2, f"{text[:3 * (t - start)]} |λ|={counts[i, start]} A={a:+.2f}",
+                            va='center', fontsize=6)
+                start = t
+    ax.set_xlim(0, max_len); ax.set_ylim(len(tokens), 0)
+    ax.set_xlabel('token position'); ax.set_ylabel('completions (sorted)')
+
+
+fig, ax = plt.subplots(figsize=(14, 5))
+draw_tree(tokens, mask, counts, adv, tok, ax)
+ax.set_title('one group as a prefix tree: boxes are process steps (colour: step advantage)')
+fig.tight_layout()
+fig.savefig(os.path.join(OUT, 'prefix_tree.png'), dpi=90)
+"""),
+    ("code", """
+settings = [(6, 0.7), (6, 1.0), (16, 1.0)] if SMALL else [(6, 0.7), (6, 1.0), (16, 0.7), (16, 1.0), (36, 1.0)]
+n_prompts = 3 if SMALL else 12
+rows = []
+for g, temp in settings:
+    spec = presets.replace(base, sampling={'group_size': g, 'temperature': temp, 'max_new_tokens': 48,
+                                           'trim': False}).sampling
+    ro = engine.generate(params, [problems[i] for i in range(n_prompts)], jax.random.PRNGKey(g), spec)
+    t = np.asarray(ro.tokens).reshape(n_prompts, g, -1)
+    m = np.asarray(ro.mask).reshape(n_prompts, g, -1)
+    c = np.asarray(jaxgrpo.prefix_counts(t, m))
+    st = jaxgrpo.tree_stats_from_counts(c, m)
+    by_pos = [c[..., k][m[..., k] == 1].mean() if m[..., k].any() else np.nan for k in range(c.shape[-1])]
+    rows.append(dict(g=g, temp=temp, flat=float(np.mean(st.flat)), inter=float(np.mean(st.intermediate_prop)),
+                     lam=float(c[m == 1].mean()), depth=float(np.mean(st.path_depth)), by_pos=by_pos))
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+labels = [f"G={r['g']}, T={r['temp']}" for r in rows]
+axes[0].bar(labels, [r['inter'] for r in rows]); axes[0].set_title('intermediate proportion')
+axes[1].bar(labels, [r['flat'] for r in rows]); axes[1].set_title('flat trees (fraction)')
+for r in rows:
+    axes[2].plot(r['by_pos'], label=f"G={r['g']}, T={r['temp']}")
+axes[2].set_yscale('log'); axes[2].set_title('mean |λ| by token position'); axes[2].legend(fontsize=7)
+fig.tight_layout()
+fig.savefig(os.path.join(OUT, 'overlap_stats.png'), dpi=90)
+[(r['g'], r['temp'], round(r['inter'], 3), r['flat']) for r in rows]
+"""),
+]
+
+SEGMENTS = [
+    ("markdown", """
+# PRPO's entropy-spike segments on a real completion
+
+PRPO (Ding et al., arXiv 2601.07182) cuts each completion where the policy's next-token entropy spikes (the
+k highest-entropy tokens, a cut kept only ≥ m tokens after the previous one), scores each segment with a PRM,
+normalizes the score with a fixed prior and shifts it by the outcome advantage: A(i,t) = z(i,t) + β_i. Here a
+SmolLM2 completion of a word problem is cut, scored by the rule-based arithmetic PRM (1 if every `x op y = z` in
+the segment is right, 0 if one is wrong, 0.5 if it has none) and turned into token advantages.
+"""),
+    ("code", _SMOLLM2_SETUP),
+    ("code", """
+from jaxgrpo.prm import ArithmeticPRM
+
+K, MIN_GAP, G = 5, 10, 4
+spec = presets.replace(base, sampling={'group_size': G, 'temperature': 1.0, 'max_new_tokens': 96,
+                                       'trim': False}).sampling
+example = problems[11]
+ro = engine.grade(engine.generate(params, [example], jax.random.PRNGKey(3), spec), problems)
+tokens, mask, ent = (np.asarray(x) for x in (ro.tokens, ro.mask, ro.entropies))
+fmt = np.asarray([rewards.format_reward('', t, example) for t in ro.texts])
+seg = np.asarray(jaxgrpo.checked.entropy_segments(ent, mask, k=K, min_gap=MIN_GAP))
+prm = ArithmeticPRM()
+scores = np.full((G, K + 1), 0.5, np.float32)
+texts = []
+for i in range(G):
+    n_seg = int(seg[i].max()) + 1
+    pieces = [tok.decode([int(x) for x in tokens[i][seg[i] == k]]) for k in range(n_seg)]
+    texts.append(pieces)
+    scores[i, :n_seg] = prm(example, pieces)
+tok_scores = jaxgrpo.checked.segment_scores_to_tokens(seg, scores)
+r = (np.asarray(ro.correct) + 0.1 * fmt).astype(np.float32)
+adv = np.asarray(jaxgrpo.prpo_advantages(tok_scores[None], mask[None], r[None]))[0]
+i = int(np.argmax([len(p) for p in texts]))  # the completion with the most segments
+for k, piece in enumerate(texts[i]):
+    print(f'segment {k}: PRM {scores[i, k]:.1f}  {piece!r}')
+"""),
+    ("code", """
+n = int(mask[i].sum())
+fig, axes = plt.subplots(2, 1, figsize=(14, 5.5), sharex=True)
+axes[0].plot(ent[i, :n], color='k', lw=1)
+cuts = [t for t in range(1, n) if seg[i, t] != seg[i, t - 1]]
+for c in cuts:
+    axes[0].axvline(c, color='tab:red', ls='--')
+axes[0].set_ylabel('next-token entropy (nats)'); axes[0].set_title('entropy and the cuts (red)')
+cmap = plt.get_cmap('RdYlGn')
+for t in range(n):
+    axes[1].bar(t, adv[i, t], color=cmap(float(tok_scores[i, t])), width=1.0, edgecolor='none')
+axes[1].axhline(0, color='k', lw=0.5)
+axes[1].set_ylabel('PRPO advantage A(i,t)'); axes[1].set_xlabel('token position')
+axes[1].set_title('token advantages, coloured by the PRM score of their segment (green 1, yellow 0.5, red 0)')
+fig.tight_layout()
+fig.savefig(os.path.join(OUT, 'prpo_segments.png'), dpi=90)
+"""),
+]
+
+BOOKS = {"toy_tree_lambda_grpo.ipynb": TOY, "overlap_analysis.ipynb": OVERLAP, "prpo_segments.ipynb": SEGMENTS}
 
 if __name__ == "__main__":
   for name, cells in BOOKS.items():

@@ -51,3 +51,23 @@ def padded_batch(vocab: int, seed: int = 0, b: int = 3, t: int = 11):
   mask[0, :4] = 0  # left padding
   mask[1, -3:] = 0  # right padding
   return ids, mask
+
+
+def tiny_llama_with_tokenizer(out_dir: str, seed: int = 0) -> str:
+  """A tiny random Llama with SmolLM2's tokenizer (vocab 49,152), saved as an HF directory a trainer can use."""
+  import os
+  import shutil
+
+  from jaxgrpo.models import smollm2
+
+  src = smollm2.hf_checkpoint_dir()
+  torch.manual_seed(seed)
+  model = LlamaForCausalLM(LlamaConfig(
+      vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+      num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1,
+      eos_token_id=2, pad_token_id=2)).eval()
+  model.save_pretrained(out_dir)
+  for name in os.listdir(src):
+    if name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+      shutil.copy(os.path.join(src, name), out_dir)
+  return out_dir

@@ -27,3 +27,8 @@ def toy_failing_after(prompt, completion, example):
 def share_of_l(example, segments):
   """A PRM: each segment's share of 'L' tokens."""
   return [s.count("L") / max(len(s), 1) for s in segments]
+
+
+def text_length(prompt, completion, example):
+  """A reward that varies inside any group of random completions (so even a random model gets a gradient)."""
+  return len(completion) / 100.0

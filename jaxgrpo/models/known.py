@@ -11,6 +11,11 @@ _QWEN25_15B = dict(
 )
 
 CONFIGS = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": dict(
+        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        rope_theta=100000.0, tie_word_embeddings=True, hidden_act="silu", bos_token_id=1, eos_token_id=2,
+        pad_token_id=2),
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": dict(
         _QWEN25_15B, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=151646, eos_token_id=151643,
         max_window_layers=21),

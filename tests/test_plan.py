@@ -1,0 +1,53 @@
+"""`jaxgrpo plan`: per-device memory from XLA's analysis of the trainer's own compiled programs."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgrpo import cli, plan, presets
+from jaxgrpo import train_step as ts
+from jaxgrpo.trainer import Trainer
+
+
+def tiny_cfg(tmp_path, **sections):
+  cfg = presets.replace(presets.preset("toy"), output_dir=str(tmp_path / "run"), progress=False,
+                        data={"prompts_per_step": 2}, mesh={"data": 2, "fsdp": 2, "tensor": 2})
+  return presets.replace(cfg, **sections)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_plan_reports_the_memory_of_the_update_step_the_trainer_runs(tmp_path):
+  cfg = tiny_cfg(tmp_path, objective={"kl_beta": 0.05})
+  report = plan.plan(cfg, devices=8, prompt_len=1)
+  trainer = Trainer(cfg)
+  n = cfg.data.prompts_per_step * cfg.sampling.group_size
+  t = cfg.sampling.max_new_tokens
+  rows = lambda dtype, w: np.zeros((n, w), dtype)
+  batch = ts.Batch(rows(np.int32, 1), rows(np.int32, 1), rows(np.int32, t), rows(np.float32, t),
+                   rows(np.float32, t), rows(np.float32, t), rows(np.float32, t))
+  orders = np.zeros((1, n), np.int32)
+  compiled = trainer.update_fn.lower(trainer.state, trainer.frozen, trainer.ref_params, batch, orders).compile()
+  mem = compiled.memory_analysis()
+  b = report["bytes"]
+  assert b["update_temporaries"] == mem.temp_size_in_bytes
+  assert b["update_arguments"] == mem.argument_size_in_bytes
+  per_device = lambda tree: sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards[:1])
+  assert b["params"] == per_device(trainer.state["params"])
+  assert b["optimizer"] == per_device(trainer.state["opt_state"])
+  assert b["reference"] == per_device(trainer.ref_params)
+  assert report["fits"] and b["peak"] >= b["update_temporaries"] > 0 and b["kv_cache"] > 0
+
+
+def test_plan_shows_what_lora_and_sharding_save():
+  base = presets.replace(presets.preset("lambda_grpo_paper_full"), sampling={"max_new_tokens": 64})
+  full = plan.plan(base, devices=1, prompt_len=16)
+  lora = plan.plan(presets.replace(base, model={"lora": {"rank": 8, "alpha": 16.0}}), devices=1, prompt_len=16)
+  assert lora["bytes"]["optimizer"] < full["bytes"]["optimizer"] / 50  # adapters only
+  assert lora["bytes"]["frozen"] > 0 and full["bytes"]["frozen"] == 0
+  assert full["params_total"] > 1.5e9 and full["bytes"]["params"] == pytest.approx(4 * full["params_total"], rel=1e-6)
+
+
+def test_plan_cli_prints_a_table_and_says_whether_it_fits(capsys):
+  code = cli.main(["plan", "--preset", "toy", "--devices", "1", "--hbm", "0.001"])
+  out = capsys.readouterr().out
+  assert "| optimizer state |" in out and "does NOT fit in 0.001 GiB" in out and code == 3
