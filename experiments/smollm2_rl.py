@@ -97,6 +97,8 @@ def main() -> int:
   p.add_argument("--checkpoint-every", type=int, default=5)
   p.add_argument("--out", default="runs/smollm2_rl")
   p.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "smollm2_rl.json"))
+  p.add_argument("--report-only", action="store_true",
+                 help="no training: summarize the runs that exist under --out (e.g. an unfinished sweep)")
   args = p.parse_args()
   base = presets.preset("smollm2_arithmetic")
   args.steps = args.steps or base.steps
@@ -113,8 +115,13 @@ def main() -> int:
       for method in args.methods.split(","):
         tag, cfg = config(method, lr, args, seed)
         t_run = time.time()
-        Trainer(cfg).run()  # resumes from the run's own checkpoints if it was interrupted
+        if args.report_only:
+          if not os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")):
+            continue
+        else:
+          Trainer(cfg).run()  # resumes from the run's own checkpoints if it was interrupted
         s = summarize(cfg.output_dir)
+        s["steps_done"] = len(s["train_accuracy"])
         results["runs"][tag] = {"method": method, "lr": lr, "seed": seed, **s}
         print(f"{tag}: eval accuracy {s['eval_accuracy'][0]:.3f} → {s['eval_accuracy'][-1]:.3f} "
               f"({time.time() - t_run:.0f} s this invocation)", flush=True)
@@ -124,13 +131,13 @@ def main() -> int:
   with open(args.results, "w") as f:
     json.dump(results, f, indent=1)
   plot(results, args.results.replace(".json", ".png"))
-  print("\n| method | lr | seed | eval acc step 0 | eval acc end | Δ (points) | best | train acc first 5 → last 5 "
-        "| s/step |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("\n| method | lr | seed | steps | eval acc step 0 | eval acc end | Δ (points) | best | train acc first 5 → "
+        "last 5 | s/step |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in results["runs"].values():
     acc = r["eval_accuracy"]
     tr = r["train_accuracy"]
-    print(f"| {LABELS[r['method']]} | {r['lr']:g} | {r['seed']} | {acc[0]:.3f} | {acc[-1]:.3f} | "
+    print(f"| {LABELS[r['method']]} | {r['lr']:g} | {r['seed']} | {r['steps_done']} | {acc[0]:.3f} | {acc[-1]:.3f} | "
           f"{100 * (acc[-1] - acc[0]):+.1f} | {max(acc):.3f} | {np.mean(tr[:5]):.3f} → {np.mean(tr[-5:]):.3f} | "
           f"{np.mean(r['time_step']):.1f} |")
   print(f"\nplot: {args.results.replace('.json', '.png')}; {results['seconds']:.0f} s ({results['machine']})")

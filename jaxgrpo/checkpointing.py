@@ -50,6 +50,12 @@ def _leaf_checksums(tree) -> list[jax.Array]:
   return [hashing.array_checksum(x) for x in jax.tree.leaves(tree)]
 
 
+# One program, not one per leaf: many small eager reductions over a sharded state, dispatched asynchronously,
+# each with its own cross-device all-reduce, can starve XLA:CPU's in-process collectives (a 40 s rendezvous
+# timeout aborts the process with 8 simulated devices on 2 cores).
+_all_finite = jax.jit(all_finite)
+
+
 def checksums(tree) -> dict[str, int]:
   """A uint32 content checksum per leaf, keyed by the leaf's path (order-sensitive, exact for any sharding)."""
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
@@ -120,7 +126,7 @@ class Checkpointer:
     self.wait()
     if step in self.manager.all_steps():
       return False
-    if not bool(dist.fetch(all_finite(state))):
+    if not bool(dist.fetch(_all_finite(state))):
       raise CheckpointSaveError(f"refusing to save step {step}: the state holds non-finite values")
     meta = {"step": int(step), "checksums": checksums(state), "tree": {k: list(v[0]) + [v[1]]
                                                                       for k, v in _describe(state).items()}}
@@ -205,7 +211,7 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), template)
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    if not bool(dist.fetch(all_finite(state))):
+    if not bool(dist.fetch(_all_finite(state))):
       raise ValueError("it holds non-finite values")
     got = checksums(state)
     wrong = [k for k, v in meta["checksums"].items() if got.get(k) != v]

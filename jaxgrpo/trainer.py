@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import signal
 import time
 from typing import Any, Callable
 
@@ -37,6 +36,7 @@ from jaxgrpo import train_step as ts
 from jaxgrpo.config import TrainConfig
 from jaxgrpo.metrics import MetricsWriter
 from jaxgrpo.models import lora
+from jaxgrpo.preemption import Preempted, SignalGuard
 from jaxgrpo.progress import Progress
 from jaxgrpo.rollout import Rollout, RolloutEngine
 from jaxgrpo.run_dir import RunDir
@@ -46,14 +46,6 @@ log = logging.getLogger("jaxgrpo")
 
 class NonFiniteError(RuntimeError):
   """A step produced a non-finite loss, gradient or parameter (the run stops; nothing is saved)."""
-
-
-class Preempted(Exception):
-  """SIGTERM/SIGINT arrived: the run saves its last completed step and exits."""
-
-  def __init__(self, signum: int):
-    super().__init__(f"received {signal.Signals(signum).name}")
-    self.signum = signum
 
 
 class Trainer:
@@ -103,6 +95,7 @@ class Trainer:
     self.data_pos = 0
     self.rng = np.asarray(jax.random.PRNGKey(cfg.seed))
     self._state_is_step = True  # the state holds the result of a completed step (safe to save)
+    self._guard = SignalGuard()  # inactive until run() enters it
 
   # ------------------------------------------------------------------ stages
 
@@ -178,14 +171,17 @@ class Trainer:
     times = {}
     examples = [self.source[self.data_pos + i] for i in range(b)]
     key = jax.random.fold_in(jnp.asarray(self.rng), self.step)
-    with _timed(times, "sample"):
-      ro = self.sample(examples, key)
-    with _timed(times, "score"):
-      ro = self.score(ro)
-      adv, weights, group_metrics = self.advantages(ro)
-      group_metrics = dist.fetch_tree(group_metrics)
-    with _timed(times, "update"):
+    with self._guard.interruptible():  # these stages only read the state (a signal may stop them)
+      with _timed(times, "sample"):
+        ro = self.sample(examples, key)
+      with _timed(times, "score"):
+        ro = self.score(ro)
+        adv, weights, group_metrics = self.advantages(ro)
+        group_metrics = dist.fetch_tree(group_metrics)
+    with _timed(times, "update"):  # not interruptible: the state, step and data position move together
       metrics = self.update(ro, adv, weights)
+      self.data_pos += b
+      self.step += 1
     metrics.update({k: float(v) for k, v in group_metrics.items()})
     metrics.update({k: float(v) for k, v in dist.fetch_tree(_rollout_metrics(ro.tokens, ro.mask, ro.entropies,
                                                                              ro.lengths, ro.finish_reason, ro.correct,
@@ -193,8 +189,6 @@ class Trainer:
     total = sum(times.values())
     metrics.update({f"time_{k}": v for k, v in times.items()}, time_step=total,
                    tokens_per_s=metrics["completion_tokens"] / max(total, 1e-9))
-    self.data_pos += b
-    self.step += 1
     return metrics
 
   def evaluate(self) -> dict[str, float]:
@@ -224,9 +218,14 @@ class Trainer:
     """Train to ``cfg.steps`` and return the metrics of the steps run now (eval rows included).
 
     ``run_dir``: the output directory, already locked (the CLI locks it before building the trainer)."""
-    cfg = self.cfg
     primary = dist.is_primary()
-    run_dir = run_dir or RunDir(cfg.output_dir, lock=primary)
+    run_dir = run_dir or RunDir(self.cfg.output_dir, lock=primary)
+    self._guard = SignalGuard()
+    with self._guard:
+      return self._run(run_dir, primary, resume, overwrite, allow_config_change)
+
+  def _run(self, run_dir, primary, resume, overwrite, allow_config_change) -> list[dict]:
+    cfg, guard = self.cfg, self._guard
     ckpt = writer = None
     history: list[dict] = []
     failing = False
@@ -240,11 +239,11 @@ class Trainer:
         if restored is not None:
           self._load_ckpt_state(restored[0])
       writer = MetricsWriter(cfg.output_dir, keep_until=self.step) if primary else None
-      with _signals_raise_preempted():
-        self._loop(ckpt, writer, history)
+      self._loop(ckpt, writer, history)
       self._save(ckpt, force=True)
     except (Preempted, KeyboardInterrupt, Exception) as e:
       failing = True
+      guard.stopping()
       if ckpt is not None and not isinstance(e, (NonFiniteError, checkpointing.CheckpointSaveError,
                                                  checkpointing.CheckpointRestoreError)):
         self._save_on_exit(ckpt, e)
@@ -270,6 +269,7 @@ class Trainer:
       if self.eval_set is not None and self.step == 0:
         last_eval = self._eval_and_log(writer, history)
       while self.step < cfg.steps:
+        self._guard.check()
         m = self.train_step()
         history.append({"step": self.step, **m})
         if writer is not None and self.step % cfg.log_every == 0:
@@ -287,7 +287,8 @@ class Trainer:
       bar.close()
 
   def _eval_and_log(self, writer, history) -> int:
-    m = self.evaluate()
+    with self._guard.interruptible():
+      m = self.evaluate()
     history.append({"step": self.step, **m})
     if writer is not None:
       writer.write(self.step, m)
@@ -305,13 +306,12 @@ class Trainer:
                                       if isinstance(x, jax.Array)):
       log.warning("not saving on exit (%s): the state is mid-update", type(reason).__name__)
       return
-    with _signals_ignored():
-      try:
-        if ckpt.save(self.step, self._ckpt_state()):
-          log.warning("saved step %d on exit (%s)", self.step, reason)
-        ckpt.wait()
-      except checkpointing.CheckpointSaveError as e:
-        log.error("%s", e)
+    try:
+      if ckpt.save(self.step, self._ckpt_state()):
+        log.warning("saved step %d on exit (%s)", self.step, reason)
+      ckpt.wait()
+    except checkpointing.CheckpointSaveError as e:
+      log.error("%s", e)
 
 
 # ----------------------------------------------------------------------------- jitted helpers
@@ -324,34 +324,6 @@ def _timed(times: dict, name: str):
     yield
     times[name] = times.get(name, 0.0) + time.perf_counter() - t0
   return cm()
-
-
-@contextlib.contextmanager
-def _signals_raise_preempted():
-  """SIGTERM (and SIGINT) raise ``Preempted`` in the main thread, so the run can save and exit."""
-  def handler(signum, frame):
-    raise Preempted(signum)
-
-  old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    yield
-  finally:
-    for s, h in old.items():
-      signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _signals_ignored():
-  """While the exit checkpoint is written, a second signal is reported and otherwise ignored."""
-  def handler(signum, frame):
-    log.warning("%s during the exit checkpoint: ignored until it is written", signal.Signals(signum).name)
-
-  old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    yield
-  finally:
-    for s, h in old.items():
-      signal.signal(s, h)
 
 
 @functools.partial(jax.jit, static_argnames=("g", "sh"))

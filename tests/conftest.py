@@ -9,11 +9,18 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+import gc  # noqa: E402
+
 import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-  """Hypothesis draws many shapes, each a compiled program; free them after every module."""
+  """Hypothesis draws many shapes, each a compiled program; free them (and cached update programs, which hold
+  their models) after every module."""
   yield
+  from jaxgrpo import train_step
+
+  train_step.make_update_program.cache_clear()
   jax.clear_caches()
+  gc.collect()

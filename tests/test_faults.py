@@ -118,6 +118,31 @@ def test_sigterm_saves_the_last_step_and_a_second_signal_does_no_harm(tmp_path, 
   assert_same_state(final_state(out)[1], reference)
 
 
+def test_signals_during_an_update_let_it_finish_then_save_that_step(tmp_path, reference):
+  """The update donates the state: a signal inside it (here two, sent from inside the jitted call's wrapper) must
+  not leave a deleted or half-stepped state; the run stops after the update with step, params and data position
+  in agreement, and resuming reproduces the uninterrupted run."""
+  from jaxgrpo.preemption import Preempted
+
+  out = tmp_path / "run"
+  tr = Trainer(toy(out))
+  update_fn = tr.update_fn
+
+  def update_then_signal(*args):
+    if tr.step == 12:
+      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return update_fn(*args)
+
+  tr.update_fn = update_then_signal
+  with pytest.raises(Preempted):
+    tr.run(resume=False)
+  step, state = final_state(out)
+  assert step == int(state["step"]) == 13 and max(metric_steps(out)) == 13
+  Trainer(toy(out)).run()
+  assert_same_state(final_state(out)[1], reference)
+
+
 def test_an_exception_in_a_step_saves_the_last_completed_step(tmp_path, reference):
   out = str(tmp_path / "exc")
   args = cli_args(out, extra=["--set", "rewards.names=[plugins:toy_failing_after]"])
