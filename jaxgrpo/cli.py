@@ -234,7 +234,7 @@ def _background_error(args) -> None:
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = build_parser().parse_args(argv)
-  if args.command == "plan" and "jax" not in sys.modules:  # simulated devices must be set before JAX starts
+  if args.command == "plan":  # simulated devices: XLA reads the flag when the backend starts (not at import)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
       os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
