@@ -21,7 +21,6 @@ import numpy as np
 from jaxgrpo import data as data_lib
 from jaxgrpo import evaluation, models, presets
 from jaxgrpo import rewards as rewards_lib
-from jaxgrpo import sharding as shard_lib
 from jaxgrpo.config import EvalSpec
 from jaxgrpo.rollout import RolloutEngine
 from jaxgrpo.tokenizers import HFTokenizer
@@ -55,13 +54,12 @@ def main():
   preset = presets.preset("smollm2_arithmetic")
   path = models.build.checkpoint_dir(preset.model)
   model, params = models.from_pretrained(path)
-  mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   rows = []
   t_all = time.time()
   for name, over in (VARIANTS if args.variants else LEVELS):
     base = presets.replace(preset, **over)
     data = base.data
-    engine = RolloutEngine(model, HFTokenizer(path, data.system_prompt), mesh)
+    engine = RolloutEngine(model, HFTokenizer(path, data.system_prompt))
     t0 = time.time()
     ev = EvalSpec(num_examples=args.eval, batch_size=100)
     try:

@@ -24,7 +24,6 @@ import numpy as np
 import jaxgrpo
 from jaxgrpo import data as data_lib
 from jaxgrpo import models, presets
-from jaxgrpo import sharding as shard_lib
 from jaxgrpo.rollout import RolloutEngine
 from jaxgrpo.tokenizers import HFTokenizer
 
@@ -71,7 +70,7 @@ def main():
   base = presets.preset("smollm2_arithmetic")
   path = models.build.checkpoint_dir(base.model)
   model, params = models.from_pretrained(path)
-  engine = RolloutEngine(model, HFTokenizer(path), shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  engine = RolloutEngine(model, HFTokenizer(path))
   sources = {"arithmetic": data_lib.make_source(base.data), "word_problems": data_lib.jsonl_source(WORD_PROBLEMS)}
   rows, t_all = [], time.time()
   kernel_total = sample_total = 0.0

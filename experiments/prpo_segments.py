@@ -1,6 +1,6 @@
 """Where PRPO's entropy spikes fall in real rollouts, and how entropy cuts compare with random and uniform cuts.
 
-SmolLM2-135M-Instruct samples word problems (data/word_problems.jsonl) and arithmetic; every completion is cut
+SmolLM2-135M-Instruct samples the word problems in data/word_problems.jsonl; every completion is cut
 by PRPO's rule (the k highest-entropy tokens, a cut kept only ≥ m tokens after the previous one).  Reported:
 the relative position of the cuts in the completion, the tokens that start a segment (line starts, digits,
 operators, words), segment lengths, how often the min-gap rule removes a spike, and for the same number of
@@ -26,7 +26,6 @@ import numpy as np
 import jaxgrpo
 from jaxgrpo import data as data_lib
 from jaxgrpo import models, presets
-from jaxgrpo import sharding as shard_lib
 from jaxgrpo.prm import ArithmeticPRM
 from jaxgrpo.rollout import RolloutEngine
 from jaxgrpo.tokenizers import HFTokenizer
@@ -108,7 +107,7 @@ def main():
   path = models.build.checkpoint_dir(base.model)
   model, params = models.from_pretrained(path)
   tok = HFTokenizer(path)
-  engine = RolloutEngine(model, tok, shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  engine = RolloutEngine(model, tok)
   src = data_lib.jsonl_source(WORD_PROBLEMS)
   examples = [src[i] for i in range(args.prompts)]
   spec = presets.replace(base, sampling={"group_size": args.group_size, "temperature": 1.0, "trim": False,

@@ -87,7 +87,6 @@ def _eval(args: argparse.Namespace) -> int:
 
   from jaxgrpo import data as data_lib
   from jaxgrpo import evaluation, models
-  from jaxgrpo import sharding as shard_lib
   from jaxgrpo.rollout import RolloutEngine
 
   if bool(args.run) == bool(args.hf):
@@ -108,8 +107,7 @@ def _eval(args: argparse.Namespace) -> int:
     label = args.hf
   ev = cfg.eval if cfg.eval.num_examples else cfg.eval.__class__(num_examples=200)
   task = data_lib.make_eval_source(cfg.data, ev)
-  mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  engine = RolloutEngine(model, tokenizer, mesh)
+  engine = RolloutEngine(model, tokenizer)
   out = evaluation.evaluate(engine, models.cast_params(params, model.config.dtype), task, task.examples, ev,
                             jax.random.PRNGKey(cfg.seed), cfg.sampling)
   print(f"\n{label} on {ev.source or cfg.data.source} (held-out, {len(task)} problems)\n")

@@ -61,7 +61,10 @@ class Rollout:
 class RolloutEngine:
   """Samples, decodes and scores rollouts of a model on a mesh (no optimizer state)."""
 
-  def __init__(self, model: Transformer, tokenizer, mesh, rules=shard_lib.MeshRules()):
+  def __init__(self, model: Transformer, tokenizer, mesh=None, rules=shard_lib.MeshRules()):
+    """``mesh``: None for the first device alone (evaluation, analysis)."""
+    if mesh is None:
+      mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     self.model, self.tokenizer, self.mesh, self.rules = model, tokenizer, mesh, rules
     allowed = tokenizer.allowed_tokens()
     self.allowed = None if allowed is None else np.asarray(allowed, bool)

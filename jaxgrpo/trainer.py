@@ -269,8 +269,7 @@ class Trainer:
       if self.eval_set is not None and self.step == 0:
         last_eval = self._eval_and_log(writer, history)
       while self.step < cfg.steps:
-        self._guard.check()
-        m = self.train_step()
+        m = self.train_step()  # its first stage checks for a signal received since the last step
         history.append({"step": self.step, **m})
         if writer is not None and self.step % cfg.log_every == 0:
           writer.write(self.step, m)

@@ -78,7 +78,6 @@ import numpy as np
 
 import jaxgrpo
 from jaxgrpo import data, models, presets, rewards
-from jaxgrpo import sharding as shard_lib
 from jaxgrpo.rollout import RolloutEngine
 from jaxgrpo.tokenizers import HFTokenizer
 
@@ -90,7 +89,7 @@ base = presets.preset('smollm2_arithmetic')
 path = models.build.checkpoint_dir(base.model)          # SmolLM2-135M-Instruct, converted once from its GGUF file
 model, params = models.from_pretrained(path)
 tok = HFTokenizer(path)
-engine = RolloutEngine(model, tok, shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+engine = RolloutEngine(model, tok)                        # one device
 problems = data.jsonl_source(os.path.join(ROOT, 'data', 'word_problems.jsonl'))
 """
 
