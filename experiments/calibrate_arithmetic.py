@@ -49,6 +49,7 @@ def main():
   p.add_argument("--prompts", type=int, default=32, help="training prompts sampled at G = 8 per level")
   p.add_argument("--temperatures", default="1.0,0.7")
   p.add_argument("--variants", action="store_true", help="wording/length/reward variants at the chosen level")
+  p.add_argument("--only", default="", help="comma-separated row numbers (0-based) of the levels/variants to run")
   p.add_argument("--out", default="")
   args = p.parse_args()
   preset = presets.preset("smollm2_arithmetic")
@@ -56,7 +57,10 @@ def main():
   model, params = models.from_pretrained(path)
   rows = []
   t_all = time.time()
-  for name, over in (VARIANTS if args.variants else LEVELS):
+  table = VARIANTS if args.variants else LEVELS
+  if args.only:
+    table = [table[int(i)] for i in args.only.split(",")]
+  for name, over in table:
     base = presets.replace(preset, **over)
     data = base.data
     engine = RolloutEngine(model, HFTokenizer(path, data.system_prompt))

@@ -1,8 +1,9 @@
 """Reward functions: (prompt, completion, example) → float, and scoring with checks.
 
-Built in: ``toy_tree`` (λ-GRPO's toy task), ``math`` (the final answer matches the reference, via
-math-verify) and ``format`` (a \\boxed{} answer).  Any other name of the form ``module:function`` is
-imported: a function ``(prompt, completion, example) -> float`` (e.g. ``rewards.names=[mypkg.rw:length_bonus]``).
+Built in: ``toy_tree`` (λ-GRPO's toy task), ``math`` (the final answer — last \\boxed{}, else last number —
+matches the reference; see ``data.answer_matches``) and ``format`` (a non-empty \\boxed{} answer).  Any other
+name of the form ``module:function`` is imported: a function ``(prompt, completion, example) -> float``
+(e.g. ``rewards.names=[mypkg.rw:length_bonus]``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import re
 from typing import Callable, Sequence
 
 import numpy as np
 
-from jaxgrpo.data import Example, answer_matches
+from jaxgrpo.data import Example, answer_matches, boxed_contents
 
 RewardFn = Callable[[str, str, Example], float]
 
@@ -36,16 +36,13 @@ def toy_tree_reward(target: str = "LLRL", n_shared: int = 1, r_neg: float = -1.0
   return toy_tree
 
 
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-
-
 def format_reward(prompt: str, completion: str, example: Example) -> float:
-  """1 if the completion gives a final answer in \\boxed{...}, else 0."""
-  return 1.0 if _BOXED.search(completion) else 0.0
+  """1 if the completion gives a final answer in a non-empty \\boxed{...}, else 0."""
+  return 1.0 if any(b.strip() for b in boxed_contents(completion)) else 0.0
 
 
 def math_reward(prompt: str, completion: str, example: Example) -> float:
-  """1 if the completion's final answer equals the reference (math-verify), else 0."""
+  """1 if the completion's final answer equals the reference (``data.answer_matches``), else 0."""
   return 1.0 if answer_matches(example.answer, completion) else 0.0
 
 

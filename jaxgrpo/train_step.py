@@ -202,6 +202,21 @@ def make_update_program(model: Transformer, optim, total_steps: int, spec: LossS
   return UpdateProgram(make_update_step(model, tx, spec, uspec, mesh, sh, rules), sh, tx)
 
 
+def strided_slices(x: jax.Array, k: int) -> jax.Array:
+  """[N, ...] → [k, N/k, ...] where slice j holds rows j, j + k, j + 2k, …
+
+  Rows are sharded in contiguous blocks over the data-parallel devices; a contiguous split (``reshape(k,
+  N/k)``) would put whole slices on some devices, so a scan over the slices would run each one on fewer
+  devices and save no memory. Strided slices keep every slice spread over all of them.
+  """
+  return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+
+def unslice(x: jax.Array) -> jax.Array:
+  """The inverse of ``strided_slices``: [k, N/k, ...] → [N, ...] in the original row order."""
+  return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
 def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec: LossSpec, uspec: UpdateSpec, mesh,
                      shardings, rules=shard_lib.MeshRules()):
   """``update(state, frozen, ref_params, batch, row_orders) -> (state, metrics)``, jitted, donating ``state``.
@@ -218,12 +233,10 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
   def constrain(x):
     return jax.lax.with_sharding_constraint(x, rows_sh(x.ndim))
 
-  def minibatches(batch: Batch):  # natural order, [M, N/M, ...]
-    return jax.tree.map(lambda x: x.reshape(m_count, x.shape[0] // m_count, *x.shape[1:]), batch)
-
-  def logp_over_batch(params, batch: Batch):
-    out = jax.lax.map(lambda mb: batch_logprobs(model, params, mb, spec), minibatches(batch))
-    return jax.lax.stop_gradient(out.reshape(batch.tokens.shape))
+  def logp_over_batch(params, batch: Batch):  # reference / π_old log-probs, in slices of a micro-batch's size
+    out = jax.lax.map(lambda mb: batch_logprobs(model, params, jax.tree.map(constrain, mb), spec),
+                      jax.tree.map(lambda x: strided_slices(x, m_count * uspec.micro_batches), batch))
+    return jax.lax.stop_gradient(constrain(unslice(out)))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   micro = uspec.micro_batches
@@ -234,11 +247,11 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
     if micro == 1:
       return grad_fn(params, frozen, mb, old, ref, model, spec)
     total = objectives.aggregation_denominator(mb.mask, mb.weights, spec.aggregation)
-    split = lambda x: None if x is None else x.reshape(micro, x.shape[0] // micro, *x.shape[1:])
+    split = lambda x: None if x is None else strided_slices(x, micro)
     slices = (jax.tree.map(split, mb), split(old), split(ref))
 
     def one(acc, xs):
-      mbi, oi, ri = xs
+      mbi, oi, ri = jax.tree.map(constrain, xs)
       share = objectives.aggregation_denominator(mbi.mask, mbi.weights, spec.aggregation) / total
       (loss_i, m_i), g_i = grad_fn(params, frozen, mbi, oi, ri, model, spec)
       acc_g, acc_loss, acc_m = acc

@@ -143,7 +143,8 @@ def test_prpo_paper_preset_runs_from_the_cli_with_a_neural_prm_and_math_jsonl(ti
                    "--set", f"objective.prm_path={prm_dir}", "--set", f"data.path={jsonl}",
                    "--set", f"output_dir={tmp_path / 'run'}", "--set", "steps=1", "--set", "data.prompts_per_step=4",
                    "--set", "sampling.group_size=2", "--set", "sampling.max_new_tokens=24",
-                   "--set", "objective.prpo_k=2", "--set", "objective.prpo_min_gap=3", "--set", "progress=false"])
+                   "--set", "objective.prpo_k=2", "--set", "objective.prpo_min_gap=3", "--set", "progress=false",
+                   "--set", "objective.micro_batches=1"])
   assert code == 0
   row = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")][-1]
   assert 0 <= row["prm_score_mean"] <= 1 and np.isfinite(row["loss"])

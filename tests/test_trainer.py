@@ -127,6 +127,41 @@ def test_math_and_format_rewards():
   assert R.format_reward("q", "\\boxed{1}", ex) == 1.0 and R.format_reward("q", "1", ex) == 0.0
 
 
+@pytest.mark.parametrize("completion,want", [
+    # what GRPO at lr 1e-5 learned within 20 steps on SmolLM2 when math-verify graded the whole completion:
+    # restate the question, leave the box empty (math-verify evaluated "5 + 7" to 12)
+    ("5 + 7 = \\boxed{}", False),
+    ("\\boxed{5 + 7}", False),
+    ("5 + 7", False),  # no answer: the last number is 7
+    ("x = 12 so \\boxed{}", False),  # a box is the answer, and it is empty
+    ("\\boxed{12", False),  # unclosed
+    ("5 + 7 = 12", True),  # no box: the last number
+    ("The answer is 12.", True),
+    ("\\boxed{12}", True),
+    ("\\boxed{ 12.0 }", True),
+    ("\\boxed{$12$}", True),
+    ("first \\boxed{11}, then \\boxed{12}", True),  # the last box
+    ("\\boxed{13}", False),
+])
+def test_math_reward_grades_the_final_answer_not_an_expression_equal_to_it(completion, want):
+  ex = D.Example("What is 5 + 7?", "12")
+  assert R.math_reward(ex.prompt, completion, ex) == float(want)
+
+
+def test_symbolic_references_use_math_verify_on_the_final_answer():
+  assert D.answer_matches("\\frac{1}{2}", "so \\boxed{0.5}")
+  assert D.answer_matches("0.5", "\\boxed{\\frac{1}{2}}") and not D.answer_matches("0.5", "\\boxed{\\frac{1}{3}}")
+  assert D.answer_matches("2\\sqrt{3}", "\\boxed{2\\sqrt{3}}") and not D.answer_matches("2\\sqrt{3}", "\\boxed{}")
+  assert D.answer_matches("-1234", "\\boxed{-1,234}")
+
+
+def test_format_reward_needs_a_non_empty_box_and_reads_nested_braces():
+  ex = D.Example("q", "1")
+  assert R.format_reward("q", "\\boxed{}", ex) == 0.0 and R.format_reward("q", "\\boxed{ }", ex) == 0.0
+  assert R.format_reward("q", "\\boxed{\\frac{1}{2}}", ex) == 1.0
+  assert D.boxed_contents("a \\boxed{\\frac{1}{2}} b \\boxed{x}") == ["\\frac{1}{2}", "x"]
+
+
 def test_bad_rewards_name_the_function_and_example():
   ex = [D.Example("what is 2+2", "4", {"index": 17})]
 
