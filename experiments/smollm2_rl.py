@@ -64,7 +64,7 @@ def plot(results: dict, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
   colors = {"grpo": "tab:red", "lambda_grpo": "tab:blue", "prpo": "tab:green", "prpo_lambda": "tab:purple"}
   for tag, r in results["runs"].items():
     style = "-" if r["lr"] == results["args"]["lr_main"] else ":"
@@ -75,10 +75,15 @@ def plot(results: dict, path: str) -> None:
     if len(acc) >= k:
       axes[1].plot(np.arange(k, len(acc) + 1), np.convolve(acc, np.ones(k) / k, mode="valid"), style,
                    color=colors[r["method"]], label=label)
+    steps = np.arange(1, len(r["entropy_mean"]) + 1)
+    axes[2].plot(steps, r["entropy_mean"], style, color=colors[r["method"]])
+    axes[2].plot(steps, r["intermediate_prop"], "--", color=colors[r["method"]], alpha=0.6)
   axes[0].set_xlabel("step")
   axes[0].set_ylabel("held-out greedy accuracy (200 problems)")
   axes[1].set_xlabel("step")
   axes[1].set_ylabel("training accuracy (sampled, 5-step mean)")
+  axes[2].set_xlabel("step")
+  axes[2].set_title("entropy in nats (solid), intermediate proportion (dashed)", fontsize=9)
   axes[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
