@@ -45,6 +45,7 @@ def _math_verify():
   return parse, verify
 
 
+_BOX = "\\boxed{"
 _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)(/\d+)?")
 _LATEX_FRAC = re.compile(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
 _LAST_NUMBER = re.compile(r"[-+]?\d[\d,]*(\.\d+)?(/\d+)?|[-+]?\.\d+")
@@ -53,14 +54,14 @@ _LAST_NUMBER = re.compile(r"[-+]?\d[\d,]*(\.\d+)?(/\d+)?|[-+]?\.\d+")
 def boxed_contents(text: str) -> list[str]:
   """The contents of every ``\\boxed{...}`` in ``text``, in order, with nested braces (``\\boxed{\\frac{1}{2}}``)."""
   out, start = [], 0
-  while (i := text.find("\\boxed{", start)) >= 0:
-    depth, j = 1, i + len("\\boxed{")
+  while (i := text.find(_BOX, start)) >= 0:
+    depth, j = 1, i + len(_BOX)
     while j < len(text) and depth:
       depth += {"{": 1, "}": -1}.get(text[j], 0)
       j += 1
     if depth:  # unclosed: no answer
       break
-    out.append(text[i + len("\\boxed{"):j - 1])
+    out.append(text[i + len(_BOX):j - 1])
     start = j
   return out
 
@@ -68,7 +69,7 @@ def boxed_contents(text: str) -> list[str]:
 def final_answer(completion: str) -> str | None:
   """The completion's final answer: its last ``\\boxed{}``'s content if it has a box (an empty box is no answer),
   else its last number; None if it has neither."""
-  if "\\boxed{" in completion:
+  if _BOX in completion:
     return last_boxed(completion) or None
   numbers = [m.group(0) for m in _LAST_NUMBER.finditer(completion)]
   return numbers[-1] if numbers else None

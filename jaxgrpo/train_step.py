@@ -233,13 +233,14 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
   def constrain(x):
     return jax.lax.with_sharding_constraint(x, rows_sh(x.ndim))
 
+  micro = uspec.micro_batches
+
   def logp_over_batch(params, batch: Batch):  # reference / π_old log-probs, in slices of a micro-batch's size
     out = jax.lax.map(lambda mb: batch_logprobs(model, params, jax.tree.map(constrain, mb), spec),
-                      jax.tree.map(lambda x: strided_slices(x, m_count * uspec.micro_batches), batch))
+                      jax.tree.map(lambda x: strided_slices(x, m_count * micro), batch))
     return jax.lax.stop_gradient(constrain(unslice(out)))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  micro = uspec.micro_batches
 
   def grad_of_minibatch(params, frozen, mb: Batch, old, ref):
     """Loss, metrics and gradient of a minibatch, accumulated over ``micro`` slices of its rows: each
