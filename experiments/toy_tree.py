@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import platform
@@ -71,6 +72,7 @@ class ToyConfig:
   steps: int = 250
   lr: float = 3e-5
   scale: str = "small"
+  sampler: str = "tree"  # "tree": one forward over the 8 depth-3 prefixes | "naive": G full forwards per token
 
 
 def toy_rewards(tokens: jax.Array, cfg: ToyConfig) -> jax.Array:
@@ -93,28 +95,91 @@ def _sample(model, params, key, g: int) -> jax.Array:
   return ids[:, 1:]
 
 
+def _tree_prefixes() -> jax.Array:
+  """int32[2^(DEPTH-1), DEPTH]: BOS then every path of DEPTH-1 tokens (row b spells b in binary, L=0, R=1).
+  Their DEPTH positions hold every internal node of the tree: position t of row b is the node reached by
+  the first t tokens of b."""
+  paths = itertools.product((L, R), repeat=DEPTH - 1)
+  return jnp.asarray([[BOS, *p] for p in paths], jnp.int32)
+
+
+def _node_rows(tokens: jax.Array) -> jax.Array:
+  """int32[G, DEPTH]: for each completion and step t, the row of ``_tree_prefixes`` whose first t tokens
+  equal the completion's first t tokens (later tokens L) — the row whose position t predicts token t."""
+  bits = (tokens[:, :DEPTH - 1] == R).astype(jnp.int32)  # [G, DEPTH-1]
+  place = 2 ** jnp.arange(DEPTH - 2, -1, -1)  # most significant first, as itertools.product orders them
+  known = jnp.arange(DEPTH)[:, None] > jnp.arange(DEPTH - 1)[None, :]  # [t, j]: token j precedes step t
+  return jnp.sum(bits[:, None, :] * place * known[None], axis=-1)
+
+
+def _tree_logits(model, params) -> jax.Array:
+  """float32[2^(DEPTH-1), DEPTH, 3]: the policy's logits (L/R only, temperature 1) at every tree node."""
+  ids = _tree_prefixes()
+  attn = jnp.ones_like(ids)
+  logits, _ = model.apply({"params": params}, ids, models.positions_from_mask(attn), models.causal_mask(attn))
+  return policy.policy_logits(logits, 1.0, policy.allowed_mask(3, (L, R)))
+
+
+def _sample_tree(tree: jax.Array, key, g: int) -> jax.Array:
+  """G completions drawn from the node logits, token by token with the naive sampler's keys: int32[G, DEPTH]."""
+  tokens = jnp.zeros((g, DEPTH), jnp.int32)
+  for t in range(DEPTH):
+    pol = tree[_node_rows(tokens)[:, t], t]  # [G, 3]; tokens at and after t are not read
+    tokens = tokens.at[:, t].set(jax.random.categorical(jax.random.fold_in(key, t), pol).astype(jnp.int32))
+  return tokens
+
+
+def _tree_logprobs(tree: jax.Array, tokens: jax.Array) -> jax.Array:
+  """float32[G, DEPTH]: log π(y_t | y_<t) read off the node logits."""
+  node = tree[_node_rows(tokens), jnp.arange(DEPTH)[None, :]]  # [G, DEPTH, 3]
+  return jnp.take_along_axis(jax.nn.log_softmax(node, axis=-1), tokens[..., None], axis=-1)[..., 0]
+
+
 def make_step(model, tx, cfg: ToyConfig):
   """``step(state, key, lr_scale) -> (state, metrics)`` for one seed: sample, reward, advantage, one update
-  (scaled by ``lr_scale``, a traced scalar)."""
+  (scaled by ``lr_scale``, a traced scalar).
+
+  The tree has 15 internal nodes, so with ``sampler="tree"`` one forward pass over the 8 depth-3 prefixes
+  (32 positions) gives every logit the step needs: sampling reads the nodes, the loss gathers its log-probs
+  from them, and the gradient flows back through that one pass (``jax.vjp``).  ``sampler="naive"`` samples
+  with a full forward per token and recomputes the log-probs on the G completions (4 + 1 passes over 16 × 5
+  positions); both draw the same samples from the same keys and give the same loss and gradient
+  (tests/test_toy_tree.py)."""
   lam = cfg.method in ("lambda_grpo", "lambda_grpo_wmean")
   aggregation = "weight_mean" if cfg.method == "lambda_grpo_wmean" else "token_mean"
   g = cfg.group_size
 
-  def loss_fn(params, tokens, adv, weights):
+  def loss_of_logp(logp, adv, weights):
+    return jaxgrpo.policy_loss(logp, None, None, adv, jnp.ones_like(logp), weights=weights, aggregation=aggregation)
+
+  def naive_loss(params, tokens, adv, weights):
     ids = jnp.concatenate([jnp.zeros((g, 1), jnp.int32), tokens], axis=1)
     logp, _ = policy.completion_logprobs(model, params, ids, jnp.ones_like(ids), DEPTH, 1.0, (L, R))
-    mask = jnp.ones_like(logp)
-    return jaxgrpo.policy_loss(logp, None, None, adv, mask, weights=weights, aggregation=aggregation)
+    return loss_of_logp(logp, adv, weights)
+
+  def advantages(tokens):
+    rewards = toy_rewards(tokens, cfg)
+    counts = jaxgrpo.prefix_counts(tokens, jnp.ones_like(tokens))
+    weights = jaxgrpo.lambda_weights(counts) if lam else jnp.ones(tokens.shape, jnp.float32)
+    return rewards, jaxgrpo.group_advantages(rewards), counts, weights
+
+  def loss_and_grads(params, key):
+    if cfg.sampler == "naive":
+      tokens = _sample(model, params, key, g)
+      rewards, adv, counts, weights = advantages(tokens)
+      (loss, _), grads = jax.value_and_grad(naive_loss, has_aux=True)(params, tokens, adv, weights)
+      return tokens, rewards, counts, loss, grads
+    tree, pullback = jax.vjp(lambda p: _tree_logits(model, p), params)
+    tokens = _sample_tree(tree, key, g)
+    rewards, adv, counts, weights = advantages(tokens)
+    (loss, _), d_tree = jax.value_and_grad(
+        lambda tr: loss_of_logp(_tree_logprobs(tr, tokens), adv, weights), has_aux=True)(tree)
+    (grads,) = pullback(d_tree)
+    return tokens, rewards, counts, loss, grads
 
   def step(state, key, lr_scale):
     params, opt_state = state
-    tokens = _sample(model, params, key, g)
-    rewards = toy_rewards(tokens, cfg)
-    adv = jaxgrpo.group_advantages(rewards)
-    mask = jnp.ones_like(tokens)
-    counts = jaxgrpo.prefix_counts(tokens, mask)
-    weights = jaxgrpo.lambda_weights(counts) if lam else mask.astype(jnp.float32)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens, adv, weights)
+    tokens, rewards, counts, loss, grads = loss_and_grads(params, key)
     updates, opt_state = tx.update(grads, opt_state, params)
     updates = jax.tree.map(lambda u: u * lr_scale, updates)
     params = optax.apply_updates(params, updates)
@@ -123,6 +188,7 @@ def make_step(model, tx, cfg: ToyConfig):
                "lambda_mean": jnp.mean(counts.astype(jnp.float32))}
     return (params, opt_state), metrics
 
+  step.loss_and_grads = loss_and_grads  # for the tests: one step's samples, loss and gradient
   return step
 
 
@@ -168,7 +234,7 @@ def compare_sequential(args) -> dict:
   call (compile + run) and a second, compiled call; and whether the per-seed results agree."""
   setting = [(int(a), float(b)) for a, b in (s.split(":") for s in args.settings.split(","))][0]
   cfg = ToyConfig(n_shared=setting[0], r_neg=setting[1], method="lambda_grpo", steps=args.steps, lr=args.lr,
-                  group_size=args.group_size, scale=args.scale)
+                  group_size=args.group_size, scale=args.scale, sampler=args.sampler)
   out = {"config": dataclasses.asdict(cfg), "seeds": args.seeds}
   for name, sequential in (("vmapped", False), ("sequential", True)):
     t0 = time.time()
@@ -180,6 +246,30 @@ def compare_sequential(args) -> dict:
     out[f"{name}_target_frac"] = m["target_frac"]
   out["max_abs_diff"] = float(np.max(np.abs(out.pop("vmapped_target_frac") - out.pop("sequential_target_frac"))))
   out["speedup"] = out["sequential_s"] / out["vmapped_s"]
+  return out
+
+
+def compare_samplers(args, repeats: int = 3) -> dict:
+  """Seconds per seed-step of the tree and naive samplers (sample + rewards + loss + gradient, Adam excluded)
+  in the same run, and whether they agree (samples equal, relative gradient difference)."""
+  model = make_model(args.scale)
+  params = models.init_params(model, jax.random.PRNGKey(0))
+  out: dict = {"scale": args.scale, "group_size": args.group_size}
+  grads = {}
+  for sampler in ("naive", "tree"):
+    cfg = ToyConfig(method="lambda_grpo", group_size=args.group_size, scale=args.scale, sampler=sampler)
+    fn = jax.jit(make_step(model, optax.adam(cfg.lr), cfg).loss_and_grads)
+    jax.block_until_ready(fn(params, jax.random.PRNGKey(0)))  # compile
+    t0 = time.time()
+    for k in range(repeats):
+      res = jax.block_until_ready(fn(params, jax.random.PRNGKey(1 + k)))
+    out[f"{sampler}_s"] = (time.time() - t0) / repeats
+    grads[sampler] = (res[0], np.concatenate([np.ravel(x) for x in jax.tree.leaves(res[4])]))
+  out["samples_equal"] = bool(np.array_equal(grads["naive"][0], grads["tree"][0]))
+  g_naive, g_tree = grads["naive"][1], grads["tree"][1]
+  out["grad_rel_diff"] = float(np.linalg.norm(g_tree - g_naive) / np.linalg.norm(g_naive))
+  out["speedup"] = out["naive_s"] / out["tree_s"]
+  out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"
   return out
 
 
@@ -214,7 +304,7 @@ def sweep(args) -> dict:
           grpo = results["runs"][_key(setting, "grpo", lr)]["update_norm_mean"]
           scale = lam / grpo
         cfg = ToyConfig(n_shared=setting[0], r_neg=setting[1], method=base, steps=args.steps, lr=lr,
-                        group_size=args.group_size, scale=args.scale)
+                        group_size=args.group_size, scale=args.scale, sampler=args.sampler)
         t0 = time.time()
         m = run(cfg, args.seeds, lr_scale=scale, sequential=args.sequential)
         seconds = time.time() - t0
@@ -294,6 +384,8 @@ def main(argv=None) -> int:
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--steps", type=int, default=250)
   p.add_argument("--group-size", type=int, default=16)
+  p.add_argument("--sampler", choices=("tree", "naive"), default="tree",
+                 help="tree: one forward over the tree's 15 nodes per step (default); naive: G forwards per token")
   p.add_argument("--lr", type=float, default=3e-5)
   p.add_argument("--lrs", default="", help="comma-separated learning rates (overrides --lr)")
   p.add_argument("--out", default="runs/toy_tree")
@@ -301,7 +393,18 @@ def main(argv=None) -> int:
   p.add_argument("--sequential", action="store_true", help="run the seeds one after another (same results)")
   p.add_argument("--compare-sequential", action="store_true",
                  help="only time the first setting's λ-GRPO seeds vmapped vs sequential")
+  p.add_argument("--compare-samplers", action="store_true",
+                 help="only time one step's sample + loss + gradient, tree vs naive sampler, at --scale")
   args = p.parse_args(argv)
+  if args.compare_samplers:
+    r = compare_samplers(args)
+    print(f"{args.scale} model, G={args.group_size}, {r['machine']}: sample + loss + gradient per seed-step: "
+          f"naive {r['naive_s']:.3f} s, tree {r['tree_s']:.3f} s, speed-up {r['speedup']:.2f}×; samples equal: "
+          f"{r['samples_equal']}, relative gradient difference {r['grad_rel_diff']:.1e}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"toy_sampler_speedup_{args.scale}.json"), "w") as f:
+      json.dump(r, f, indent=1)
+    return 0
   if args.compare_sequential:
     r = compare_sequential(args)
     print(f"{args.seeds} seeds × {args.steps} steps, {args.scale} model, {platform.machine()} {os.cpu_count()} cores: "

@@ -52,9 +52,22 @@ def _config(args):
   return load_config(getattr(args, "config", None), args.set or [], base=base)
 
 
+def _compile_cache(args: argparse.Namespace) -> None:
+  """JAX's persistent compilation cache: a resumed run (after a kill, preemption or a crash) loads its
+  compiled programs instead of compiling them again. ``--compile-cache off`` disables it; JAX's own
+  ``JAX_COMPILATION_CACHE_DIR`` wins when set."""
+  path = getattr(args, "compile_cache", None)
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or not path or path == "off":
+    return
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+
+
 def _train(args: argparse.Namespace) -> int:
   from jaxgrpo import distributed
 
+  _compile_cache(args)
   distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto")
   cfg = _config(args)
   from jaxgrpo.run_dir import RunDir
@@ -160,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--overwrite", action="store_true", help="delete output_dir's checkpoints/metrics, start clean")
   train.add_argument("--allow-config-change", action="store_true",
                      help="resume even though training-relevant config keys changed")
+  train.add_argument("--compile-cache", default="~/.cache/jaxgrpo/xla", metavar="DIR",
+                     help="persistent XLA compilation cache, so a resumed run skips compiling (off: none; "
+                          "JAX_COMPILATION_CACHE_DIR wins when set)")
   dist = train.add_argument_group("multi-process (jax.distributed)")
   dist.add_argument("--coordinator", help="host:port of process 0")
   dist.add_argument("--num-processes", type=int)

@@ -11,6 +11,11 @@ bash scripts/setup.sh test
 . .venv/bin/activate
 ruff check .
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=8}"
+# JAX's persistent compilation cache: many tests start trainer subprocesses (faults, multi-host, CLI) that
+# compile the same programs again; on this 2-core CPU the cache halves tests/test_faults.py (11.5 -> 6.1 min).
+# Keys include the program, the XLA flags and the jax version, so a stale entry is a miss, never a wrong hit.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax-tests}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
 if [ "$#" -gt 0 ]; then
   exec python -m pytest -q "$@"
 fi

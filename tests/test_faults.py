@@ -156,6 +156,18 @@ def test_an_exception_in_a_step_saves_the_last_completed_step(tmp_path, referenc
   assert_same_state(final_state(out)[1], reference)
 
 
+def test_train_keeps_its_compiled_programs_in_the_compile_cache(tmp_path):
+  """A resumed run loads its programs from --compile-cache instead of compiling them again."""
+  e = env()
+  e.pop("JAX_COMPILATION_CACHE_DIR", None)  # scripts/test.sh sets one; it would win over the flag
+  cache = tmp_path / "xla"
+  done = subprocess.run(cli_args(tmp_path / "run", steps=2, extra=("--compile-cache", str(cache))), env=e,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  entries = [n for n in os.listdir(cache) if n.endswith("-cache")]
+  assert any(n.startswith("jit_") for n in entries), entries
+
+
 def test_no_resume_into_a_used_directory_is_refused_and_overwrite_starts_clean(tmp_path):
   out = tmp_path / "run"
   Trainer(toy(out, steps=5)).run(resume=False)

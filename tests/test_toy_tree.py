@@ -32,3 +32,44 @@ def test_learning_rate_scale_scales_the_first_update():
   one = toy_tree.run(cfg, seeds=3)["update_norm"][:, 0]
   half = toy_tree.run(cfg, seeds=3, lr_scale=0.5)["update_norm"][:, 0]
   np.testing.assert_allclose(half, 0.5 * one, rtol=1e-5)
+
+
+def test_tree_sampler_equals_the_naive_sampler_samples_loss_and_gradient():
+  """One forward over the tree's nodes gives the same samples (same keys), loss and gradient as sampling with a
+  full forward per token and recomputing the completions' log-probs."""
+  import dataclasses
+
+  import jax
+  import optax
+
+  from jaxgrpo import models
+
+  model = toy_tree.make_model("small")
+  params = models.init_params(model, jax.random.PRNGKey(0))
+  for method in ("grpo", "lambda_grpo"):
+    cfg = toy_tree.ToyConfig(method=method)
+    out = {}
+    for sampler in ("naive", "tree"):
+      step = toy_tree.make_step(model, optax.adam(1e-3), dataclasses.replace(cfg, sampler=sampler))
+      out[sampler] = [jax.jit(step.loss_and_grads)(params, jax.random.PRNGKey(k)) for k in range(4)]
+    for naive, tree in zip(out["naive"], out["tree"]):
+      tokens, rewards, counts, loss, grads = tree
+      np.testing.assert_array_equal(tokens, naive[0])
+      np.testing.assert_array_equal(counts, naive[2])
+      np.testing.assert_allclose(loss, naive[3], rtol=1e-5, atol=1e-7)
+      flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])  # noqa: E731
+      g_naive, g_tree = flat(naive[4]), flat(grads)
+      assert np.linalg.norm(g_naive) > 0
+      assert np.linalg.norm(g_tree - g_naive) <= 1e-5 * np.linalg.norm(g_naive)
+    assert len({tuple(np.ravel(o[0])) for o in out["tree"]}) == 4  # different keys, different samples
+
+
+def test_node_rows_index_the_prefix_seen_so_far():
+  L, R = toy_tree.L, toy_tree.R
+  rows = toy_tree._node_rows(jnp.asarray([[R, L, R, R], [L, R, R, L]]))
+  prefixes = np.asarray(toy_tree._tree_prefixes())
+  tokens = [[R, L, R, R], [L, R, R, L]]
+  for i, toks in enumerate(tokens):
+    for t in range(toy_tree.DEPTH):  # row's first t path tokens = the completion's first t tokens, the rest L
+      expect = list(toks[:t]) + [L] * (toy_tree.DEPTH - 1 - t)
+      np.testing.assert_array_equal(prefixes[rows[i, t], 1:], expect[:toy_tree.DEPTH - 1])
