@@ -273,6 +273,22 @@ def compare_samplers(args, repeats: int = 3) -> dict:
   return out
 
 
+def first_step_size(scale: str, lr: float, seeds: int = 3) -> list[float]:
+  """How far one Adam step moves the policy: per seed, max over the 15 tree nodes of |Δ(logit L − logit R)|
+  after the first GRPO step (same init and keys as the sweep's seeds)."""
+  model = make_model(scale)
+  tx = optax.adam(lr)
+  step = jax.jit(make_step(model, tx, ToyConfig(method="grpo", scale=scale, lr=lr)))
+  out = []
+  for key in seed_keys(seeds):
+    init_key, run_key = jax.random.split(key)
+    params = models.init_params(model, init_key)
+    (new, _), _ = step((params, tx.init(params)), jax.random.split(run_key, 1)[0], jnp.float32(1.0))
+    margin = [(t[..., L] - t[..., R]) for t in (_tree_logits(model, params), _tree_logits(model, new))]
+    out.append(float(jnp.max(jnp.abs(margin[1] - margin[0]))))
+  return out
+
+
 # ----------------------------------------------------------------------------- the sweep
 
 
@@ -395,7 +411,19 @@ def main(argv=None) -> int:
                  help="only time the first setting's λ-GRPO seeds vmapped vs sequential")
   p.add_argument("--compare-samplers", action="store_true",
                  help="only time one step's sample + loss + gradient, tree vs naive sampler, at --scale")
+  p.add_argument("--step-size", action="store_true",
+                 help="only measure how far the first Adam step moves the policy's logits, per --lrs, at --scale")
   args = p.parse_args(argv)
+  if args.step_size:
+    lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [args.lr]
+    r = {f"{lr:g}": first_step_size(args.scale, lr, args.seeds) for lr in lrs}
+    for lr, v in r.items():
+      print(f"{args.scale} model, lr {lr}: max |Δ(logit L − logit R)| over the tree's nodes after one Adam step, "
+            f"per seed: {', '.join(f'{x:.3f}' for x in v)}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"toy_step_size_{args.scale}.json"), "w") as f:
+      json.dump(r, f, indent=1)
+    return 0
   if args.compare_samplers:
     r = compare_samplers(args)
     print(f"{args.scale} model, G={args.group_size}, {r['machine']}: sample + loss + gradient per seed-step: "
