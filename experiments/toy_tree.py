@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 import jaxgrpo
 from jaxgrpo import models, policy
@@ -255,7 +256,7 @@ def compare_samplers(args, repeats: int = 3) -> dict:
   model = make_model(args.scale)
   params = models.init_params(model, jax.random.PRNGKey(0))
   out: dict = {"scale": args.scale, "group_size": args.group_size}
-  grads = {}
+  last = {}  # sampler -> (samples, flat gradient) of the last timed call
   for sampler in ("naive", "tree"):
     cfg = ToyConfig(method="lambda_grpo", group_size=args.group_size, scale=args.scale, sampler=sampler)
     fn = jax.jit(make_step(model, optax.adam(cfg.lr), cfg).loss_and_grads)
@@ -264,9 +265,9 @@ def compare_samplers(args, repeats: int = 3) -> dict:
     for k in range(repeats):
       res = jax.block_until_ready(fn(params, jax.random.PRNGKey(1 + k)))
     out[f"{sampler}_s"] = (time.time() - t0) / repeats
-    grads[sampler] = (res[0], np.concatenate([np.ravel(x) for x in jax.tree.leaves(res[4])]))
-  out["samples_equal"] = bool(np.array_equal(grads["naive"][0], grads["tree"][0]))
-  g_naive, g_tree = grads["naive"][1], grads["tree"][1]
+    last[sampler] = (res[0], np.asarray(ravel_pytree(res[4])[0]))
+  out["samples_equal"] = bool(np.array_equal(last["naive"][0], last["tree"][0]))
+  g_naive, g_tree = last["naive"][1], last["tree"][1]
   out["grad_rel_diff"] = float(np.linalg.norm(g_tree - g_naive) / np.linalg.norm(g_naive))
   out["speedup"] = out["naive_s"] / out["tree_s"]
   out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"
@@ -292,6 +293,10 @@ def first_step_size(scale: str, lr: float, seeds: int = 3) -> list[float]:
 # ----------------------------------------------------------------------------- the sweep
 
 
+def _lrs(args) -> list[float]:
+  return [float(x) for x in args.lrs.split(",")] if args.lrs else [args.lr]
+
+
 def _key(setting, method, lr):
   return f"{setting[0]}|{setting[1]}|{method}|{lr:g}"
 
@@ -299,7 +304,7 @@ def _key(setting, method, lr):
 def sweep(args) -> dict:
   settings = [(int(a), float(b)) for a, b in (s.split(":") for s in args.settings.split(","))]
   methods = args.methods.split(",")
-  lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [args.lr]
+  lrs = _lrs(args)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "results.json")
   results = json.load(open(path)) if os.path.exists(path) and not args.fresh else {"runs": {}}
@@ -392,6 +397,12 @@ def plot(results: dict, lr: float, methods: list[str], path: str) -> None:
   plt.close(fig)
 
 
+def _save(out_dir: str, name: str, result: dict) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, name), "w") as f:
+    json.dump(result, f, indent=1)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--scale", choices=sorted(SCALES), default="small")
@@ -415,23 +426,18 @@ def main(argv=None) -> int:
                  help="only measure how far the first Adam step moves the policy's logits, per --lrs, at --scale")
   args = p.parse_args(argv)
   if args.step_size:
-    lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [args.lr]
-    r = {f"{lr:g}": first_step_size(args.scale, lr, args.seeds) for lr in lrs}
+    r = {f"{lr:g}": first_step_size(args.scale, lr, args.seeds) for lr in _lrs(args)}
     for lr, v in r.items():
       print(f"{args.scale} model, lr {lr}: max |Δ(logit L − logit R)| over the tree's nodes after one Adam step, "
             f"per seed: {', '.join(f'{x:.3f}' for x in v)}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"toy_step_size_{args.scale}.json"), "w") as f:
-      json.dump(r, f, indent=1)
+    _save(args.out, f"toy_step_size_{args.scale}.json", r)
     return 0
   if args.compare_samplers:
     r = compare_samplers(args)
     print(f"{args.scale} model, G={args.group_size}, {r['machine']}: sample + loss + gradient per seed-step: "
           f"naive {r['naive_s']:.3f} s, tree {r['tree_s']:.3f} s, speed-up {r['speedup']:.2f}×; samples equal: "
           f"{r['samples_equal']}, relative gradient difference {r['grad_rel_diff']:.1e}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"toy_sampler_speedup_{args.scale}.json"), "w") as f:
-      json.dump(r, f, indent=1)
+    _save(args.out, f"toy_sampler_speedup_{args.scale}.json", r)
     return 0
   if args.compare_sequential:
     r = compare_sequential(args)
@@ -440,14 +446,11 @@ def main(argv=None) -> int:
           f"speed-up {r['speedup']:.2f}×; "
           f"first call (compile + run): {r['vmapped_first_call_s']:.1f} s vs {r['sequential_first_call_s']:.1f} s; "
           f"max |Δ target frequency| {r['max_abs_diff']:.2g}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "vmap_speedup.json"), "w") as f:
-      json.dump(r, f, indent=1)
+    _save(args.out, "vmap_speedup.json", r)
     return 0
   results = sweep(args)
   methods = [m for m in METHODS if m in args.methods.split(",")]
-  lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [args.lr]
-  for lr in lrs:
+  for lr in _lrs(args):
     print(f"\nTarget-leaf frequency over the last 50 steps, mean ± std over {args.seeds} seeds — {args.scale} model, "
           f"lr {lr:g}, G={args.group_size}, {args.steps} steps\n")
     print(table(results, lr, methods))

@@ -41,6 +41,7 @@ def test_tree_sampler_equals_the_naive_sampler_samples_loss_and_gradient():
 
   import jax
   import optax
+  from jax.flatten_util import ravel_pytree
 
   from jaxgrpo import models
 
@@ -57,8 +58,7 @@ def test_tree_sampler_equals_the_naive_sampler_samples_loss_and_gradient():
       np.testing.assert_array_equal(tokens, naive[0])
       np.testing.assert_array_equal(counts, naive[2])
       np.testing.assert_allclose(loss, naive[3], rtol=1e-5, atol=1e-7)
-      flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])  # noqa: E731
-      g_naive, g_tree = flat(naive[4]), flat(grads)
+      g_naive, g_tree = np.asarray(ravel_pytree(naive[4])[0]), np.asarray(ravel_pytree(grads)[0])
       assert np.linalg.norm(g_naive) > 0
       assert np.linalg.norm(g_tree - g_naive) <= 1e-5 * np.linalg.norm(g_naive)
     assert len({tuple(np.ravel(o[0])) for o in out["tree"]}) == 4  # different keys, different samples
@@ -66,9 +66,9 @@ def test_tree_sampler_equals_the_naive_sampler_samples_loss_and_gradient():
 
 def test_node_rows_index_the_prefix_seen_so_far():
   L, R = toy_tree.L, toy_tree.R
-  rows = toy_tree._node_rows(jnp.asarray([[R, L, R, R], [L, R, R, L]]))
-  prefixes = np.asarray(toy_tree._tree_prefixes())
   tokens = [[R, L, R, R], [L, R, R, L]]
+  rows = toy_tree._node_rows(jnp.asarray(tokens))
+  prefixes = np.asarray(toy_tree._tree_prefixes())
   for i, toks in enumerate(tokens):
     for t in range(toy_tree.DEPTH):  # row's first t path tokens = the completion's first t tokens, the rest L
       expect = list(toks[:t]) + [L] * (toy_tree.DEPTH - 1 - t)
