@@ -21,8 +21,9 @@ import time
 import jax
 import numpy as np
 
-from jaxgrpo import plan as plan_lib
-from jaxgrpo import presets
+from jaxgrpo.train import plan as plan_lib
+from jaxgrpo.train import presets
+from jaxgrpo.train.config import replace as config_replace
 
 GIB = 1024 ** 3
 VARIANTS = {
@@ -37,7 +38,7 @@ def temp_bytes(variant: str, t: int, vocab: int) -> tuple[int, float]:
   known.CONFIGS["bench/SmolLM2-wide-vocab"] = dict(known.CONFIGS["HuggingFaceTB/SmolLM2-135M-Instruct"],
                                                    vocab_size=vocab)
   name = "HuggingFaceTB/SmolLM2-135M-Instruct" if vocab == 49152 else "bench/SmolLM2-wide-vocab"
-  cfg = presets.replace(presets.preset("smollm2_arithmetic"), model={"checkpoint": name, **VARIANTS[variant]["model"]},
+  cfg = config_replace(presets.preset("smollm2_arithmetic"), model={"checkpoint": name, **VARIANTS[variant]["model"]},
                         objective=VARIANTS[variant]["objective"], sampling={"group_size": 1, "max_new_tokens": t},
                         data={"prompts_per_step": 1}, eval={"num_examples": 0}, mesh={"data": 1})
   t0 = time.time()

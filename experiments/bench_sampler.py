@@ -37,8 +37,8 @@ def main():
   from transformers import AutoModelForCausalLM, AutoTokenizer
 
   import jaxgrpo.models as M
-  from jaxgrpo import sampler
   from jaxgrpo.models import smollm2
+  from jaxgrpo.rollout import sampler
 
   path = smollm2.hf_checkpoint_dir()
   tok = AutoTokenizer.from_pretrained(path)

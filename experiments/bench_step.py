@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxgrpo
-from jaxgrpo import presets
-from jaxgrpo import train_step as ts
-from jaxgrpo.trainer import Trainer
+from jaxgrpo.train import presets
+from jaxgrpo.train import step as ts
+from jaxgrpo.train.config import replace as config_replace
+from jaxgrpo.train.trainer import Trainer
 
 
 def roof_gflops() -> float:
@@ -46,9 +47,9 @@ def roof_gflops() -> float:
 
 def make(tmp, name, **sections):
   base = presets.preset("smollm2_arithmetic")
-  cfg = presets.replace(base, name=name, output_dir=os.path.join(tmp, name), progress=False, checkpoint_every=0,
+  cfg = config_replace(base, name=name, output_dir=os.path.join(tmp, name), progress=False, checkpoint_every=0,
                         eval={"num_examples": 0}, data={"prompts_per_step": 2})
-  return Trainer(presets.replace(cfg, **sections))
+  return Trainer(config_replace(cfg, **sections))
 
 
 def timed_steps(trainer, steps: int) -> dict:
@@ -71,7 +72,8 @@ def profile(trainer) -> dict:
   adv, w, _ = trainer.advantages(ro)
   n = ro.num_rows
   prompts = jnp.repeat(ro.prompt_ids, ro.group_size, axis=0), jnp.repeat(ro.prompt_mask, ro.group_size, axis=0)
-  batch = ts.Batch(*prompts, ro.tokens, ro.mask.astype(jnp.float32), adv, w, ro.logprobs)
+  batch = ts.Batch(prompt_ids=prompts[0], prompt_mask=prompts[1], tokens=ro.tokens, mask=ro.mask, advantages=adv,
+                   weights=w, old_logp=ro.logprobs)
   model, spec = trainer.model, trainer.loss_spec
   params = trainer.state["params"]
   fwd = jax.jit(lambda p, b: jnp.sum(ts.batch_logprobs(model, p, b, spec)))

@@ -18,12 +18,14 @@ import time
 import jax
 import numpy as np
 
-from jaxgrpo import data as data_lib
-from jaxgrpo import evaluation, models, presets
-from jaxgrpo import rewards as rewards_lib
-from jaxgrpo.config import EvalSpec
+from jaxgrpo import models
+from jaxgrpo.models.tokenizers import HFTokenizer
 from jaxgrpo.rollout import RolloutEngine
-from jaxgrpo.tokenizers import HFTokenizer
+from jaxgrpo.tasks import rewards as rewards_lib
+from jaxgrpo.tasks import sources as data_lib
+from jaxgrpo.train import build, evaluation, presets
+from jaxgrpo.train.config import EvalSpec
+from jaxgrpo.train.config import replace as config_replace
 
 LEVELS = [  # (name, config overrides): the difficulty levels
     ("1 op, ±, operands ≤ 10", {"data": dict(num_ops=1, max_operand=10, ops="+-")}),
@@ -53,7 +55,7 @@ def main():
   p.add_argument("--out", default="")
   args = p.parse_args()
   preset = presets.preset("smollm2_arithmetic")
-  path = models.build.checkpoint_dir(preset.model)
+  path = build.checkpoint_dir(preset.model)
   model, params = models.from_pretrained(path)
   rows = []
   t_all = time.time()
@@ -61,9 +63,10 @@ def main():
   if args.only:
     table = [table[int(i)] for i in args.only.split(",")]
   for name, over in table:
-    base = presets.replace(preset, **over)
+    base = config_replace(preset, **over)
     data = base.data
-    engine = RolloutEngine(model, HFTokenizer(path, data.system_prompt))
+    tok = HFTokenizer(path, data.system_prompt)
+    engine = RolloutEngine(model, tok)
     t0 = time.time()
     ev = EvalSpec(num_examples=args.eval, batch_size=100)
     try:
@@ -73,13 +76,14 @@ def main():
       ev = EvalSpec(num_examples=n, batch_size=100)
       eval_set = data_lib.make_eval_source(data, ev)
     greedy = evaluation.evaluate(engine, params, eval_set, eval_set.examples, ev, jax.random.PRNGKey(0),
-                                 base.sampling, show_progress=False)
+                                 build.sampling_params(base.sampling, tok.eos_ids, tok.pad_id), show_progress=False)
     row = {"level": name, "overrides": over, "eval_problems": len(eval_set),
            "greedy_accuracy": greedy["greedy_accuracy"], "greedy_length": greedy["greedy_length"]}
     source = data_lib.make_source(data)
     examples = [source[i] for i in range(args.prompts)]
     for temp in (float(t) for t in args.temperatures.split(",")):
-      spec = presets.replace(base, sampling={"temperature": temp}).sampling
+      spec = build.sampling_params(config_replace(base, sampling={"temperature": temp}).sampling, tok.eos_ids,
+                                   tok.pad_id)
       ro = engine.generate(params, examples, jax.random.PRNGKey(1), spec)
       ro = engine.grade(engine.score(ro, rewards_lib.make_rewards(base.rewards, data), list(base.rewards.names)),
                         source)

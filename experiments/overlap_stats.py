@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxgrpo
-from jaxgrpo import data as data_lib
-from jaxgrpo import models, presets
+from jaxgrpo import models
+from jaxgrpo.models.tokenizers import HFTokenizer
 from jaxgrpo.rollout import RolloutEngine
-from jaxgrpo.tokenizers import HFTokenizer
+from jaxgrpo.tasks import sources as data_lib
+from jaxgrpo.train import build, presets
+from jaxgrpo.train.config import replace as config_replace
 
 PAPER = {6: (12, 6700), 36: (0, 1100)}
 WORD_PROBLEMS = os.path.join(os.path.dirname(__file__), "..", "data", "word_problems.jsonl")
@@ -68,9 +70,10 @@ def main():
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "overlap_stats.json"))
   args = p.parse_args()
   base = presets.preset("smollm2_arithmetic")
-  path = models.build.checkpoint_dir(base.model)
+  path = build.checkpoint_dir(base.model)
   model, params = models.from_pretrained(path)
-  engine = RolloutEngine(model, HFTokenizer(path))
+  tok = HFTokenizer(path)
+  engine = RolloutEngine(model, tok, trim=False)
   sources = {"arithmetic": data_lib.make_source(base.data), "word_problems": data_lib.jsonl_source(WORD_PROBLEMS)}
   rows, t_all = [], time.time()
   kernel_total = sample_total = 0.0
@@ -78,8 +81,9 @@ def main():
     src = sources[task]
     for g, n in ((int(a), int(b)) for a, b in (s.split(":") for s in args.groups.split(","))):
       for temp in (float(x) for x in args.temperatures.split(",")):
-        spec = presets.replace(base, sampling={"group_size": g, "temperature": temp, "trim": False,
+        spec = config_replace(base, sampling={"group_size": g, "temperature": temp,
                                                "max_new_tokens": args.max_new_tokens}).sampling
+        spec = build.sampling_params(spec, tok.eos_ids, tok.pad_id)
         examples = [src[i] for i in range(n)]
         t0 = time.perf_counter()
         ro = engine.generate(params, examples, jax.random.PRNGKey(g * 1000 + int(temp * 10)), spec)

@@ -24,11 +24,13 @@ import jax
 import numpy as np
 
 import jaxgrpo
-from jaxgrpo import data as data_lib
-from jaxgrpo import models, presets
-from jaxgrpo.prm import ArithmeticPRM
+from jaxgrpo import models
+from jaxgrpo.models.tokenizers import HFTokenizer
 from jaxgrpo.rollout import RolloutEngine
-from jaxgrpo.tokenizers import HFTokenizer
+from jaxgrpo.tasks import sources as data_lib
+from jaxgrpo.tasks.prm import ArithmeticPRM
+from jaxgrpo.train import build, presets
+from jaxgrpo.train.config import replace as config_replace
 
 WORD_PROBLEMS = os.path.join(os.path.dirname(__file__), "..", "data", "word_problems.jsonl")
 
@@ -104,14 +106,15 @@ def main():
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "prpo_segments.json"))
   args = p.parse_args()
   base = presets.preset("smollm2_arithmetic")
-  path = models.build.checkpoint_dir(base.model)
+  path = build.checkpoint_dir(base.model)
   model, params = models.from_pretrained(path)
   tok = HFTokenizer(path)
-  engine = RolloutEngine(model, tok)
+  engine = RolloutEngine(model, tok, trim=False)
   src = data_lib.jsonl_source(WORD_PROBLEMS)
   examples = [src[i] for i in range(args.prompts)]
-  spec = presets.replace(base, sampling={"group_size": args.group_size, "temperature": 1.0, "trim": False,
+  spec = config_replace(base, sampling={"group_size": args.group_size, "temperature": 1.0,
                                          "max_new_tokens": args.max_new_tokens}).sampling
+  spec = build.sampling_params(spec, tok.eos_ids, tok.pad_id)
   ro = engine.generate(params, examples, jax.random.PRNGKey(0), spec)
   tokens, mask, ents = (np.asarray(x) for x in (ro.tokens, ro.mask, ro.entropies))
   seg = np.asarray(jaxgrpo.entropy_segments(ents, mask, k=args.k, min_gap=args.min_gap))

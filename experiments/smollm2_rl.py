@@ -20,9 +20,10 @@ import time
 import jax
 import numpy as np
 
-from jaxgrpo import presets
-from jaxgrpo.metrics import read_jsonl
-from jaxgrpo.trainer import Trainer
+from jaxgrpo.train import presets
+from jaxgrpo.train.config import replace as config_replace
+from jaxgrpo.train.metrics import read_jsonl
+from jaxgrpo.train.trainer import Trainer
 
 METHODS = {  # name → objective overrides
     "grpo": {"name": "grpo"},
@@ -36,7 +37,7 @@ LABELS = {"grpo": "GRPO", "lambda_grpo": "λ-GRPO", "prpo": "PRPO (rule PRM)", "
 def config(method: str, lr: float, args, seed: int):
   base = presets.preset("smollm2_arithmetic")
   tag = f"{method}_lr{lr:g}_s{seed}"
-  return tag, presets.replace(
+  return tag, config_replace(
       base, name=tag, steps=args.steps, seed=seed, output_dir=os.path.join(args.out, tag),
       checkpoint_every=args.checkpoint_every, progress=False, objective=METHODS[method],
       optim={"learning_rate": lr}, eval={"num_examples": args.eval_examples, "every": args.eval_every},

@@ -40,8 +40,10 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 import jaxgrpo
-from jaxgrpo import models, policy
-from jaxgrpo.config import ModelSpec
+from jaxgrpo import models
+from jaxgrpo.models import policy
+from jaxgrpo.train import build
+from jaxgrpo.train.config import ModelSpec
 
 PAPER = {  # (n, r_neg): (GRPO, λ-GRPO), the paper's Table 1 (GPT-2 small, lr 1e-5, 5 seeds)
     (1, -0.5): (0.3995, 0.5663), (2, -0.5): (0.1980, 0.4292),
@@ -90,7 +92,7 @@ def _sample(model, params, key, g: int) -> jax.Array:
   ids = jnp.zeros((g, DEPTH + 1), jnp.int32)
   attn = jnp.ones((g, DEPTH + 1), jnp.int32)
   for t in range(DEPTH):  # causal: positions after t do not affect the logits at t
-    logits, _ = model.apply({"params": params}, ids, models.positions_from_mask(attn), models.causal_mask(attn))
+    logits = model.apply({"params": params}, ids, models.positions_from_mask(attn), models.causal_mask(attn)).logits
     pol = policy.policy_logits(logits[:, t], 1.0, allowed)
     ids = ids.at[:, t + 1].set(jax.random.categorical(jax.random.fold_in(key, t), pol).astype(jnp.int32))
   return ids[:, 1:]
@@ -117,7 +119,7 @@ def _tree_logits(model, params) -> jax.Array:
   """float32[2^(DEPTH-1), DEPTH, 3]: the policy's logits (L/R only, temperature 1) at every tree node."""
   ids = _tree_prefixes()
   attn = jnp.ones_like(ids)
-  logits, _ = model.apply({"params": params}, ids, models.positions_from_mask(attn), models.causal_mask(attn))
+  logits = model.apply({"params": params}, ids, models.positions_from_mask(attn), models.causal_mask(attn)).logits
   return policy.policy_logits(logits, 1.0, policy.allowed_mask(3, (L, R)))
 
 
@@ -194,7 +196,7 @@ def make_step(model, tx, cfg: ToyConfig):
 
 
 def make_model(scale: str):
-  return models.from_config(models.config_from_spec(SCALES[scale]))
+  return models.from_config(build.config_from_spec(SCALES[scale]))
 
 
 @functools.lru_cache(maxsize=64)

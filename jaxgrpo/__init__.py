@@ -3,27 +3,40 @@
 The public API is small; every function is jit- and vmap-able and takes any
 leading batch shape ([..., G, T] for groups of completions).  ``jaxgrpo.checked``
 has eagerly validated versions for use at program boundaries.
+
+The package, bottom layer first (a module imports only from its own layer or below; tests/test_layout.py):
+
+    core/      pure array functions: prefix kernel, implicit PRM, advantages, losses, PRPO (re-exported here)
+    parallel/  device mesh, logical-axis rules, multi-process helpers
+    models/    Flax transformers, HF checkpoints both ways, LoRA, the policy distribution, tokenizers
+    tasks/     prompt sources, answer grading, reward functions, PRMs
+    rollout/   the sampler and the rollout engine (sample → decode → score)
+    train/     config and presets, the sharded update step, the trainer, checkpoints, eval, export, plan
+    cli.py     the ``jaxgrpo`` command
 """
 
-from jaxgrpo import checked
-from jaxgrpo.advantages import advantage_metrics, group_advantages, step_advantages
-from jaxgrpo.implicit_prm import (
-    ImplicitPRM,
-    TreeStats,
-    implicit_prm,
-    prefix_metrics,
-    tree_stats,
-    tree_stats_from_counts,
-)
-from jaxgrpo.objectives import k3_kl, lambda_weights, policy_loss
-from jaxgrpo.prefix import prefix_counts, prefix_hashes
-from jaxgrpo.prpo import (
-    AUTHORS_CODE_STD,
-    UNIFORM_STD,
-    entropy_segments,
-    normalize_process_scores,
-    prpo_advantages,
-    segment_scores_to_tokens,
+from jaxgrpo.core import (
+  AUTHORS_CODE_STD,
+  UNIFORM_STD,
+  ImplicitPRM,
+  TreeStats,
+  advantage_metrics,
+  checked,
+  entropy_segments,
+  group_advantages,
+  implicit_prm,
+  k3_kl,
+  lambda_weights,
+  normalize_process_scores,
+  policy_loss,
+  prefix_counts,
+  prefix_hashes,
+  prefix_metrics,
+  prpo_advantages,
+  segment_scores_to_tokens,
+  step_advantages,
+  tree_stats,
+  tree_stats_from_counts,
 )
 
 __version__ = "0.1.0"

@@ -45,8 +45,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _config(args):
-  from jaxgrpo.config import load_config
-  from jaxgrpo.presets import preset
+  from jaxgrpo.train.loading import load_config
+  from jaxgrpo.train.presets import preset
 
   base = preset(args.preset) if getattr(args, "preset", None) else None
   return load_config(getattr(args, "config", None), args.set or [], base=base)
@@ -65,13 +65,13 @@ def _compile_cache(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-  from jaxgrpo import distributed
+  from jaxgrpo.parallel import distributed
 
   _compile_cache(args)
   distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto")
   cfg = _config(args)
-  from jaxgrpo.run_dir import RunDir
-  from jaxgrpo.trainer import Trainer
+  from jaxgrpo.train.run_dir import RunDir
+  from jaxgrpo.train.trainer import Trainer
 
   run_dir = RunDir(cfg.output_dir, lock=distributed.is_primary())  # a busy directory is refused before any work
   history = Trainer(cfg).run(resume=not args.no_resume, overwrite=args.overwrite,
@@ -98,31 +98,30 @@ def _eval_table(rows: list[dict]) -> str:
 def _eval(args: argparse.Namespace) -> int:
   import jax
 
-  from jaxgrpo import data as data_lib
-  from jaxgrpo import evaluation, models
-  from jaxgrpo.rollout import RolloutEngine
+  from jaxgrpo import models
+  from jaxgrpo.models.tokenizers import HFTokenizer
+  from jaxgrpo.rollout.engine import RolloutEngine
+  from jaxgrpo.tasks import sources as data_lib
+  from jaxgrpo.train import build, evaluation, export
+  from jaxgrpo.train.config import apply_overrides
 
   if bool(args.run) == bool(args.hf):
     raise ValueError("give exactly one of --run RUN_DIR or --hf HF_DIR")
   if args.run:
-    from jaxgrpo import export
-    from jaxgrpo.config import apply_overrides
-
     model, params, tokenizer, cfg = export.load_run(args.run, args.step)
     cfg = apply_overrides(cfg, args.set or [])
     label = f"{args.run} (step {args.step if args.step is not None else 'latest'})"
   else:
-    from jaxgrpo.tokenizers import HFTokenizer
-
     cfg = _config(args)
     model, params = models.from_pretrained(args.hf, cfg.model.dtype)
     tokenizer = HFTokenizer(args.hf, cfg.data.system_prompt)
     label = args.hf
   ev = cfg.eval if cfg.eval.num_examples else cfg.eval.__class__(num_examples=200)
   task = data_lib.make_eval_source(cfg.data, ev)
-  engine = RolloutEngine(model, tokenizer)
+  engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim)
+  sp = build.sampling_params(cfg.sampling, tokenizer.eos_ids, tokenizer.pad_id)
   out = evaluation.evaluate(engine, models.cast_params(params, model.config.dtype), task, task.examples, ev,
-                            jax.random.PRNGKey(cfg.seed), cfg.sampling)
+                            jax.random.PRNGKey(cfg.seed), sp)
   print(f"\n{label} on {ev.source or cfg.data.source} (held-out, {len(task)} problems)\n")
   print("| metric | value |\n|---|---|")
   for k, v in out.items():
@@ -131,7 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-  from jaxgrpo import export
+  from jaxgrpo.train import export
 
   written = export.export_run(args.run_dir, args.out_dir, args.step, dtype=args.dtype)
   for kind, path in written.items():
@@ -140,7 +139,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-  from jaxgrpo import plan
+  from jaxgrpo.train import plan
 
   cfg = _config(args)
   report = plan.plan(cfg, devices=args.devices, hbm_gib=args.hbm, prompt_len=args.prompt_len)
@@ -149,7 +148,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _prepare_math(args: argparse.Namespace) -> int:
-  from jaxgrpo import data
+  from jaxgrpo.tasks import sources as data
 
   n = data.math_to_jsonl(args.src_dir, args.out, args.split)
   print(f"wrote {n} problems to {args.out}")
@@ -263,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.excepthook = _drop_closed_loop_noise(sys.excepthook)
     sys.unraisablehook = _drop_closed_loop_unraisable(sys.unraisablehook)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # orbax's abandoned futures after a failed write
-  from jaxgrpo.checkpointing import CheckpointRestoreError, CheckpointSaveError
-  from jaxgrpo.run_dir import RunDirError
-  from jaxgrpo.trainer import NonFiniteError, Preempted
+  from jaxgrpo.train.checkpointing import CheckpointRestoreError, CheckpointSaveError
+  from jaxgrpo.train.preemption import Preempted
+  from jaxgrpo.train.run_dir import RunDirError
+  from jaxgrpo.train.trainer import NonFiniteError
 
   try:
     return args.func(args)

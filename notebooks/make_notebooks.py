@@ -77,19 +77,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxgrpo
-from jaxgrpo import data, models, presets, rewards
+from jaxgrpo import models
+from jaxgrpo.models.tokenizers import HFTokenizer
 from jaxgrpo.rollout import RolloutEngine
-from jaxgrpo.tokenizers import HFTokenizer
+from jaxgrpo.tasks import rewards
+from jaxgrpo.tasks import sources as data
+from jaxgrpo.train import build, presets
+from jaxgrpo.train.config import replace as config_replace
 
 SMALL = bool(os.environ.get('NB_SMALL'))
 OUT = os.environ.get('NB_OUT', 'runs/notebooks')
 os.makedirs(OUT, exist_ok=True)
 ROOT = '..' if os.path.exists('../data') else '.'
 base = presets.preset('smollm2_arithmetic')
-path = models.build.checkpoint_dir(base.model)          # SmolLM2-135M-Instruct, converted once from its GGUF file
+path = build.checkpoint_dir(base.model)                 # SmolLM2-135M-Instruct, converted once from its GGUF file
 model, params = models.from_pretrained(path)
 tok = HFTokenizer(path)
-engine = RolloutEngine(model, tok)                        # one device
+engine = RolloutEngine(model, tok, trim=False)            # one device; keep the whole completion buffer
+
+
+def sampling(**overrides):
+    # the preset's sampling section with overrides, and the tokenizer's EOS and pad ids
+    return build.sampling_params(config_replace(base, sampling=overrides).sampling, tok.eos_ids, tok.pad_id)
+
 problems = data.jsonl_source(os.path.join(ROOT, 'data', 'word_problems.jsonl'))
 """
 
@@ -106,7 +116,7 @@ change. `experiments/overlap_stats.py` runs the same analysis at scale.
     ("code", _SMOLLM2_SETUP),
     ("code", """
 G = 8
-spec = presets.replace(base, sampling={'group_size': G, 'temperature': 1.0, 'max_new_tokens': 48}).sampling
+spec = sampling(group_size=G, temperature=1.0, max_new_tokens=48)
 example = problems[3]
 ro = engine.grade(engine.generate(params, [example], jax.random.PRNGKey(7), spec), problems)
 tokens, mask = np.asarray(ro.tokens), np.asarray(ro.mask)
@@ -156,8 +166,7 @@ settings = [(6, 0.7), (6, 1.0), (16, 1.0)] if SMALL else [(6, 0.7), (6, 1.0), (1
 n_prompts = 3 if SMALL else 12
 rows = []
 for g, temp in settings:
-    spec = presets.replace(base, sampling={'group_size': g, 'temperature': temp, 'max_new_tokens': 48,
-                                           'trim': False}).sampling
+    spec = sampling(group_size=g, temperature=temp, max_new_tokens=48)
     ro = engine.generate(params, [problems[i] for i in range(n_prompts)], jax.random.PRNGKey(g), spec)
     t = np.asarray(ro.tokens).reshape(n_prompts, g, -1)
     m = np.asarray(ro.mask).reshape(n_prompts, g, -1)
@@ -191,11 +200,10 @@ the segment is right, 0 if one is wrong, 0.5 if it has none) and turned into tok
 """),
     ("code", _SMOLLM2_SETUP),
     ("code", """
-from jaxgrpo.prm import ArithmeticPRM
+from jaxgrpo.tasks.prm import ArithmeticPRM
 
 K, MIN_GAP, G = 5, 10, 4
-spec = presets.replace(base, sampling={'group_size': G, 'temperature': 1.0, 'max_new_tokens': 96,
-                                       'trim': False}).sampling
+spec = sampling(group_size=G, temperature=1.0, max_new_tokens=96)
 example = problems[11]
 ro = engine.grade(engine.generate(params, [example], jax.random.PRNGKey(3), spec), problems)
 tokens, mask, ent = (np.asarray(x) for x in (ro.tokens, ro.mask, ro.entropies))

@@ -19,7 +19,7 @@ def _release_compiled_programs():
   """Hypothesis draws many shapes, each a compiled program; free them (and cached update programs, which hold
   their models) after every module."""
   yield
-  from jaxgrpo import train_step
+  from jaxgrpo.train import step as train_step
 
   train_step.make_update_program.cache_clear()
   jax.clear_caches()

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from jaxgrpo.rewards import toy_tree_reward
+from jaxgrpo.tasks.rewards import toy_tree_reward
 
 _toy = toy_tree_reward("LLRL", 1, -1.0, 0.7)
 _calls = {"n": 0}

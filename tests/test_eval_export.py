@@ -16,10 +16,12 @@ import torch
 from hf_tiny import tiny_llama_with_tokenizer
 
 import jaxgrpo.models as M
-from jaxgrpo import cli, export, presets
-from jaxgrpo import data as data_lib
-from jaxgrpo.evaluation import pass_at_k
-from jaxgrpo.trainer import Trainer
+from jaxgrpo import cli
+from jaxgrpo.tasks import sources as data_lib
+from jaxgrpo.train import export, presets
+from jaxgrpo.train.config import replace as config_replace
+from jaxgrpo.train.evaluation import pass_at_k
+from jaxgrpo.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +30,13 @@ def tiny_dir(tmp_path_factory):
 
 
 def small_cfg(tiny_dir, out, **sections):
-  cfg = presets.replace(
+  cfg = config_replace(
       presets.preset("smollm2_arithmetic"), output_dir=str(out), steps=2, progress=False, checkpoint_every=1,
       model={"checkpoint": tiny_dir}, sampling={"group_size": 2, "max_new_tokens": 8},
       data={"prompts_per_step": 4}, optim={"learning_rate": 1e-3},
       rewards={"names": ("plugins:text_length", "math"), "weights": (1.0, 1.0)},
       eval={"num_examples": 4, "every": 0, "num_samples": 2, "pass_k": (1, 2), "batch_size": 4})
-  return presets.replace(cfg, **sections)
+  return config_replace(cfg, **sections)
 
 
 def test_pass_at_k_is_the_unbiased_estimator():

@@ -13,19 +13,20 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgrpo import presets
-from jaxgrpo.checkpointing import Checkpointer, CheckpointRestoreError, CheckpointSaveError
-from jaxgrpo.run_dir import RunDirError
-from jaxgrpo.trainer import NonFiniteError, Trainer
+from jaxgrpo.train import presets
+from jaxgrpo.train.checkpointing import Checkpointer, CheckpointRestoreError, CheckpointSaveError
+from jaxgrpo.train.config import replace as config_replace
+from jaxgrpo.train.run_dir import RunDirError
+from jaxgrpo.train.trainer import NonFiniteError, Trainer
 
 STEPS = 60
 TESTS = os.path.dirname(__file__)
 
 
 def toy(out, **sections):
-  base = presets.replace(presets.preset("toy"), output_dir=str(out), progress=False, checkpoint_every=5,
+  base = config_replace(presets.preset("toy"), output_dir=str(out), progress=False, checkpoint_every=5,
                          steps=STEPS, optim={"learning_rate": 0.003})
-  return presets.replace(base, **sections)
+  return config_replace(base, **sections)
 
 
 def cli_args(out, steps=STEPS, extra=()):
@@ -93,7 +94,7 @@ def test_sigkill_resume_is_exact_metrics_once_and_the_lock_is_not_stuck(tmp_path
   assert done.returncode == 0, done.stderr
   assert_same_state(final_state(out)[1], reference)
   assert metric_steps(out) == list(range(1, STEPS + 1))  # each step once, despite the re-run steps
-  from test_trainer import read_tb_scalars
+  from tensorboard_events import read_tb_scalars
 
   tb_steps = [s for s, _ in read_tb_scalars(os.path.join(out, "tb"))["loss"]]
   assert sorted(tb_steps) == list(range(1, STEPS + 1))
@@ -122,7 +123,7 @@ def test_signals_during_an_update_let_it_finish_then_save_that_step(tmp_path, re
   """The update donates the state: a signal inside it (here two, sent from inside the jitted call's wrapper) must
   not leave a deleted or half-stepped state; the run stops after the update with step, params and data position
   in agreement, and resuming reproduces the uninterrupted run."""
-  from jaxgrpo.preemption import Preempted
+  from jaxgrpo.train.preemption import Preempted
 
   out = tmp_path / "run"
   tr = Trainer(toy(out))

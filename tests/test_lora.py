@@ -30,7 +30,7 @@ def tiny_lora(request, tmp_path_factory):
   hf.save_pretrained(path)
   targets = ("q", "k", "v", "o", "up", "down") if name == "gpt2" else ("q", "v", "o", "gate", "down")
   model, base = M.from_pretrained(path, lora=M.LoraConfig(rank=4, alpha=8.0, targets=targets))
-  from jaxgrpo.models.build import init_adapters
+  from jaxgrpo.train.build import init_adapters
 
   params = _random_adapters(lora.combine(base, init_adapters(model, jax.random.PRNGKey(1))))
   return name, hf, path, model, base, params
@@ -38,7 +38,7 @@ def tiny_lora(request, tmp_path_factory):
 
 def test_adapters_start_at_zero_and_sit_beside_their_weights(tiny_lora):
   name, hf, path, model, base, params = tiny_lora
-  from jaxgrpo.models.build import init_adapters
+  from jaxgrpo.train.build import init_adapters
 
   fresh = lora.combine(base, init_adapters(model, jax.random.PRNGKey(1)))
   ids, mask = padded_batch(model.config.vocab_size)
@@ -86,10 +86,11 @@ def test_peft_adapter_loads_onto_the_transformers_base(tiny_lora, tmp_path):
 def test_lora_training_updates_only_adapters_and_uses_the_base_as_reference(tmp_path):
   """The toy model with LoRA: only adapter params have optimizer state; KL's reference is the base
   (no second copy of the weights); the base weights never change."""
-  from jaxgrpo import presets
-  from jaxgrpo.trainer import Trainer
+  from jaxgrpo.train import presets
+  from jaxgrpo.train.config import replace as config_replace
+  from jaxgrpo.train.trainer import Trainer
 
-  cfg = presets.replace(presets.preset("toy"), steps=3, output_dir=str(tmp_path / "run"), progress=False,
+  cfg = config_replace(presets.preset("toy"), steps=3, output_dir=str(tmp_path / "run"), progress=False,
                         model={"lora": {"rank": 2, "alpha": 4.0, "targets": ("q", "v", "up")}},
                         objective={"kl_beta": 0.05}, optim={"learning_rate": 1e-2})
   t = Trainer(cfg)

@@ -15,9 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgrpo import presets
-from jaxgrpo.checkpointing import Checkpointer
-from jaxgrpo.trainer import Trainer
+from jaxgrpo.train import presets
+from jaxgrpo.train.checkpointing import Checkpointer
+from jaxgrpo.train.config import replace as config_replace
+from jaxgrpo.train.trainer import Trainer
 
 STEPS = 8
 SETTINGS = {"steps": STEPS, "checkpoint_every": 2, "progress": False,
@@ -66,7 +67,7 @@ def single_process(tmp_path_factory):
   if jax.device_count() < 8:
     pytest.skip("needs 8 (simulated) devices")
   out = tmp_path_factory.mktemp("one") / "run"
-  cfg = presets.replace(presets.preset("toy"), output_dir=str(out), **SETTINGS)
+  cfg = config_replace(presets.preset("toy"), output_dir=str(out), **SETTINGS)
   Trainer(cfg).run(resume=False)
   return params_at(str(out), STEPS)
 

@@ -4,15 +4,17 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgrpo import cli, plan, presets
-from jaxgrpo import train_step as ts
-from jaxgrpo.trainer import Trainer
+from jaxgrpo import cli
+from jaxgrpo.train import plan, presets
+from jaxgrpo.train import step as ts
+from jaxgrpo.train.config import replace as config_replace
+from jaxgrpo.train.trainer import Trainer
 
 
 def tiny_cfg(tmp_path, **sections):
-  cfg = presets.replace(presets.preset("toy"), output_dir=str(tmp_path / "run"), progress=False,
+  cfg = config_replace(presets.preset("toy"), output_dir=str(tmp_path / "run"), progress=False,
                         data={"prompts_per_step": 2}, mesh={"data": 2, "fsdp": 2, "tensor": 2})
-  return presets.replace(cfg, **sections)
+  return config_replace(cfg, **sections)
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
@@ -23,8 +25,9 @@ def test_plan_reports_the_memory_of_the_update_step_the_trainer_runs(tmp_path):
   n = cfg.data.prompts_per_step * cfg.sampling.group_size
   t = cfg.sampling.max_new_tokens
   rows = lambda dtype, w: np.zeros((n, w), dtype)
-  batch = ts.Batch(rows(np.int32, 1), rows(np.int32, 1), rows(np.int32, t), rows(np.float32, t),
-                   rows(np.float32, t), rows(np.float32, t), rows(np.float32, t))
+  batch = ts.Batch(prompt_ids=rows(np.int32, 1), prompt_mask=rows(np.int32, 1), tokens=rows(np.int32, t),
+                   mask=rows(np.int32, t), advantages=rows(np.float32, t), weights=rows(np.float32, t),
+                   old_logp=rows(np.float32, t))
   orders = np.zeros((1, n), np.int32)
   compiled = trainer.update_fn.lower(trainer.state, trainer.frozen, trainer.ref_params, batch, orders).compile()
   mem = compiled.memory_analysis()
@@ -39,9 +42,9 @@ def test_plan_reports_the_memory_of_the_update_step_the_trainer_runs(tmp_path):
 
 
 def test_plan_shows_what_lora_and_sharding_save():
-  base = presets.replace(presets.preset("lambda_grpo_paper_full"), sampling={"max_new_tokens": 64})
+  base = config_replace(presets.preset("lambda_grpo_paper_full"), sampling={"max_new_tokens": 64})
   full = plan.plan(base, devices=1, prompt_len=16)
-  lora = plan.plan(presets.replace(base, model={"lora": {"rank": 8, "alpha": 16.0}}), devices=1, prompt_len=16)
+  lora = plan.plan(config_replace(base, model={"lora": {"rank": 8, "alpha": 16.0}}), devices=1, prompt_len=16)
   assert lora["bytes"]["optimizer"] < full["bytes"]["optimizer"] / 50  # adapters only
   assert lora["bytes"]["frozen"] > 0 and full["bytes"]["frozen"] == 0
   assert full["params_total"] > 1.5e9 and full["bytes"]["params"] == pytest.approx(4 * full["params_total"], rel=1e-6)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import jaxgrpo.models as M
-from jaxgrpo import config as config_lib
-from jaxgrpo import policy
-from jaxgrpo import sharding as shard_lib
-from jaxgrpo import train_step as ts
+from jaxgrpo.models import policy
+from jaxgrpo.parallel import sharding as shard_lib
+from jaxgrpo.train import config as config_lib
+from jaxgrpo.train import step as ts
 
 CFG = dict(family="llama", vocab_size=64, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
            intermediate_size=128, max_position_embeddings=64)
@@ -24,10 +24,11 @@ def model_and_params(**kw):
 def batch(n=8, p=4, t=12, seed=0):
   rng = np.random.default_rng(seed)
   lengths = rng.integers(3, t + 1, size=n)
-  mask = (np.arange(t) < lengths[:, None]).astype(np.float32)
-  return ts.Batch(rng.integers(1, 64, (n, p)).astype(np.int32), np.ones((n, p), np.int32),
-                  rng.integers(1, 64, (n, t)).astype(np.int32), mask,
-                  rng.normal(size=(n, t)).astype(np.float32) * mask, mask, np.zeros((n, t), np.float32))
+  mask = (np.arange(t) < lengths[:, None]).astype(np.int32)
+  return ts.Batch(prompt_ids=rng.integers(1, 64, (n, p)).astype(np.int32), prompt_mask=np.ones((n, p), np.int32),
+                  tokens=rng.integers(1, 64, (n, t)).astype(np.int32), mask=mask,
+                  advantages=rng.normal(size=(n, t)).astype(np.float32) * mask, weights=mask.astype(np.float32),
+                  old_logp=np.zeros((n, t), np.float32))
 
 
 def one_step(model, params, lr):
@@ -91,7 +92,7 @@ def test_dtypes_accepted_as_strings_or_jnp_dtypes_and_bf16_checkpoints_load_loss
 
 
 def _loss(model, params, ids, mask):
-  logits, _ = model.apply({"params": params}, ids, M.positions_from_mask(mask), M.causal_mask(mask))
+  logits = model.apply({"params": params}, ids, M.positions_from_mask(mask), M.causal_mask(mask)).logits
   return jnp.mean(jax.nn.log_softmax(logits)[..., 5] * mask)
 
 
@@ -147,7 +148,7 @@ def test_chunked_logprobs_never_hold_the_full_logits():
 
 
 def test_mixed_precision_is_the_paper_presets_default():
-  from jaxgrpo import presets
+  from jaxgrpo.train import presets
 
   for name in ("lambda_grpo_paper", "lambda_grpo_paper_full", "prpo_paper"):
     m = presets.preset(name).model

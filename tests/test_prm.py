@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 import jaxgrpo.models as M
-from jaxgrpo import prm as P
-from jaxgrpo.data import Example
+from jaxgrpo.tasks import prm as P
+from jaxgrpo.tasks.sources import Example
 
 
 def test_arithmetic_prm_scores():
@@ -31,8 +31,8 @@ def test_neural_prm_head_matches_torch_and_reads_separators():
   mask = np.array([[1] * 7, [0, 1, 1, 1, 1, 1, 1]], np.int32)
   scores = prm.score_ids(params, ids, mask)
   assert [len(s) for s in scores] == [2, 2]
-  hidden, _ = body.apply({"params": params["body"]}, jnp.asarray(ids), M.positions_from_mask(jnp.asarray(mask)),
-                         M.causal_mask(jnp.asarray(mask)), return_hidden=True)
+  hidden = body.apply({"params": params["body"]}, jnp.asarray(ids), M.positions_from_mask(jnp.asarray(mask)),
+                      M.causal_mask(jnp.asarray(mask)), compute_logits=False).hidden
   with torch.no_grad():
     probs = torch.softmax(head_t(torch.tensor(np.asarray(hidden))), -1)[..., 1].numpy()
   np.testing.assert_allclose(scores[0], probs[0][[3, 6]], atol=1e-5)

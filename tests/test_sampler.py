@@ -8,7 +8,7 @@ import torch
 from hf_tiny import TINY, make_tiny
 
 import jaxgrpo.models as M
-from jaxgrpo import sampler
+from jaxgrpo.rollout import sampler
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))

@@ -1,15 +1,17 @@
 """The update step: sharded == single device (8 simulated CPU devices), minibatches inside one call ==
 separate calls, non-finite updates detected on device and never applied."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
 import pytest
 
 import jaxgrpo.models as M
-from jaxgrpo import config as config_lib
-from jaxgrpo import sharding as shard_lib
-from jaxgrpo import train_step as ts
+from jaxgrpo.parallel import sharding as shard_lib
+from jaxgrpo.train import config as config_lib
+from jaxgrpo.train import step as ts
 
 
 def tiny_model(**kw):
@@ -25,12 +27,13 @@ def make_batch(n=16, p=3, t=5, seed=0):
   pmask = np.ones((n, p), np.int32)
   pmask[::3, 0] = 0  # some left padding
   lengths = rng.integers(1, t + 1, size=n)
-  comp = (np.arange(t) < lengths[:, None]).astype(np.float32)
+  comp = (np.arange(t) < lengths[:, None]).astype(np.int32)
   tokens = rng.integers(1, 32, size=(n, t)).astype(np.int32)
   adv = rng.normal(size=(n, t)).astype(np.float32) * comp
   w = rng.uniform(0.2, 1.0, size=(n, t)).astype(np.float32)
   old = rng.normal(-3.0, 0.1, size=(n, t)).astype(np.float32)
-  return ts.Batch(ids, pmask, tokens, comp, adv, w, old)
+  return ts.Batch(prompt_ids=ids, prompt_mask=pmask, tokens=tokens, mask=comp, advantages=adv, weights=w,
+                  old_logp=old)
 
 
 SGD = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5))
@@ -89,12 +92,14 @@ def test_minibatches_in_one_call_equal_separate_calls():
   state_sh = {"params": sh["params"], "opt_state": sh["opt_state"]}
   batch = make_batch()
   orders = np.stack([np.random.default_rng(i).permutation(16) for i in range(2)]).astype(np.int32)
-  fused = ts.make_update_step(model, SGD, spec, ts.UpdateSpec(2, 2, old_logp="batch"), mesh, sh)
+  us = ts.UpdateSpec(num_iterations=2, num_minibatches=2, old_logp="batch")
+  fused = ts.make_update_step(model, SGD, spec, us, mesh, sh)
   s1, m = fused(ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh), None, None, batch, orders)
-  single = ts.make_update_step(model, SGD, spec, ts.UpdateSpec(1, 1, old_logp="batch"), mesh, sh)
+  us = ts.UpdateSpec(num_iterations=1, num_minibatches=1, old_logp="batch")
+  single = ts.make_update_step(model, SGD, spec, us, mesh, sh)
   s2 = ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh)
   for rows in orders.reshape(4, 8):
-    mb = ts.Batch(*[x[rows] for x in batch])
+    mb = jax.tree.map(lambda x: x[rows], batch)
     s2, _ = single(s2, None, None, mb, np.arange(8, dtype=np.int32)[None])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), jax.device_get(s1), jax.device_get(s2))
   assert int(m["skipped_updates"]) == 0 and int(m["nonfinite"]) == 0
@@ -111,7 +116,8 @@ def test_micro_batches_accumulate_to_the_same_update(aggregation):
   ref = ts.shard_state(params, sh["full"])
   out = []
   for micro in (1, 4):
-    step = ts.make_update_step(model, SGD, spec, ts.UpdateSpec(1, 2, micro, old_logp="batch", reference="params"),
+    us = ts.UpdateSpec(num_iterations=1, num_minibatches=2, micro_batches=micro, old_logp="batch", reference="params")
+    step = ts.make_update_step(model, SGD, spec, us,
                                mesh, sh)
     state = ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh)
     state, m = step(state, None, ref, make_batch(), np.arange(16, dtype=np.int32)[None])
@@ -132,8 +138,9 @@ def test_nonfinite_update_is_detected_and_not_applied(mode):
   batch = make_batch()
   adv = np.array(batch.advantages)
   adv[5, 0] = np.nan  # row 5 is in the second of 4 minibatches (rows 4-7)
-  bad = batch._replace(advantages=adv)
-  update = ts.make_update_step(model, SGD, ts.LossSpec(), ts.UpdateSpec(1, 4, old_logp="batch", nonfinite=mode),
+  bad = dataclasses.replace(batch, advantages=adv)
+  us = ts.UpdateSpec(num_iterations=1, num_minibatches=4, old_logp="batch", nonfinite=mode)
+  update = ts.make_update_step(model, SGD, ts.LossSpec(), us,
                                mesh, sh)
   state, m = update(ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh), None, None, bad,
                     np.arange(16, dtype=np.int32)[None])
@@ -141,11 +148,12 @@ def test_nonfinite_update_is_detected_and_not_applied(mode):
   assert bool(ts.all_finite(state))
   assert int(m["skipped_updates"]) == (3 if mode == "stop" else 1)
   # the reference: minibatch 0 only (stop), or minibatches 0, 2, 3 (skip)
-  one = ts.make_update_step(model, SGD, ts.LossSpec(), ts.UpdateSpec(1, 1, old_logp="batch"), mesh, sh)
+  us = ts.UpdateSpec(num_iterations=1, num_minibatches=1, old_logp="batch")
+  one = ts.make_update_step(model, SGD, ts.LossSpec(), us, mesh, sh)
   ref = ts.shard_state({"params": params, "opt_state": SGD.init(params)}, state_sh)
   for k in ([0] if mode == "stop" else [0, 2, 3]):
     rows = np.arange(4 * k, 4 * k + 4)
-    ref, _ = one(ref, None, None, ts.Batch(*[x[rows] for x in batch]), np.arange(4, dtype=np.int32)[None])
+    ref, _ = one(ref, None, None, jax.tree.map(lambda x: x[rows], batch), np.arange(4, dtype=np.int32)[None])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), jax.device_get(state), jax.device_get(ref))
 
 
@@ -187,11 +195,13 @@ def test_micro_batches_lower_per_device_memory_on_a_data_parallel_mesh():
   state = {"params": params, "opt_state": jax.eval_shape(SGD.init, params)}
   n, p, t = 64, 8, 128
   S = jax.ShapeDtypeStruct
-  batch = ts.Batch(S((n, p), np.int32), S((n, p), np.int32), S((n, t), np.int32),
-                   *[S((n, t), np.float32) for _ in range(4)])
+  batch = ts.Batch(prompt_ids=S((n, p), np.int32), prompt_mask=S((n, p), np.int32), tokens=S((n, t), np.int32),
+                   mask=S((n, t), np.int32), advantages=S((n, t), np.float32), weights=S((n, t), np.float32),
+                   old_logp=S((n, t), np.float32))
   temp = {}
   for micro in (1, 4):
-    step = ts.make_update_step(model, SGD, ts.LossSpec(), ts.UpdateSpec(1, 1, micro, old_logp="batch"), mesh, sh)
+    us = ts.UpdateSpec(num_iterations=1, num_minibatches=1, micro_batches=micro, old_logp="batch")
+    step = ts.make_update_step(model, SGD, ts.LossSpec(), us, mesh, sh)
     compiled = step.lower(state, None, None, batch, S((1, n), np.int32)).compile()
     temp[micro] = compiled.memory_analysis().temp_size_in_bytes
   assert temp[4] < 0.5 * temp[1], temp

@@ -47,7 +47,8 @@ def test_smollm2_config_and_parity_on_chat_prompts(smollm2_dir):
 def test_smollm2_greedy_equals_transformers_generate_32_tokens(smollm2_dir):
   import jax
 
-  from jaxgrpo import sampler
+  from jaxgrpo.rollout import sampler
+
 
   model, params = M.from_pretrained(smollm2_dir)
   tok = AutoTokenizer.from_pretrained(smollm2_dir)
@@ -70,10 +71,11 @@ def test_smollm2_greedy_equals_transformers_generate_32_tokens(smollm2_dir):
 
 
 def test_smollm2_arithmetic_training_step_with_prpo_and_rule_prm(tmp_path, smollm2_dir):
-  from jaxgrpo import presets
-  from jaxgrpo.trainer import Trainer
+  from jaxgrpo.train import presets
+  from jaxgrpo.train.config import replace as config_replace
+  from jaxgrpo.train.trainer import Trainer
 
-  cfg = presets.replace(
+  cfg = config_replace(
       presets.preset("smollm2_arithmetic"), steps=1, output_dir=str(tmp_path / "run"), progress=False,
       sampling={"group_size": 2, "max_new_tokens": 12}, data={"prompts_per_step": 4},
       objective={"name": "prpo", "lambda_weights": True, "num_minibatches": 1, "prpo_k": 2, "prpo_min_gap": 3},

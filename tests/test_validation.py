@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import jaxgrpo.models as M
-from jaxgrpo import checked, sampler
-from jaxgrpo.tokenizers import HFTokenizer
+from jaxgrpo import checked
+from jaxgrpo.models.tokenizers import HFTokenizer
+from jaxgrpo.rollout import sampler
 
 CFG = M.ModelConfig(family="llama", vocab_size=20, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
                     head_dim=8, intermediate_size=32, max_position_embeddings=32)

@@ -11,8 +11,8 @@ import sys
 
 from tensorflow_datasets.text.gsm8k import gsm8k
 
-from jaxgrpo.config import DataSpec
-from jaxgrpo.data import make_source
+from jaxgrpo.tasks.sources import make_source
+from jaxgrpo.train.config import DataSpec
 
 
 def main(data_dir: str, rows: str) -> None:

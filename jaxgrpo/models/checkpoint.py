@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxgrpo.models import config as config_lib
-from jaxgrpo.models import convert
+from jaxgrpo.models import convert, lora
 from jaxgrpo.models.transformer import Transformer
 
 SINGLE_FILE = "model.safetensors"
@@ -95,8 +95,6 @@ def save_pretrained(
       model.safetensors.index.json.
     dtype: dtype of the saved tensors (default: the params' dtype).
   """
-  from jaxgrpo.models import lora
-
   cfg = model.config
   params = lora.merged(cfg, params)
   np_dtype = None if dtype is None else jnp.dtype(config_lib.dtype_name(dtype))

@@ -11,13 +11,14 @@ fine-tuning does.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
 Family = Literal["gpt2", "llama", "qwen2"]
-FAMILIES = ("gpt2", "llama", "qwen2")
+FAMILIES: tuple[str, ...] = typing.get_args(Family)
 DTYPES = ("float32", "bfloat16", "float16")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # ``remat`` values: no rematerialization, recompute everything, or a named jax.checkpoint policy.

@@ -29,6 +29,8 @@ cached decoding (S = cache length).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -46,6 +48,17 @@ from jaxgrpo.models.config import ModelConfig, remat_policy
 # cache at every layer (measured 20x slower per decode step).  The [KV, S]
 # order feeds the attention matmuls without a transpose.
 Cache = dict[str, jax.Array]
+Params = dict[str, Any]  # a model's parameters: a nested dict of arrays (layers stacked on a leading axis)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Output:
+  """What ``Transformer.__call__`` returns, whatever its flags (B rows, T query positions)."""
+
+  hidden: jax.Array  # [B, T, D] final-norm hidden states, in the compute dtype
+  logits: jax.Array | None  # float32[B, T, V]; None when called with compute_logits=False (see ``Transformer.head``)
+  cache: Cache | None  # the KV cache with this call's T slots written ({"k", "v"}: [L, B, KV, S, Dh]), or None
 
 _INIT = nn.initializers.normal(0.02)
 LORA_A, LORA_B = "_lora_a", "_lora_b"
@@ -269,7 +282,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM.  ``__call__`` returns (logits float32[B, T, V] or hidden states, new_cache)."""
+  """Decoder-only LM.  ``__call__`` returns an ``Output`` (hidden states, logits, updated KV cache)."""
 
   config: ModelConfig
 
@@ -281,8 +294,8 @@ class Transformer(nn.Module):
       mask: jax.Array,  # bool[B, T, S]: query t may attend key slot s
       cache: Cache | None = None,
       cache_index: jax.Array | int = 0,
-      return_hidden: bool = False,
-  ) -> tuple[jax.Array, Cache | None]:
+      compute_logits: bool = True,  # False: skip the LM head (chunked log-probs apply ``head`` themselves)
+  ) -> Output:
     cfg = self.config
     embed = _param(self, "embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
     x = jnp.take(embed, input_ids, axis=0)
@@ -310,11 +323,10 @@ class Transformer(nn.Module):
       start = (zero, zero, zero, jnp.asarray(cache_index, jnp.int32), zero)
       new_cache = {name: jax.lax.dynamic_update_slice(cache[name], new_slots[name], start) for name in ("k", "v")}
     x = Norm(cfg, name="final_norm")(x)
-    if return_hidden:
-      return x, new_cache
-    if not cfg.tie_word_embeddings:
+    if not cfg.tie_word_embeddings and (self.is_initializing() or self.has_variable("params", "lm_head")):
+      # created by init whatever the flags; a body converted without its head (a PRM's) runs with compute_logits=False
       _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
-    return self.head(x), new_cache
+    return Output(hidden=x, logits=self.head(x) if compute_logits else None, cache=new_cache)
 
   def head(self, hidden: jax.Array) -> jax.Array:
     """The LM head: float32 logits [..., V] of final-norm hidden states [..., D]."""
@@ -341,8 +353,10 @@ def _init_variables(model: Transformer, rng):
   return model.init(rng, ids, ids, jnp.ones((1, 1, 1), bool))
 
 
-def init_params(model: Transformer, rng: jax.Array) -> dict[str, Any]:
-  """Random parameters (normal(0.02) weights, zero biases, unit norms; LoRA A random, B zero)."""
+@functools.partial(jax.jit, static_argnums=0)
+def init_params(model: Transformer, rng: jax.Array) -> Params:
+  """Random parameters (normal(0.02) weights, zero biases, unit norms; LoRA A random, B zero), in one compiled
+  program (eagerly, initialization dispatched one small program per op)."""
   return nn.meta.unbox(_init_variables(model, rng)["params"])
 
 
@@ -366,3 +380,22 @@ def cast_params(params, dtype) -> dict[str, Any]:
   """Floating leaves cast to ``dtype`` (once per step, before many forward passes)."""
   dtype = jnp.dtype(dtype)
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def logits(model: Transformer, params: Params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """Full forward pass: float32[B, T, V] logits.
+
+  Args:
+    input_ids: int[B, T]; attention_mask: [B, T] (left or right padding; the
+      positions come from the mask, so left-padded prompts work).
+  """
+  if input_ids.shape != attention_mask.shape:
+    raise ValueError(f"attention_mask must have the shape of input_ids {input_ids.shape}; got {attention_mask.shape}")
+  out = model.apply({"params": params}, input_ids, positions_from_mask(attention_mask), causal_mask(attention_mask))
+  return out.logits
+
+
+def from_config(cfg: ModelConfig) -> Transformer:
+  """A model (no parameters yet: see ``init_params``) from a config."""
+  return Transformer(cfg)

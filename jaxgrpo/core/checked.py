@@ -1,0 +1,131 @@
+"""Eagerly validated entry points.
+
+The functions in ``jaxgrpo`` are jit-able and assert-free: shapes are checked at
+trace time (free), but values (NaN rewards, a mask that is not 0/1) cannot be
+without a host round trip.  The functions here check everything on the host
+first, raising ``ValueError`` naming the argument, then call the jitted core.
+Use them at the boundary of your program (data from a sampler, a reward
+function, a file); use the unchecked ones inside your own ``jit``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxgrpo.core import advantages as _adv
+from jaxgrpo.core import implicit_prm as _prm
+from jaxgrpo.core import prefix as _prefix
+from jaxgrpo.core import prpo as _prpo
+
+
+def validate_group_batch(tokens, mask, rewards=None) -> None:
+  """Raise ValueError, naming the argument, unless the inputs form valid groups.
+
+  tokens int[..., G, T], mask 0/1 [..., G, T] with ones then zeros per row,
+  rewards finite float[..., G]; G ≥ 1, T ≥ 1.
+  """
+  tokens = np.asarray(tokens)
+  mask = np.asarray(mask)
+  _prefix.check_group_shapes(tokens, mask)  # the same static checks the jitted core makes
+  validate_mask(mask)
+  if rewards is not None:
+    validate_rewards(rewards, group_shape=tokens.shape[:-1])
+
+
+def validate_mask(mask) -> None:
+  """Raise ValueError unless ``mask`` [..., T] holds only 0/1, ones then zeros along the last axis."""
+  mask = np.asarray(mask)
+  if not np.isin(mask, (0, 1)).all():
+    bad = np.unique(mask[~np.isin(mask, (0, 1))])[:5]
+    raise ValueError(f"mask must hold only 0 and 1; found {bad.tolist()}")
+  m = mask.astype(bool)
+  if (m[..., 1:] & ~m[..., :-1]).any():
+    idx = np.argwhere(m[..., 1:] & ~m[..., :-1])[0][:-1]
+    raise ValueError(
+        f"mask must be right-padded (ones, then zeros) in every completion; "
+        f"completion at index {tuple(idx.tolist())} has a 1 after a 0"
+    )
+
+
+def validate_rewards(rewards, group_shape=None) -> None:
+  """Raise ValueError unless rewards is a finite float[..., G] (G ≥ 1)."""
+  rewards = np.asarray(rewards)
+  if rewards.ndim < 1 or rewards.shape[-1] < 1:
+    raise ValueError(f"rewards must have shape [..., G] with G >= 1; got shape {rewards.shape}")
+  if group_shape is not None and rewards.shape != tuple(group_shape):
+    raise ValueError(
+        f"rewards must have shape [..., G] = {tuple(group_shape)} to match tokens; got {rewards.shape}"
+    )
+  if not np.issubdtype(rewards.dtype, np.number) and rewards.dtype != bool:
+    raise ValueError(f"rewards must be numeric; got dtype {rewards.dtype}")
+  bad = ~np.isfinite(rewards.astype(np.float64))
+  if bad.any():
+    idx = tuple(np.argwhere(bad)[0].tolist())
+    raise ValueError(f"rewards must be finite; rewards{list(idx)} = {rewards[idx]}")
+
+
+def prefix_counts(tokens, mask, **kwargs):
+  """``jaxgrpo.prefix_counts`` after ``validate_group_batch``."""
+  validate_group_batch(tokens, mask)
+  return _prefix.prefix_counts(tokens, mask, **kwargs)
+
+
+def implicit_prm(tokens, mask, rewards, **kwargs):
+  """``jaxgrpo.implicit_prm`` after ``validate_group_batch``."""
+  validate_group_batch(tokens, mask, rewards)
+  return _prm.implicit_prm(tokens, mask, rewards, **kwargs)
+
+
+def tree_stats(tokens, mask, **kwargs):
+  """``jaxgrpo.tree_stats`` after ``validate_group_batch``."""
+  validate_group_batch(tokens, mask)
+  return _prm.tree_stats(tokens, mask, **kwargs)
+
+
+def group_advantages(rewards, **kwargs):
+  """``jaxgrpo.group_advantages`` after ``validate_rewards``."""
+  validate_rewards(rewards)
+  return _adv.group_advantages(rewards, **kwargs)
+
+
+def entropy_segments(entropies, mask, **kwargs):
+  """``jaxgrpo.entropy_segments`` after checking entropies are finite and ≥ 0."""
+  entropies = np.asarray(entropies)
+  mask = np.asarray(mask)
+  if mask.shape != entropies.shape:
+    raise ValueError(f"mask must have the shape of entropies {entropies.shape}; got {mask.shape}")
+  if entropies.ndim < 1 or entropies.shape[-1] < 1:
+    raise ValueError(f"entropies must have shape [..., T] with T >= 1; got {entropies.shape}")
+  validate_mask(mask)
+  valid = mask.astype(bool)
+  if not np.isfinite(entropies[valid]).all() or (entropies[valid] < 0).any():
+    raise ValueError("entropies must be finite and >= 0 on completion tokens")
+  return _prpo.entropy_segments(entropies, mask, **kwargs)
+
+
+def segment_scores_to_tokens(segment_ids, scores):
+  """``jaxgrpo.segment_scores_to_tokens`` after checking every segment id has a score."""
+  segment_ids, scores = np.asarray(segment_ids), np.asarray(scores)
+  if scores.shape[:-1] != segment_ids.shape[:-1] or scores.ndim != segment_ids.ndim:
+    raise ValueError(f"scores must have shape {segment_ids.shape[:-1]} + (S,) to match segment_ids "
+                     f"{segment_ids.shape}; got {scores.shape}")
+  need = int(segment_ids.max()) + 1 if segment_ids.size else 0
+  if scores.shape[-1] < need:
+    raise ValueError(f"scores has {scores.shape[-1]} score(s) per completion but segment_ids has segments up to "
+                     f"id {need - 1}: pass at least {need} scores (axis -1)")
+  if not np.isfinite(scores).all():
+    raise ValueError("scores must be finite")
+  return _prpo.segment_scores_to_tokens(segment_ids, scores)
+
+
+def prpo_advantages(token_scores, mask, rewards, **kwargs):
+  """``jaxgrpo.prpo_advantages`` after checking scores lie in [0, 1] and rewards."""
+  token_scores = np.asarray(token_scores)
+  valid = np.asarray(mask).astype(bool)
+  if token_scores.shape != valid.shape:
+    raise ValueError(f"token_scores must have the shape of mask {valid.shape}; got {token_scores.shape}")
+  s = token_scores[valid]
+  if not np.isfinite(s).all() or (s < 0).any() or (s > 1).any():
+    raise ValueError("token_scores must be PRM probabilities in [0, 1] on completion tokens")
+  validate_rewards(rewards, group_shape=token_scores.shape[:-1])
+  return _prpo.prpo_advantages(token_scores, mask, rewards, **kwargs)

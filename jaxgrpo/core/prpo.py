@@ -1,0 +1,157 @@
+"""PRPO (Ding et al., arXiv 2601.07182): entropy-spike segments and fused advantages.
+
+Pipeline: ``entropy_segments`` cuts each completion at its entropy spikes; a
+PRM scores each segment in [0, 1]; ``segment_scores_to_tokens`` spreads the
+scores over the tokens; ``prpo_advantages`` normalizes them with a fixed prior
+and shifts them by the outcome advantage: A(i,t) = z(i,t) + β_i.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from jaxgrpo.core import advantages as adv_lib
+
+# PRPO's choices, declared once (the trainer's config reads them from here).
+Normalization = Literal["fixed", "relative"]  # z from a fixed prior (the paper) | group statistics (the ablation)
+Outcome = Literal["centered", "std"]  # β_i = r_i − mean(r) (the authors' code) | the GRPO advantage
+
+UNIFORM_STD = 1.0 / math.sqrt(12.0)  # std of U[0, 1]: the paper's σ0 = 0.289
+AUTHORS_CODE_STD = math.sqrt(1.0 / 24.0)  # σ0 in the authors' code (≈ 0.204)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "min_gap"))
+def entropy_segments(entropies: jax.Array, mask: jax.Array, k: int = 5, min_gap: int = 10) -> jax.Array:
+  """Segment id of every token, cutting at entropy spikes.
+
+  Rule (per completion of valid length L):
+  * L < k + 1: one segment.
+  * Otherwise take the k highest-entropy valid positions (ties: earlier first),
+    in position order, and keep a position p as a cut only if p is at least
+    ``min_gap`` after the previously kept cut, position 0 counting as the first
+    cut (so no cut lands in the first ``min_gap`` tokens).
+  * A cut at p starts a new segment at p: segments are [0,c1), [c1,c2), ...,
+    [c_last, L).
+
+  Args:
+    entropies: float[..., T] next-token entropies at the completion tokens.
+    mask: [..., T] 1 on completion tokens (right padding).
+    k: number of spikes considered; min_gap: minimum distance between cuts.
+
+  Returns:
+    int32[..., T]: 0, 1, ... along each completion; -1 on padding.
+  """
+  entropies = jnp.asarray(entropies)
+  mask = jnp.asarray(mask)
+  if entropies.shape != mask.shape:
+    raise ValueError(f"mask must have the shape of entropies {entropies.shape}; got {mask.shape}")
+  if k < 1 or min_gap < 1:
+    raise ValueError(f"k and min_gap must be >= 1; got k={k}, min_gap={min_gap}")
+  t = entropies.shape[-1]
+  valid = mask.astype(bool)
+  length = jnp.sum(valid, axis=-1)
+  kk = min(k, t)
+  scored = jnp.where(valid, entropies.astype(jnp.float32), -jnp.inf)
+  _, top = jax.lax.top_k(scored, kk)  # ties resolve to the lower index
+  top = jnp.sort(top, axis=-1)
+  last = jnp.zeros(top.shape[:-1], jnp.int32)
+  kept = []
+  for c in range(kk):  # k is small and static
+    keep = top[..., c] - last >= min_gap
+    kept.append(keep)
+    last = jnp.where(keep, top[..., c], last)
+  kept = jnp.stack(kept, axis=-1) & (length >= k + 1)[..., None]
+  pos = jnp.arange(t)
+  seg = jnp.sum(kept[..., None, :] & (top[..., None, :] <= pos[:, None]), axis=-1, dtype=jnp.int32)
+  return jnp.where(valid, seg, -1)
+
+
+def segment_scores_to_tokens(segment_ids: jax.Array, scores: jax.Array) -> jax.Array:
+  """Give every token its segment's score.
+
+  Args:
+    segment_ids: int[..., T] from ``entropy_segments`` (-1 on padding).
+    scores: float[..., S] one PRM score per segment (S ≥ max segment id + 1).
+
+  Returns:
+    float[..., T] (0 on padding).
+  """
+  if scores.shape[:-1] != segment_ids.shape[:-1]:
+    raise ValueError(
+        f"scores must have shape {segment_ids.shape[:-1]} + (S,) to match segment_ids "
+        f"{segment_ids.shape}; got {scores.shape}"
+    )
+  idx = jnp.clip(segment_ids, 0, scores.shape[-1] - 1)
+  tok = jnp.take_along_axis(scores, idx, axis=-1)
+  return jnp.where(segment_ids >= 0, tok, 0.0)
+
+
+def normalize_process_scores(
+    token_scores: jax.Array,
+    mask: jax.Array,
+    *,
+    normalization: Normalization = "fixed",
+    prior_mean: float = 0.5,
+    prior_std: float = UNIFORM_STD,
+    eps: float = 1e-6,
+) -> jax.Array:
+  """z(i,t): PRM token scores normalized with a fixed prior or group statistics.
+
+  Args:
+    token_scores: float[..., G, T] in [0, 1]; mask: [..., G, T].
+    normalization: "fixed" (z = (s − μ0)/σ0, the paper's method) or "relative"
+      (mean/std of the group's valid token scores; the ablation that collapses).
+    prior_mean, prior_std: μ0 and σ0 (``UNIFORM_STD`` or ``AUTHORS_CODE_STD``).
+  """
+  valid = mask.astype(bool)
+  if normalization == "fixed":
+    z = (token_scores - prior_mean) / prior_std
+  elif normalization == "relative":
+    n = jnp.maximum(jnp.sum(valid, axis=(-2, -1), keepdims=True), 1)
+    mean = jnp.sum(jnp.where(valid, token_scores, 0.0), axis=(-2, -1), keepdims=True) / n
+    var = jnp.sum(jnp.where(valid, jnp.square(token_scores - mean), 0.0), axis=(-2, -1), keepdims=True) / n
+    z = (token_scores - mean) / (jnp.sqrt(var) + eps)
+  else:
+    raise ValueError(f"normalization must be 'fixed' or 'relative'; got {normalization!r}")
+  return jnp.where(valid, z, 0.0)
+
+
+def prpo_advantages(
+    token_scores: jax.Array,
+    mask: jax.Array,
+    rewards: jax.Array,
+    *,
+    normalization: Normalization = "fixed",
+    prior_mean: float = 0.5,
+    prior_std: float = UNIFORM_STD,
+    outcome: Outcome = "centered",
+    ddof: int = 1,
+    eps: float = 1e-4,
+) -> jax.Array:
+  """Fused token advantages A(i,t) = z(i,t) + β_i.
+
+  Args:
+    token_scores: float[..., G, T] PRM score of each token's segment, in [0, 1].
+    mask: [..., G, T]; rewards: float[..., G] outcome rewards.
+    normalization, prior_mean, prior_std: see ``normalize_process_scores``.
+    outcome: β_i = r_i − mean(r) ("centered", the authors' code, default) or
+      the GRPO std-normalized advantage ("std", with ``ddof``/``eps``).
+
+  Returns:
+    float[..., G, T], 0 on padding.  Combine with λ-GRPO by passing
+    ``weights=lambda_weights(counts)`` to ``policy_loss`` as well.
+  """
+  if rewards.shape != token_scores.shape[:-1]:
+    raise ValueError(f"rewards must have shape {token_scores.shape[:-1]}; got {rewards.shape}")
+  if outcome not in ("centered", "std"):
+    raise ValueError(f"outcome must be 'centered' or 'std'; got {outcome!r}")
+  z = normalize_process_scores(
+      token_scores, mask, normalization=normalization, prior_mean=prior_mean, prior_std=prior_std
+  )
+  beta = adv_lib.group_advantages(rewards, scale=outcome == "std", ddof=ddof, eps=eps)
+  return jnp.where(mask.astype(bool), z + beta[..., None], 0.0)

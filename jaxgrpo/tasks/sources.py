@@ -1,0 +1,339 @@
+"""Prompt sources: the task's examples and what counts as a correct completion.
+
+A source is indexable: ``source[i]`` is the i-th example of a deterministic
+stream, so a run resumes from its data position exactly.  ``is_correct(example,
+completion)`` defines the task's accuracy (used for training metrics and for
+evaluation), so the training loop needs no task-specific code.
+
+Sources: the λ-GRPO toy binary tree, synthetic arithmetic (difficulty set by the
+number of operations, the operand range and the operators; a train split and a
+held-out eval split that are disjoint by construction), JSONL files and TFDS
+datasets (gsm8k, math_dataset) read from a local ``data_dir``.  The toy task also
+brings its tokenizer (``ToyTokenizer``: BOS, L, R; only L and R may be sampled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import hashlib
+import json
+import os
+import random
+import typing
+from typing import Any, Literal, Protocol, Sequence
+
+import numpy as np
+
+from jaxgrpo.tasks.answers import answer_matches, last_boxed
+
+SourceName = Literal["toy_tree", "arithmetic", "jsonl", "tfds"]  # the prompt sources ``make_source`` builds
+SOURCES: tuple[str, ...] = typing.get_args(SourceName)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One prompt of a task (host side)."""
+
+  prompt: str  # text shown to the model (chat user turn, or the toy task's name)
+  answer: str  # reference answer used by reward functions
+  meta: dict = dataclasses.field(default_factory=dict)  # anything else the source knows (index, expression, line)
+
+
+class Source(Protocol):
+  def __getitem__(self, index: int) -> Example: ...
+
+  def is_correct(self, example: Example, completion: str) -> bool: ...
+
+
+class MathTask:
+  """Correct = the final answer matches the reference answer."""
+
+  def is_correct(self, example: Example, completion: str) -> bool:
+    return answer_matches(example.answer, completion)
+
+
+# ----------------------------------------------------------------------------- toy tree
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyTreeSource:
+  """λ-GRPO's toy task: after BOS, emit 4 tokens, each L or R (16 leaves).  Correct = the target leaf."""
+
+  target: str = "LLRL"
+
+  def __getitem__(self, index: int) -> Example:
+    return Example(prompt="<bos>", answer=self.target, meta={"index": index})
+
+  def is_correct(self, example: Example, completion: str) -> bool:
+    return completion == example.answer
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyTokenizer:
+  """The toy task's vocabulary {0: BOS/PAD, 1: L, 2: R}; only L and R may be sampled."""
+
+  vocab_size: int = 3
+  pad_id: int = 0
+  eos_ids: tuple[int, ...] = ()  # completions end at the tree's depth (max_new_tokens), not at a token
+  allowed_ids = (1, 2)  # L, R (``models.policy``'s form of an allowed-token set)
+
+  def encode_prompt(self, prompt: str) -> list[int]:
+    return [0]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return "".join({1: "L", 2: "R"}.get(int(i), "?") for i in ids)
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+EVAL_PERCENT = 20  # share of the arithmetic problem space reserved for evaluation
+
+
+def _bucket(expression: str) -> int:
+  return int(hashlib.sha256(expression.encode()).hexdigest()[:8], 16) % 100
+
+
+@dataclasses.dataclass(frozen=True)
+class ArithmeticSource(MathTask):
+  """Integer arithmetic problems ``a op b [op c ...]`` from (seed, index), evaluated left to right.
+
+  Difficulty: ``num_ops`` operations, operands in [1, max_operand], operators
+  from ``ops`` (subset of "+-*"); results are never negative.  The problem
+  space is split by a hash of the expression: EVAL_PERCENT% of all problems
+  belong to the ``eval`` split and never appear in ``train``.  The eval split
+  yields distinct problems (``len`` tells how many exist).
+  """
+
+  seed: int = 0
+  split: str = "train"  # train | eval
+  num_ops: int = 1
+  max_operand: int = 30
+  ops: str = "+-"
+  instruction: str = "Put the final answer in \\boxed{}."
+
+  def __post_init__(self):
+    if self.split not in ("train", "eval"):
+      raise ValueError(f"split must be 'train' or 'eval'; got {self.split!r}")
+
+  def _candidate(self, rng: random.Random) -> tuple[str, int, list[str]] | None:
+    value = rng.randint(1, self.max_operand)
+    text, steps = str(value), []
+    for k in range(self.num_ops):
+      op = rng.choice(self.ops)
+      x = rng.randint(1, self.max_operand)
+      new = value + x if op == "+" else value - x if op == "-" else value * x
+      if new < 0:
+        return None
+      steps.append(f"{value} {op} {x} = {new}")
+      text = f"({text}) {op} {x}" if op == "*" and k > 0 else f"{text} {op} {x}"  # left to right
+      value = new
+    return text, value, steps
+
+  def _draw(self, index: int, attempt_start: int = 0) -> tuple[Example, int]:
+    want_eval = self.split == "eval"
+    attempt = attempt_start
+    while True:
+      if attempt - attempt_start > 10_000:
+        raise ValueError(f"no {self.split} problem found in 10,000 draws at this difficulty (num_ops={self.num_ops}, "
+                         f"max_operand={self.max_operand}, ops={self.ops!r}): the problem space is too small")
+      rng = random.Random(f"{self.seed}/{self.split}/{index}/{attempt}")
+      attempt += 1
+      cand = self._candidate(rng)
+      if cand is None or (_bucket(cand[0]) < EVAL_PERCENT) != want_eval:
+        continue
+      text, value, steps = cand
+      prompt = f"What is {text}? {self.instruction}".strip()
+      meta = {"expression": text, "steps": steps, "index": index}
+      return Example(prompt=prompt, answer=str(value), meta=meta), attempt
+
+  def __getitem__(self, index: int) -> Example:
+    if self.split == "eval":
+      return self.eval_examples(index + 1)[index]
+    return self._draw(index)[0]
+
+  @functools.lru_cache(maxsize=4)
+  def eval_examples(self, n: int) -> tuple[Example, ...]:
+    """The first n distinct eval problems (raises if the eval split has fewer)."""
+    out, seen, index, misses = [], set(), 0, 0
+    while len(out) < n:
+      ex, _ = self._draw(index)
+      index += 1
+      if ex.meta["expression"] in seen:
+        misses += 1
+        if misses > 50 * n + 1000:
+          raise ValueError(f"the arithmetic eval split has only {len(out)} distinct problems at this difficulty "
+                           f"(num_ops={self.num_ops}, max_operand={self.max_operand}, ops={self.ops!r}); "
+                           f"ask for fewer eval examples or a harder task")
+        continue
+      seen.add(ex.meta["expression"])
+      out.append(dataclasses.replace(ex, meta={**ex.meta, "index": len(out)}))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------- files and TFDS
+
+
+class _Shuffled(MathTask):
+  """Cycle through a finite list of examples, reshuffled (seeded) every epoch."""
+
+  def __init__(self, examples: Sequence[Example], seed: int, name: str = "data source"):
+    if not examples:
+      raise ValueError(f"{name} is empty")
+    self.examples, self.seed = list(examples), seed
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def __getitem__(self, index: int) -> Example:
+    epoch, i = divmod(index, len(self.examples))
+    order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+    return self.examples[order[i]]
+
+
+def read_jsonl(path: str, prompt_key: str = "prompt", answer_key: str = "answer") -> list[Example]:
+  """Examples from a JSONL file; errors name the file and the line (malformed JSON, non-UTF-8,
+  a missing or null field, a row that is not an object)."""
+  examples = []
+  try:
+    f = open(path, "rb")
+  except OSError as e:
+    raise FileNotFoundError(f"JSONL file {path}: {e.strerror}") from None
+  with f:
+    for lineno, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+      if not isinstance(row, dict):
+        raise ValueError(f"{path}:{lineno}: each line must be a JSON object; got {type(row).__name__}")
+      missing = [k for k in (prompt_key, answer_key) if row.get(k) is None]
+      if missing:
+        raise ValueError(f"{path}:{lineno}: missing or null field(s) {missing}")
+      meta = {k: v for k, v in row.items() if k not in (prompt_key, answer_key)}
+      examples.append(Example(str(row[prompt_key]), str(row[answer_key]), {**meta, "line": lineno}))
+  return examples
+
+
+def jsonl_source(path: str, seed: int = 0, prompt_key: str = "prompt", answer_key: str = "answer") -> _Shuffled:
+  """A shuffled stream over a JSONL file with ``prompt`` and ``answer`` fields (other fields go to meta)."""
+  return _Shuffled(read_jsonl(path, prompt_key, answer_key), seed, name=f"JSONL file {path}")
+
+
+def _tfds_example(name: str, row: dict[str, Any]) -> Example:
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+  if name.startswith("gsm8k"):
+    answer = text(row["answer"]).split("####")[-1].strip().replace(",", "")
+    return Example(text(row["question"]), answer, {"solution": text(row["answer"])})
+  if name.startswith("math_dataset"):
+    return Example(text(row["question"]), text(row["answer"]).strip())
+  raise ValueError(f"no field mapping for TFDS dataset {name!r} (supported: gsm8k, math_dataset/*)")
+
+
+def tfds_examples(name: str, data_dir: str, split: str = "train", limit: int | None = None) -> list[Example]:
+  """Examples of a TFDS dataset already prepared in ``data_dir`` (no downloads)."""
+  import tensorflow_datasets as tfds
+
+  ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
+  examples = []
+  for i, row in enumerate(tfds.as_numpy(ds)):
+    if limit is not None and i >= limit:
+      break
+    examples.append(_tfds_example(name, row))
+  return examples
+
+
+def tfds_source(name: str, data_dir: str, split: str = "train", seed: int = 0, limit: int | None = None) -> _Shuffled:
+  return _Shuffled(tfds_examples(name, data_dir, split, limit), seed, name=f"TFDS {name} split {split}")
+
+
+class FixedExamples(MathTask):
+  """A finite list of examples (an eval set), indexable in order."""
+
+  def __init__(self, examples: Sequence[Example], task: Source | None = None):
+    self.examples = list(examples)
+    self.task = task
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def __getitem__(self, index: int) -> Example:
+    return self.examples[index]
+
+  def is_correct(self, example: Example, completion: str) -> bool:
+    return self.task.is_correct(example, completion) if self.task is not None else super().is_correct(example,
+                                                                                                       completion)
+
+
+def math_to_jsonl(src_dir: str, out_path: str, split: str = "train") -> int:
+  """Convert the MATH dataset (Hendrycks et al.; ``<src_dir>/<split>/<subject>/<id>.json`` with ``problem``
+  and ``solution``) to JSONL rows {prompt, answer, level, type}; the answer is the solution's last
+  \\boxed{}.  Problems without one are skipped.  Returns the number of rows written."""
+  files = sorted(glob.glob(os.path.join(src_dir, split, "*", "*.json")))
+  if not files:
+    raise FileNotFoundError(f"{src_dir}: no {split}/<subject>/<id>.json files (the MATH dataset's layout)")
+  n = 0
+  with open(out_path, "w") as out:
+    for path in files:
+      with open(path) as f:
+        row = json.load(f)
+      answer = last_boxed(row.get("solution", ""))
+      if not row.get("problem") or answer is None:
+        continue
+      out.write(json.dumps({"prompt": row["problem"], "answer": answer, "level": row.get("level"),
+                            "type": row.get("type"), "source": os.path.relpath(path, src_dir)}) + "\n")
+      n += 1
+  return n
+
+
+def make_source(spec) -> Source:
+  """The training stream from a ``DataSpec``."""
+  if spec.source == "toy_tree":
+    return ToyTreeSource(spec.target)
+  if spec.source == "arithmetic":
+    return ArithmeticSource(spec.seed, "train", spec.num_ops, spec.max_operand, spec.ops, spec.instruction)
+  if spec.source == "jsonl":
+    return jsonl_source(spec.path, spec.seed)
+  if spec.source == "tfds":
+    return tfds_source(spec.tfds_name, spec.path, spec.tfds_split, spec.seed)
+  raise ValueError(f"data.source must be {' | '.join(SOURCES)}; got {spec.source!r}")
+
+
+def make_eval_source(data, ev) -> FixedExamples:
+  """The held-out examples for an ``EvalSpec`` (``ev.num_examples`` of them, in a fixed order).
+
+  Synthetic sources use their eval split (disjoint from training by construction); JSONL needs
+  ``eval.path`` (a held-out file), TFDS reads ``eval.tfds_split``.  The toy task has one prompt:
+  its evaluation is the target frequency on that prompt.
+  """
+  kind = ev.source or data.source
+  n = ev.num_examples
+  if kind == "toy_tree":
+    task = ToyTreeSource(data.target)
+    return FixedExamples([task[i] for i in range(n)], task)
+  if kind == "arithmetic":
+    src = ArithmeticSource(data.seed, "eval", data.num_ops, data.max_operand, data.ops, data.instruction)
+    return FixedExamples(src.eval_examples(n), src)
+  if kind == "jsonl":
+    if not ev.path:
+      raise ValueError("config key 'eval.path' must name a held-out JSONL file to evaluate a JSONL source "
+                       "(the training file is never reused for evaluation)")
+    if data.source == "jsonl" and ev.path == data.path:
+      raise ValueError(f"config key 'eval.path' names the training file {ev.path}: use a held-out file")
+    examples = read_jsonl(ev.path)
+  elif kind == "tfds":
+    if ev.tfds_split == data.tfds_split and (ev.source is None or ev.source == data.source):
+      raise ValueError(f"config key 'eval.tfds_split' = {ev.tfds_split!r} is the training split: use a held-out one")
+    examples = tfds_examples(data.tfds_name, ev.path or data.path, ev.tfds_split, limit=n)
+  else:
+    raise ValueError(f"eval.source must be {' | '.join(SOURCES)}; got {kind!r}")
+  if len(examples) < n:
+    raise ValueError(f"eval.num_examples = {n} but the eval data has only {len(examples)} examples")
+  return FixedExamples(examples[:n])

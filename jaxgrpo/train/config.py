@@ -1,0 +1,506 @@
+"""Training configuration: frozen dataclasses, validated when built, loadable from YAML.
+
+    cfg = jaxgrpo.train.load_config("run.yaml", overrides=["objective.name=lambda_grpo", "steps=100"])
+    cfg = jaxgrpo.train.preset("toy")
+
+Every value is checked when the config is made (from code, YAML or ``--set``),
+not at the first trace: unknown keys, wrong types (including non-integer
+counts), out-of-range values and enum-like fields outside their choices raise
+``ValueError`` naming the key.  Paths have ``~`` expanded.  Settings that run
+but cannot learn (temperature 0, a group of one) warn.
+
+The choices of enum-like fields are declared once, in the module that implements them (the aggregations in
+``core.objectives``, PRPO's in ``core.prpo``, model families and dtypes in ``models.config``, data sources in
+``tasks.sources``); the sampling rules are the sampler's own (``rollout.sampler.check_sampling``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+import warnings
+from typing import Any, Literal
+
+import yaml
+
+from jaxgrpo.core.objectives import Aggregation
+from jaxgrpo.core.prpo import Normalization, Outcome
+from jaxgrpo.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES, Family
+from jaxgrpo.rollout.sampler import check_sampling
+from jaxgrpo.tasks.sources import SourceName
+
+Objective = Literal["grpo", "lambda_grpo", "prpo"]
+Schedule = Literal["constant", "cosine", "linear"]
+Optimizer = Literal["adamw", "sgd"]
+NonFinite = Literal["stop", "skip"]
+
+
+def _require(ok: bool, key: str, expected: str, value) -> None:
+  if not ok:
+    raise ValueError(f"config key {key!r} must be {expected}; got {value!r}")
+
+
+def _expand(path: str | None) -> str | None:
+  return None if path is None else os.path.expanduser(path)
+
+
+def _check_literals(spec, prefix: str) -> None:
+  """Enum-like fields (typed ``Literal[...]``) must hold one of their choices."""
+  for f in dataclasses.fields(spec):
+    t = typing.get_type_hints(type(spec))[f.name]
+    if typing.get_origin(t) is Literal:
+      v = getattr(spec, f.name)
+      _require(v in typing.get_args(t), prefix + f.name, f"one of {list(typing.get_args(t))}", v)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+  """LoRA adapters on the named projections (rank 0 = off: full fine-tuning).  Dropout is not applied (0)."""
+
+  rank: int = 0  # adapter rank r (0: no adapters, every weight is trained)
+  alpha: float = 16.0  # the adapters' scale is alpha / rank (PEFT's lora_alpha)
+  dropout: float = 0.0  # must be 0: LoRA dropout is not implemented
+  targets: tuple[str, ...] = LORA_TARGETS  # which projections get adapters: q k v o gate up down
+
+  def __post_init__(self):
+    _require(self.rank >= 0, "model.lora.rank", ">= 0 (0 = off)", self.rank)
+    _require(self.alpha > 0, "model.lora.alpha", "> 0", self.alpha)
+    _require(self.dropout == 0, "model.lora.dropout", "0 (LoRA dropout is not implemented)", self.dropout)
+    bad = [t for t in self.targets if t not in LORA_TARGETS]
+    _require(not bad and len(self.targets) > 0, "model.lora.targets", f"a non-empty subset of {list(LORA_TARGETS)}",
+             list(self.targets))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Either an HF checkpoint directory, ``smollm2`` (the offline SmolLM2-135M-Instruct), or a config made here
+  (the fields after ``lora``: only for a model made from a config, which is wired to the toy task)."""
+
+  checkpoint: str | None = None  # a local HF directory | "smollm2" | None (then build from the fields below)
+  dtype: str = "float32"  # compute dtype (activations, matmuls, the sampler's weights)
+  param_dtype: str = "float32"  # master weights and optimizer state (keep float32: bf16 updates round away)
+  remat: str = "none"  # none | full | a jax.checkpoint policy name (dots_saveable, ...) on each scanned layer
+  attention_chunk: int = 0  # query block size of full-sequence attention (0 = unchunked)
+  lora: LoraSpec = LoraSpec()  # adapters (rank 0 = full fine-tuning)
+  family: Family = "gpt2"  # architecture of a model made from a config
+  vocab_size: int = 3  # the toy task's vocabulary (BOS, L, R)
+  hidden_size: int = 64  # model width D
+  num_layers: int = 2  # transformer blocks
+  num_heads: int = 4  # attention heads (key/value heads too)
+  intermediate_size: int = 256  # MLP width
+  max_position_embeddings: int = 16  # longest prompt + completion
+
+  def __post_init__(self):
+    object.__setattr__(self, "checkpoint", _expand(self.checkpoint))
+    _check_literals(self, "model.")
+    _require(self.dtype in DTYPES, "model.dtype", f"one of {list(DTYPES)}", self.dtype)
+    _require(self.param_dtype in DTYPES, "model.param_dtype", f"one of {list(DTYPES)}", self.param_dtype)
+    _require(self.remat in REMAT_POLICIES, "model.remat", f"one of {list(REMAT_POLICIES)}", self.remat)
+    _require(self.attention_chunk >= 0, "model.attention_chunk", ">= 0", self.attention_chunk)
+    for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+      _require(getattr(self, k) >= 1, f"model.{k}", ">= 1", getattr(self, k))
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"config key 'model.hidden_size' ({self.hidden_size}) must be divisible by 'model.num_heads' "
+                       f"({self.num_heads})")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+  """How each step's completions are drawn (the sampler's rules: ``rollout.sampler.check_sampling``)."""
+
+  group_size: int = 16  # G completions per prompt
+  max_new_tokens: int = 4  # T, the completion buffer (completions are cut there: finish_reason "length")
+  temperature: float = 1.0  # sampling temperature, part of the policy (0 = greedy: no learning signal)
+  top_k: int = 0  # sample from the k most likely tokens only (0 = off; the update then recomputes π_old)
+  top_p: float = 1.0  # nucleus sampling (1 = off; below 1 the update recomputes π_old)
+  prompt_multiple: int = 8  # prompts left-padded to a multiple of this (fewer shapes: fewer compilations)
+  trim: bool = True  # drop the all-padding tail of the completion buffer before the update
+
+  def __post_init__(self):
+    check_sampling(group_size=self.group_size, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                   top_k=self.top_k, top_p=self.top_p, name=lambda field: f"config key 'sampling.{field}'")
+    _require(self.prompt_multiple >= 1, "sampling.prompt_multiple", ">= 1", self.prompt_multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSpec:
+  """The objective: advantages (GRPO / λ-GRPO / PRPO), token weights, the clipped loss and how updates are made."""
+
+  name: Objective = "grpo"  # grpo | lambda_grpo (1/|λ| token weights) | prpo (entropy segments + a PRM)
+  lambda_weights: bool = False  # add λ-GRPO's 1/|λ| weights to any objective (e.g. PRPO + λ)
+  aggregation: Aggregation = "token_mean"  # token_mean (DAPO) | seq_mean (GRPO) | constant (Dr. GRPO) | weight_mean
+  scale_rewards: bool = True  # divide advantages by the group's reward std (False: Dr. GRPO, centred only)
+  ddof: int = 1  # the group std's delta degrees of freedom (1: sample std, as TRL/verl; 0: population)
+  eps: float = 1e-4  # added to the group std
+  clip_eps_low: float = 0.2  # PPO clip: the ratio is clipped below at 1 − clip_eps_low
+  clip_eps_high: float = 0.2  # ... and above at 1 + clip_eps_high (DAPO's clip-higher: 0.28)
+  kl_beta: float = 0.0  # coefficient of the k3 KL to the reference policy (0: no reference model)
+  num_iterations: int = 1  # μ: update passes over each batch
+  num_minibatches: int = 1  # optimizer steps per pass
+  micro_batches: int = 1  # gradient accumulation inside each minibatch (same update, less memory)
+  logprob_chunk: int = 0  # completion positions per LM-head chunk in the loss (0 = unchunked)
+  recompute_old_logp: bool = False  # recompute π_old with a forward pass instead of using the sampler's
+  # PRPO
+  prpo_k: int = 5  # entropy spikes considered per completion
+  prpo_min_gap: int = 10  # minimum tokens between kept cuts (position 0 counts as a cut)
+  prpo_normalization: Normalization = "fixed"  # fixed prior (the paper) | relative (group statistics; collapses)
+  # σ0 of the fixed prior: 1/√12, the paper's (core.prpo.UNIFORM_STD, to the last bit: saved configs keep this
+  # literal); the authors' code uses √(1/24)
+  prpo_prior_std: float = 0.28867513459481287
+  prpo_outcome: Outcome = "centered"  # β_i = r_i − mean(r) (the authors' code) | std (the GRPO advantage)
+  prm: str = "arithmetic"  # arithmetic | neural (needs prm_path) | module:function
+  prm_path: str | None = None  # a Qwen2.5-Math-PRM-style HF directory for prm=neural
+  prm_separator: str = "<extra_0>"  # the neural PRM's step separator token
+
+  def __post_init__(self):
+    object.__setattr__(self, "prm_path", _expand(self.prm_path))
+    _check_literals(self, "objective.")
+    _require(self.ddof in (0, 1), "objective.ddof", "0 or 1", self.ddof)
+    _require(self.eps >= 0, "objective.eps", ">= 0", self.eps)
+    _require(self.clip_eps_low >= 0, "objective.clip_eps_low", ">= 0", self.clip_eps_low)
+    _require(self.clip_eps_high >= 0, "objective.clip_eps_high", ">= 0", self.clip_eps_high)
+    _require(self.kl_beta >= 0, "objective.kl_beta", ">= 0", self.kl_beta)
+    _require(self.num_iterations >= 1, "objective.num_iterations", ">= 1", self.num_iterations)
+    _require(self.num_minibatches >= 1, "objective.num_minibatches", ">= 1", self.num_minibatches)
+    _require(self.micro_batches >= 1, "objective.micro_batches", ">= 1", self.micro_batches)
+    _require(self.logprob_chunk >= 0, "objective.logprob_chunk", ">= 0", self.logprob_chunk)
+    _require(self.prpo_k >= 1, "objective.prpo_k", ">= 1", self.prpo_k)
+    _require(self.prpo_min_gap >= 1, "objective.prpo_min_gap", ">= 1", self.prpo_min_gap)
+    _require(self.prpo_prior_std > 0, "objective.prpo_prior_std", "> 0 (the fixed prior's σ0)", self.prpo_prior_std)
+    _require(self.prm in ("arithmetic", "neural") or ":" in self.prm, "objective.prm",
+             "'arithmetic', 'neural' or 'module:function'", self.prm)
+    if self.name == "prpo" and self.prm == "neural":
+      _require(bool(self.prm_path), "objective.prm_path", "a PRM checkpoint directory when objective.prm = neural",
+               self.prm_path)
+
+  @property
+  def uses_lambda(self) -> bool:
+    return self.name == "lambda_grpo" or self.lambda_weights
+
+  @property
+  def optimizer_steps_per_batch(self) -> int:
+    return self.num_iterations * self.num_minibatches
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+  """The optimizer (optax) and its learning-rate schedule."""
+
+  optimizer: Optimizer = "adamw"  # adamw | sgd
+  learning_rate: float = 1e-3  # peak learning rate
+  schedule: Schedule = "constant"  # constant | cosine | linear (decay to 0 at the last step), after the warmup
+  warmup_steps: int = 0  # linear warmup from 0
+  weight_decay: float = 0.0  # AdamW's decoupled weight decay
+  b1: float = 0.9  # Adam's first-moment decay
+  b2: float = 0.999  # Adam's second-moment decay
+  max_grad_norm: float = 1.0  # global-norm gradient clipping (0 = no clipping)
+
+  def __post_init__(self):
+    _check_literals(self, "optim.")
+    _require(self.learning_rate > 0, "optim.learning_rate", "> 0", self.learning_rate)
+    _require(self.warmup_steps >= 0, "optim.warmup_steps", ">= 0", self.warmup_steps)
+    _require(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+    _require(0 <= self.b1 < 1, "optim.b1", "in [0, 1)", self.b1)
+    _require(0 <= self.b2 < 1, "optim.b2", "in [0, 1)", self.b2)
+    _require(self.max_grad_norm >= 0, "optim.max_grad_norm", ">= 0 (0 = off)", self.max_grad_norm)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Where the prompts come from (``tasks.sources``), and the synthetic tasks' parameters."""
+
+  source: SourceName = "toy_tree"  # toy_tree | arithmetic | jsonl | tfds
+  prompts_per_step: int = 1  # B prompts per step (B × G completions)
+  seed: int = 0  # the stream's seed (arithmetic problems, JSONL/TFDS epoch shuffles)
+  path: str | None = None  # jsonl file, or TFDS data_dir
+  tfds_name: str | None = None  # e.g. gsm8k
+  tfds_split: str = "train"  # the TFDS split trained on
+  system_prompt: str | None = None  # chat system turn (None: the tokenizer's template default)
+  # toy tree task
+  target: str = "LLRL"  # the target leaf (+1)
+  n_shared: int = 1  # leaves sharing the target's first n_shared tokens get r_neg
+  r_neg: float = -1.0  # their reward
+  r_other: float = 0.7  # every other leaf's reward
+  # arithmetic task: difficulty
+  num_ops: int = 1  # operations per problem
+  max_operand: int = 30  # operands drawn from [1, max_operand]
+  ops: str = "+-"  # operators drawn from this set (subset of "+-*")
+  instruction: str = "Put the final answer in \\boxed{}."  # appended to every arithmetic prompt
+
+  def __post_init__(self):
+    object.__setattr__(self, "path", _expand(self.path))
+    _check_literals(self, "data.")
+    _require(self.prompts_per_step >= 1, "data.prompts_per_step", ">= 1", self.prompts_per_step)
+    _require(len(self.target) == 4 and not set(self.target) - {"L", "R"}, "data.target", "4 characters of L/R",
+             self.target)
+    _require(0 <= self.n_shared <= 4, "data.n_shared", "in [0, 4]", self.n_shared)
+    _require(1 <= self.num_ops <= 4, "data.num_ops", "in [1, 4]", self.num_ops)
+    _require(self.max_operand >= 2, "data.max_operand", ">= 2", self.max_operand)
+    _require(bool(self.ops) and not set(self.ops) - set("+-*"), "data.ops", "a non-empty subset of '+-*'", self.ops)
+    if self.source == "jsonl":
+      _require(bool(self.path), "data.path", "a JSONL file for data.source = jsonl", self.path)
+    if self.source == "tfds":
+      _require(bool(self.path and self.tfds_name), "data.path and data.tfds_name",
+               "set (a prepared TFDS data_dir and a dataset name) for data.source = tfds", (self.path, self.tfds_name))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """Held-out evaluation: at step 0, every ``every`` steps and at the end (off while num_examples = 0)."""
+
+  num_examples: int = 0  # held-out problems (0 = no evaluation)
+  every: int = 0  # evaluate every this many steps (0: only at the start and the end of a run)
+  source: SourceName | None = None  # None: the training source's held-out split
+  path: str | None = None  # eval JSONL file (or TFDS data_dir); required for file sources
+  tfds_split: str = "test"  # the TFDS split evaluated on (never the training split)
+  greedy: bool = True  # greedy pass@1
+  num_samples: int = 0  # n sampled completions per problem for pass@k (0 = off)
+  pass_k: tuple[int, ...] = (1,)  # the k of pass@k (each ≤ num_samples)
+  temperature: float = 1.0  # temperature of the pass@k samples
+  max_new_tokens: int = 0  # 0: sampling.max_new_tokens
+  batch_size: int = 64  # prompts per sampler call
+
+  def __post_init__(self):
+    object.__setattr__(self, "path", _expand(self.path))
+    _check_literals(self, "eval.")
+    _require(self.num_examples >= 0, "eval.num_examples", ">= 0 (0 = off)", self.num_examples)
+    _require(self.every >= 0, "eval.every", ">= 0", self.every)
+    _require(self.num_samples >= 0, "eval.num_samples", ">= 0", self.num_samples)
+    _require(all(1 <= k <= max(self.num_samples, 1) for k in self.pass_k) or not self.num_samples, "eval.pass_k",
+             f"values in [1, eval.num_samples = {self.num_samples}]", list(self.pass_k))
+    _require(self.temperature > 0, "eval.temperature", "> 0 (sampled pass@k; greedy is eval.greedy)",
+             self.temperature)
+    _require(self.max_new_tokens >= 0, "eval.max_new_tokens", ">= 0", self.max_new_tokens)
+    _require(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
+
+  @property
+  def enabled(self) -> bool:
+    return self.num_examples > 0 and (self.greedy or self.num_samples > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+  """The reward: a weighted sum of reward functions (``tasks.rewards``)."""
+
+  names: tuple[str, ...] = ("toy_tree",)  # toy_tree | math | format | module:function
+  weights: tuple[float, ...] = (1.0,)  # one weight per name
+
+  def __post_init__(self):
+    _require(len(self.names) == len(self.weights), "rewards.weights",
+             f"one weight per reward name ({len(self.names)})", list(self.weights))
+    _require(len(self.names) >= 1, "rewards.names", "at least one reward", list(self.names))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """The device mesh (``parallel.sharding``): sizes of its axes; one may be -1 (the remaining devices)."""
+
+  data: int = -1  # pure data parallelism (parameters replicated)
+  fsdp: int = 1  # data parallelism with parameters and optimizer state sharded
+  tensor: int = 1  # model parallelism inside layers
+
+  def __post_init__(self):
+    for k in ("data", "fsdp", "tensor"):
+      v = getattr(self, k)
+      _require(v == -1 or v >= 1, f"mesh.{k}", ">= 1, or -1 for the remaining devices", v)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A whole run: the sections above plus the loop's bookkeeping."""
+
+  name: str = "run"  # shown in the progress bar and the logs
+  steps: int = 250  # training steps (each: sample, score, advantages, update)
+  seed: int = 0  # model init (configs made here, LoRA adapters), sampling keys, minibatch orders
+  output_dir: str = "runs/run"  # checkpoints, metrics.jsonl, tb/ and config.yaml
+  checkpoint_every: int = 50  # 0 = only at exit
+  keep_checkpoints: int = 2  # the newest this many checkpoints are kept
+  checkpoint_async: bool = False  # write checkpoints in the background (failures surface at the next save)
+  log_every: int = 1  # write metrics every this many steps
+  progress: bool = True  # a progress bar (plain lines when stdout is not a terminal)
+  nonfinite: NonFinite = "stop"  # a non-finite loss/gradient/parameter: stop the run, or skip that update
+  model: ModelSpec = ModelSpec()
+  sampling: SamplingSpec = SamplingSpec()
+  objective: ObjectiveSpec = ObjectiveSpec()
+  optim: OptimSpec = OptimSpec()
+  data: DataSpec = DataSpec()
+  eval: EvalSpec = EvalSpec()
+  rewards: RewardSpec = RewardSpec()
+  mesh: MeshSpec = MeshSpec()
+
+  def __post_init__(self):
+    object.__setattr__(self, "output_dir", _expand(self.output_dir))
+    _check_literals(self, "")
+    _require(self.steps >= 1, "steps", ">= 1", self.steps)
+    _require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = only at exit)", self.checkpoint_every)
+    _require(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", self.keep_checkpoints)
+    _require(self.log_every >= 1, "log_every", ">= 1", self.log_every)
+    _require(bool(self.output_dir), "output_dir", "a directory", self.output_dir)
+    if self.sampling.group_size == 1:
+      warnings.warn("sampling.group_size = 1: every group has zero reward variance, so GRPO-style objectives get "
+                    "no learning signal", stacklevel=3)
+    if self.sampling.temperature == 0:
+      warnings.warn("sampling.temperature = 0 (greedy): the G completions of a prompt are identical, so training gets "
+                    "no learning signal", stacklevel=3)
+
+  def replace(self, **kw) -> "TrainConfig":
+    return dataclasses.replace(self, **kw)
+
+
+def replace(cfg, **sections):
+  """``cfg`` with some fields replaced; a dict replaces fields of a section (nested sections too):
+  ``replace(cfg, optim={"learning_rate": 1e-4}, model={"lora": {"rank": 8}}, steps=5)``."""
+  kw = {}
+  for key, value in sections.items():
+    current = getattr(cfg, key)
+    kw[key] = replace(current, **value) if isinstance(value, dict) and dataclasses.is_dataclass(current) else value
+  return dataclasses.replace(cfg, **kw)
+
+
+# ----------------------------------------------------------------------------- dict / YAML
+
+
+def _field_types(cls) -> dict[str, Any]:
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls, data: dict[str, Any], where: str = ""):
+  """Build a (nested) config dataclass, rejecting unknown keys and wrong types by name."""
+  if not isinstance(data, dict):
+    raise ValueError(f"config section {where.rstrip('.') or '<root>'} must be a mapping; got {type(data).__name__}")
+  types_ = _field_types(cls)
+  unknown = sorted(set(data) - set(types_))
+  if unknown:
+    raise ValueError(f"unknown config key(s) {[where + k for k in unknown]}; valid keys: {sorted(types_)}")
+  kwargs = {}
+  for key, value in data.items():
+    t = types_[key]
+    if dataclasses.is_dataclass(t):
+      kwargs[key] = from_dict(t, value, where=f"{where}{key}.")
+    else:
+      kwargs[key] = _coerce(value, t, where + key)
+  return cls(**kwargs)
+
+
+def _coerce(value, t, name):
+  origin = typing.get_origin(t)
+  args = typing.get_args(t)
+  if origin in (typing.Union, types.UnionType):
+    if value is None and type(None) in args:
+      return None
+    inner = [a for a in args if a is not type(None)]
+    return _coerce(value, inner[0], name)
+  if origin is Literal:
+    if value not in args:
+      raise ValueError(f"config key {name!r} must be one of {list(args)}; got {value!r}")
+    return value
+  if origin is tuple:
+    if isinstance(value, str):
+      value = [v for v in value.split(",") if v]
+    if not isinstance(value, (list, tuple)):
+      value = [value]
+    return tuple(_coerce(v, args[0], name) for v in value)
+  bad = ValueError(f"config key {name!r} expects {getattr(t, '__name__', t)}; got {value!r}")
+  if t is bool:
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+      return value.lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+      return bool(value)
+    raise bad
+  if t is int:
+    if isinstance(value, bool):
+      raise bad
+    if isinstance(value, int):
+      return value
+    if isinstance(value, float) and value.is_integer():
+      return int(value)
+    if isinstance(value, str):
+      try:
+        return int(value)
+      except ValueError:
+        raise bad from None
+    raise ValueError(f"config key {name!r} expects an integer; got {value!r}")
+  if t is float:
+    if isinstance(value, bool):
+      raise bad
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      raise bad from None
+  if t is str:
+    if isinstance(value, (dict, list)):
+      raise bad
+    return str(value)
+  return value
+
+
+def to_dict(cfg) -> dict[str, Any]:
+  out = {}
+  for f in dataclasses.fields(cfg):
+    v = getattr(cfg, f.name)
+    out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+  return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} → {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, prefix + k + "."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+  """Apply ``a.b=value`` overrides (values parsed as YAML scalars)."""
+  data = to_dict(cfg)
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"--set expects key=value; got {item!r}")
+    key, raw = item.split("=", 1)
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+      if p not in node or not isinstance(node[p], dict):
+        raise ValueError(f"unknown config section {p!r} in --set {key}")
+      node = node[p]
+    if parts[-1] not in node:
+      raise ValueError(f"unknown config key {key!r}; valid keys here: {sorted(node)}")
+    node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+  return from_dict(TrainConfig, data)
+
+
+def save_config(cfg: TrainConfig, path: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+  os.replace(tmp, path)
+
+
+def read_config(path: str) -> TrainConfig:
+  with open(path) as f:
+    return from_dict(TrainConfig, yaml.safe_load(f))
+
+
+# Keys a resumed run may change: they do not alter what has been trained or how training continues.
+RESUME_SAFE_KEYS = ("name", "checkpoint_every", "keep_checkpoints", "checkpoint_async", "log_every", "progress",
+                    "nonfinite", "output_dir")
+
+
+def resume_changes(saved: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str]]:
+  """(changed keys that would change training, changed keys that are safe) between two configs.
+
+  ``steps`` is safe with a constant learning rate; with a schedule it changes the schedule."""
+  a, b = flatten(to_dict(saved)), flatten(to_dict(new))
+  changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  safe = [k for k in changed if k in RESUME_SAFE_KEYS or k.startswith("eval.")]
+  if "steps" in changed and new.optim.schedule == "constant":
+    safe.append("steps")
+  return [k for k in changed if k not in safe], safe

@@ -1,0 +1,82 @@
+"""Held-out evaluation: greedy pass@1 and sampled pass@k (the unbiased estimator).
+
+pass@k for one problem with n samples of which c are correct is
+1 − C(n − c, k) / C(n, k) (Chen et al., 2021), averaged over problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from jaxgrpo.parallel import distributed as dist
+from jaxgrpo.rollout.engine import RolloutEngine
+from jaxgrpo.rollout.sampler import SamplingParams
+from jaxgrpo.tasks.sources import Example, Source
+from jaxgrpo.train.config import EvalSpec
+from jaxgrpo.train.progress import Progress
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k for n samples with c correct (k ≤ n)."""
+  if not 1 <= k <= n:
+    raise ValueError(f"pass@k needs 1 <= k <= n; got k={k}, n={n}")
+  if n - c < k:
+    return 1.0
+  return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def _batches(examples: Sequence[Example], size: int):
+  for i in range(0, len(examples), size):
+    chunk = list(examples[i:i + size])
+    real = len(chunk)
+    chunk += [chunk[-1]] * (size - real)  # pad the last batch: one compiled shape
+    yield chunk, real
+
+
+def _correct_counts(engine: RolloutEngine, params, task: Source, examples, key, sampling, batch_size,
+                    progress: Progress):
+  counts, lengths = [], []
+  for b, (chunk, real) in enumerate(_batches(examples, batch_size)):
+    ro = engine.grade(engine.generate(params, chunk, jax.random.fold_in(key, b), sampling), task)
+    per_prompt = engine.group_sums(ro.correct, sampling.group_size)[:real]
+    mean_len = engine.group_sums(ro.lengths, sampling.group_size)[:real] / sampling.group_size
+    counts.extend(per_prompt.tolist())
+    lengths.extend(mean_len.tolist())
+    progress.update(1)
+  return np.asarray(counts), np.asarray(lengths)
+
+
+def evaluate(engine: RolloutEngine, params, task: Source, examples: Sequence[Example], spec: EvalSpec, key,
+             sampling: SamplingParams, show_progress: bool = True) -> dict[str, Any]:
+  """Metrics of ``params`` on ``examples`` for an ``EvalSpec``: ``greedy_accuracy`` (pass@1),
+  ``pass_at_k`` for each k in ``spec.pass_k`` over ``spec.num_samples`` samples, mean completion length.
+
+  ``sampling``: the run's sampler settings (its EOS/pad ids; its length unless ``spec.max_new_tokens``)."""
+  base = dataclasses.replace(sampling, top_k=0, top_p=1.0, max_new_tokens=spec.max_new_tokens or
+                             sampling.max_new_tokens)
+  n_batches = math.ceil(len(examples) / spec.batch_size) * ((1 if spec.greedy else 0) + (spec.num_samples > 0))
+  progress = Progress(n_batches, desc="eval", enabled=show_progress and dist.is_primary())
+  out: dict[str, Any] = {"num_examples": float(len(examples))}
+  try:
+    if spec.greedy:
+      greedy = dataclasses.replace(base, group_size=1, temperature=0.0)
+      c, lens = _correct_counts(engine, params, task, examples, key, greedy, spec.batch_size, progress)
+      out["greedy_accuracy"] = float(np.mean(c))
+      out["greedy_length"] = float(np.mean(lens))
+    if spec.num_samples:
+      n = spec.num_samples
+      sampled = dataclasses.replace(base, group_size=n, temperature=spec.temperature)
+      c, lens = _correct_counts(engine, params, task, examples, jax.random.fold_in(key, 1 << 20), sampled,
+                                max(1, spec.batch_size // n), progress)
+      for k in spec.pass_k:
+        out[f"pass_at_{k}"] = float(np.mean([pass_at_k(n, int(ci), k) for ci in c]))
+      out["sample_accuracy"] = float(np.mean(c) / n)
+      out["sample_length"] = float(np.mean(lens))
+  finally:
+    progress.close()
+  return out

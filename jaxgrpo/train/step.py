@@ -1,0 +1,322 @@
+"""The sharded update step: one jitted call per training step.
+
+``make_update_program`` compiles ``update(state, frozen, ref_params, batch, row_orders) -> (state, metrics)``
+with ``jax.jit`` over a device mesh, input/output ``NamedSharding``s from the
+rule table, and a donated state (the pjit pattern).  Inside:
+
+* the reference log-probs (KL; the base model with LoRA off, or a kept copy of
+  the initial weights) and, where needed, the old policy's log-probs are
+  computed once over the batch, minibatch by minibatch;
+* μ = ``num_iterations`` passes of ``num_minibatches`` optimizer steps run in a
+  ``lax.scan``, each on the rows ``row_orders`` assigns to it;
+* every optimizer step checks, on device, that the loss, the gradient norm and
+  the new parameters are finite; an update that is not is not applied, and the
+  step reports which quantity failed (bit flags, see ``NONFINITE_FLAGS``).
+  With ``nonfinite="stop"`` no later update of the step is applied either, so
+  the state returned is that of the last finite update.
+
+Mixed precision: the trainable params (and so the Adam moments) stay in their
+param dtype; the loss casts them to the model's compute dtype once per
+minibatch, so gradients flow back to the master weights.
+
+Compiled programs are cached by ``make_update_program`` (an LRU cache keyed by
+the static specs: model, optimizer spec, loss and update specs, mesh, rules),
+so runs of a sweep in one process reuse them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxgrpo.core import objectives
+from jaxgrpo.core.trees import all_finite
+from jaxgrpo.models import lora, policy
+from jaxgrpo.models.transformer import Transformer, abstract_boxed_params, abstract_params, cast_params, logical_axes
+from jaxgrpo.parallel import sharding as shard_lib
+from jaxgrpo.train.config import NonFinite, ObjectiveSpec, SamplingSpec, Schedule
+
+NONFINITE_FLAGS = {1: "loss", 2: "gradients", 4: "parameters"}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Batch:
+  """One step's N = B·G completions, built by keyword (leading axis sharded over the batch mesh axes)."""
+
+  prompt_ids: jax.Array  # int32[N, P] each row's prompt, left-padded
+  prompt_mask: jax.Array  # int32[N, P] 1 on prompt tokens
+  tokens: jax.Array  # int32[N, T] completion tokens
+  mask: jax.Array  # int32[N, T] 1 on completion tokens (EOS included), 0 on padding
+  advantages: jax.Array  # float32[N, T] token advantages (GRPO: the sequence's advantage on each of its tokens)
+  weights: jax.Array  # float32[N, T] token weights (λ-GRPO: 1/|λ|; else 1 on completion tokens, 0 on padding)
+  old_logp: jax.Array  # float32[N, T] the sampler's log-probs (π_old), used when UpdateSpec.old_logp == "batch"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LossSpec:
+  """The static part of the loss (hashable; part of the compile cache key)."""
+
+  temperature: float = 1.0  # the policy's temperature (the sampler's; 1 for greedy sampling)
+  clip_eps_low: float = 0.2  # PPO clip range below 1
+  clip_eps_high: float = 0.2  # ... and above 1
+  kl_beta: float = 0.0  # k3 KL coefficient (0: no reference log-probs)
+  aggregation: objectives.Aggregation = "token_mean"  # see ``core.objectives``
+  allowed: policy.AllowedIds = None  # restrict the policy to these tokens (the toy task's L/R)
+  logprob_chunk: int = 0  # LM head + log-softmax over chunks of this many completion positions
+
+
+def loss_spec(objective: ObjectiveSpec, temperature: float, allowed: policy.AllowedIds) -> LossSpec:
+  """The ``LossSpec`` of an ``ObjectiveSpec`` for a sampling temperature and the tokenizer's allowed tokens."""
+  return LossSpec(temperature=temperature or 1.0, clip_eps_low=objective.clip_eps_low,
+                  clip_eps_high=objective.clip_eps_high, kl_beta=objective.kl_beta,
+                  aggregation=objective.aggregation, allowed=allowed, logprob_chunk=objective.logprob_chunk)
+
+
+Reference = Literal["none", "base", "params"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpdateSpec:
+  """How the step's updates are organized (static)."""
+
+  num_iterations: int = 1  # μ
+  num_minibatches: int = 1  # optimizer steps per pass
+  micro_batches: int = 1  # gradient accumulation: each minibatch's gradient in this many slices (less memory)
+  old_logp: policy.OldLogp = "none"  # where the PPO ratio's π_old comes from (``models.policy.old_logp_source``)
+  reference: Reference = "none"  # KL reference: none (β = 0) | base (LoRA with adapters off) | params (a kept copy)
+  nonfinite: NonFinite = "stop"  # a non-finite update: stop applying updates, or skip that one
+
+
+def update_spec(objective: ObjectiveSpec, sampling: SamplingSpec, lora_enabled: bool, nonfinite: str) -> UpdateSpec:
+  """The ``UpdateSpec`` for an ``ObjectiveSpec`` and a ``SamplingSpec``.
+
+  π_old for the PPO ratio is decided beside the policy's distribution (``models.policy.old_logp_source``): none
+  with one optimizer step per batch, the sampler's log-probs when it drew from the policy, else a forward pass.
+  The KL reference is the base model with adapters off under LoRA, else a kept copy.
+  """
+  o = objective
+  old = policy.old_logp_source(o.optimizer_steps_per_batch, dataclasses.asdict(sampling), o.recompute_old_logp)
+  reference = "none" if not o.kl_beta else ("base" if lora_enabled else "params")
+  return UpdateSpec(num_iterations=o.num_iterations, num_minibatches=o.num_minibatches, micro_batches=o.micro_batches,
+                    old_logp=old, reference=reference, nonfinite=nonfinite)
+
+
+def make_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformation:
+  """AdamW (or SGD) with a schedule and global-norm clipping, from an ``OptimSpec``."""
+  lr = optim.learning_rate
+  schedule: Any = lr
+  total = max(total_steps, 1)
+  if optim.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(optim.warmup_steps, 1), total)
+  elif optim.schedule == "linear":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, max(optim.warmup_steps, 1)),
+         optax.linear_schedule(lr, 0.0, max(total - optim.warmup_steps, 1))], [optim.warmup_steps])
+  elif optim.schedule == "constant":
+    if optim.warmup_steps:
+      schedule = optax.linear_schedule(0.0, lr, optim.warmup_steps)
+  else:
+    raise ValueError(f"optim.schedule must be {' | '.join(typing.get_args(Schedule))}; got {optim.schedule!r}")
+  chain = []
+  if optim.max_grad_norm and optim.max_grad_norm > 0:
+    chain.append(optax.clip_by_global_norm(optim.max_grad_norm))
+  if optim.optimizer == "sgd":
+    chain.append(optax.sgd(schedule))
+  else:
+    chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
+  return optax.chain(*chain)
+
+
+def _trainable_part(tree, model: Transformer):
+  return lora.split(tree)[0] if model.config.lora is not None else tree
+
+
+def state_shardings(model: Transformer, tx, mesh, rules=shard_lib.MeshRules()) -> dict[str, Any]:
+  """Shardings of {"params", "opt_state"} (the trainable params: the adapters under LoRA) and of
+  "frozen" (the base weights under LoRA, else None) and "full" (every param), from the one rule table.
+
+  The optimizer state is built from the *boxed* abstract params, so its param-shaped leaves (Adam
+  moments) carry the same logical axes as their params and shard the same way; leaves like step
+  counts are replicated.
+  """
+  boxed = abstract_boxed_params(model)
+  shapes = abstract_params(model)
+  full = shard_lib.tree_shardings(logical_axes(model), shapes, mesh, rules)
+  trainable_boxed = _trainable_part(boxed, model)
+  opt_logical = logical_axes(model, jax.eval_shape(tx.init, trainable_boxed))
+  opt_shapes = jax.eval_shape(tx.init, _trainable_part(shapes, model))
+  return {"params": _trainable_part(full, model),
+          "opt_state": shard_lib.tree_shardings(opt_logical, opt_shapes, mesh, rules),
+          "frozen": lora.split(full)[1] if model.config.lora is not None else None,
+          "full": full}
+
+
+def shard_state(state, shardings):
+  """Place a pytree with the given shardings, always copying: the result may be
+  donated to the update step without invalidating ``state`` (e.g. reference params)."""
+  # (device_put may hand back the source buffer for a device's shard even with
+  # may_alias=False; a jitted copy never aliases its inputs.)  Arrays not yet committed to devices (fresh
+  # params) go straight into the copy: one program, instead of one slice program per leaf and device.
+  copy = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=shardings)
+  leaves = jax.tree.leaves(state)
+  if all(isinstance(x, jax.Array) and not getattr(x, "_committed", True) for x in leaves):
+    return copy(state)
+  return copy(jax.tree.map(lambda x, s: jax.device_put(x, s), state, shardings))
+
+
+def batch_logprobs(model: Transformer, params, batch: Batch, spec: LossSpec) -> jax.Array:
+  """log π(completion tokens) under ``params`` (cast to the compute dtype): float32[N, T]."""
+  input_ids = jnp.concatenate([batch.prompt_ids, batch.tokens], axis=1)
+  attn = jnp.concatenate([batch.prompt_mask, batch.mask], axis=1)
+  logp, _ = policy.completion_logprobs(model, cast_params(params, model.config.dtype), input_ids, attn,
+                                       batch.tokens.shape[1], spec.temperature, spec.allowed, spec.logprob_chunk)
+  return logp
+
+
+def loss_fn(trainable, frozen, batch: Batch, old_logp, ref_logp, model: Transformer, spec: LossSpec):
+  params = lora.combine(frozen, trainable) if frozen is not None else trainable
+  logp = batch_logprobs(model, params, batch, spec)
+  return objectives.policy_loss(
+      logp, old_logp, ref_logp if spec.kl_beta else None, batch.advantages, batch.mask, weights=batch.weights,
+      clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, kl_beta=spec.kl_beta,
+      aggregation=spec.aggregation,
+  )
+
+
+class UpdateProgram(NamedTuple):
+  """A compiled update and what it was compiled with."""
+
+  update: Any  # jitted (state, frozen, ref_params, batch, row_orders) -> (state, metrics)
+  shardings: dict[str, Any]  # from state_shardings
+  tx: optax.GradientTransformation  # the optimizer (its init makes the state's opt_state)
+
+
+@functools.lru_cache(maxsize=16)
+def make_update_program(model: Transformer, optim, total_steps: int, spec: LossSpec, uspec: UpdateSpec, mesh,
+                        rules=shard_lib.MeshRules()) -> UpdateProgram:
+  """The compiled update for these static specs (cached: a sweep reuses it across runs)."""
+  tx = make_optimizer(optim, total_steps)
+  sh = state_shardings(model, tx, mesh, rules)
+  return UpdateProgram(update=make_update_step(model, tx, spec, uspec, mesh, sh, rules), shardings=sh, tx=tx)
+
+
+def strided_slices(x: jax.Array, k: int) -> jax.Array:
+  """[N, ...] → [k, N/k, ...] where slice j holds rows j, j + k, j + 2k, …
+
+  Rows are sharded in contiguous blocks over the data-parallel devices; a contiguous split (``reshape(k,
+  N/k)``) would put whole slices on some devices, so a scan over the slices would run each one on fewer
+  devices and save no memory. Strided slices keep every slice spread over all of them.
+  """
+  return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+
+def unslice(x: jax.Array) -> jax.Array:
+  """The inverse of ``strided_slices``: [k, N/k, ...] → [N, ...] in the original row order."""
+  return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec: LossSpec, uspec: UpdateSpec, mesh,
+                     shardings, rules=shard_lib.MeshRules()):
+  """``update(state, frozen, ref_params, batch, row_orders) -> (state, metrics)``, jitted, donating ``state``.
+
+  ``row_orders`` int32[μ, N]: the order in which each pass visits the rows; pass i's minibatch j is
+  rows ``row_orders[i, j·N/M : (j+1)·N/M]``.
+  """
+  rows_sh = lambda ndim: shard_lib.batch_sharding(mesh, ndim, rules)
+  batch_sh = Batch(**{f.name: rows_sh(2) for f in dataclasses.fields(Batch)})
+  repl = shard_lib.replicated(mesh)
+  m_count = uspec.num_minibatches
+  stop = uspec.nonfinite == "stop"
+
+  def constrain(x):
+    return jax.lax.with_sharding_constraint(x, rows_sh(x.ndim))
+
+  micro = uspec.micro_batches
+
+  def logp_over_batch(params, batch: Batch):  # reference / π_old log-probs, in slices of a micro-batch's size
+    out = jax.lax.map(lambda mb: batch_logprobs(model, params, jax.tree.map(constrain, mb), spec),
+                      jax.tree.map(lambda x: strided_slices(x, m_count * micro), batch))
+    return jax.lax.stop_gradient(constrain(unslice(out)))
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grad_of_minibatch(params, frozen, mb: Batch, old, ref):
+    """Loss, metrics and gradient of a minibatch, accumulated over ``micro`` slices of its rows: each
+    slice's loss is weighted by its share of the minibatch's aggregation denominator (exact)."""
+    if micro == 1:
+      return grad_fn(params, frozen, mb, old, ref, model, spec)
+    total = objectives.aggregation_denominator(mb.mask, mb.weights, spec.aggregation)
+    split = lambda x: None if x is None else strided_slices(x, micro)
+    slices = (jax.tree.map(split, mb), split(old), split(ref))
+
+    def one(acc, xs):
+      mbi, oi, ri = jax.tree.map(constrain, xs)
+      share = objectives.aggregation_denominator(mbi.mask, mbi.weights, spec.aggregation) / total
+      (loss_i, m_i), g_i = grad_fn(params, frozen, mbi, oi, ri, model, spec)
+      acc_g, acc_loss, acc_m = acc
+      acc_g = jax.tree.map(lambda a, g: a + share * g, acc_g, g_i)
+      acc_m = jax.tree.map(lambda a, m: a + share * m, acc_m, m_i)
+      return (acc_g, acc_loss + share * loss_i, acc_m), None
+
+    first = jax.tree.map(lambda x: x[0], slices)
+    metric_shapes = jax.eval_shape(lambda: grad_fn(params, frozen, *first, model, spec)[0][1])
+    init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+    (grads, loss, metrics), _ = jax.lax.scan(one, init, slices)
+    return (loss, metrics), grads
+
+  def update(state, frozen, ref_params, batch: Batch, row_orders):
+    n = batch.tokens.shape[0]
+    if n % (m_count * micro):
+      raise ValueError(f"the batch's {n} rows do not split into {m_count} minibatches × {micro} micro-batches")
+    ref = None
+    if uspec.reference == "params":
+      ref = logp_over_batch(ref_params, batch)
+    elif uspec.reference == "base":
+      ref = logp_over_batch(frozen, batch)
+    old = None
+    if uspec.old_logp == "batch":
+      old = batch.old_logp
+    elif uspec.old_logp == "recompute":
+      old = logp_over_batch(lora.combine(frozen, state["params"]) if frozen is not None else state["params"], batch)
+    orders = row_orders.reshape(-1, n // m_count)
+
+    def body(carry, rows):
+      st, bad = carry
+      take = lambda x: None if x is None else constrain(x[rows])
+      mb = jax.tree.map(take, batch)
+      (loss, metrics), grads = grad_of_minibatch(st["params"], frozen, mb, take(old), take(ref))
+      updates, opt_state = tx.update(grads, st["opt_state"], st["params"])
+      params = optax.apply_updates(st["params"], updates)
+      grad_norm = optax.tree.norm(grads)
+      flags = (jnp.where(jnp.isfinite(loss), 0, 1) | jnp.where(jnp.isfinite(grad_norm), 0, 2)
+               | jnp.where(all_finite(params), 0, 4)).astype(jnp.int32)
+      ok = (flags == 0) & ((bad == 0) if stop else True)
+      new = {"params": params, "opt_state": opt_state}
+      st = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, st)
+      metrics = dict(metrics, loss=loss, grad_norm=grad_norm, update_norm=optax.tree.norm(updates))
+      return (st, bad | flags), (metrics, ok)
+
+    (state, bad), (ms, oks) = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), orders)
+    applied = jnp.sum(oks)
+    w = oks.astype(jnp.float32)
+    metrics = {k: jnp.sum(jnp.where(oks, v, 0.0)) / jnp.maximum(jnp.sum(w), 1.0) for k, v in ms.items()}
+    metrics.update(nonfinite=bad, skipped_updates=oks.size - applied)
+    return state, metrics
+
+  state_sh = {"params": shardings["params"], "opt_state": shardings["opt_state"]}
+  ref_sh = shardings["full"] if uspec.reference == "params" else None
+  return jax.jit(update, in_shardings=(state_sh, shardings["frozen"], ref_sh, batch_sh, repl),
+                 out_shardings=(state_sh, repl), donate_argnums=(0,))
+
+
+def nonfinite_names(flags: int) -> list[str]:
+  """The quantities a ``nonfinite`` metric names."""
+  return [name for bit, name in NONFINITE_FLAGS.items() if int(flags) & bit]

@@ -1,0 +1,387 @@
+"""The training loop, as named stages over a ``Rollout``:
+
+    rollout = sample(examples)          # G completions per prompt (rollout.sampler, on the mesh)
+    rollout = score(rollout)            # rewards and task correctness (host functions, this process's rows)
+    adv, weights, m = advantages(rollout)   # GRPO / λ-GRPO / PRPO token advantages and weights (jitted)
+    m |= update(rollout, adv, weights)  # μ × minibatch optimizer steps, one jitted sharded call
+
+``run()`` adds what keeps a run whole: a locked output directory, verified
+checkpoints (resume from the newest good one), evaluation at step 0, every
+``eval.every`` steps and at the end, metrics written once per step, and a
+checkpoint of the last completed step on SIGTERM/SIGINT or an exception.  A
+non-finite loss, gradient or parameter stops the run (or skips the update:
+``nonfinite: skip``) without ever saving it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgrpo import core, models
+from jaxgrpo.models import lora
+from jaxgrpo.parallel import distributed as dist
+from jaxgrpo.parallel import sharding as shard_lib
+from jaxgrpo.rollout.engine import Rollout, RolloutEngine
+from jaxgrpo.tasks import prm as prm_lib
+from jaxgrpo.tasks import rewards as rewards_lib
+from jaxgrpo.tasks import sources as data_lib
+from jaxgrpo.train import build, checkpointing, evaluation
+from jaxgrpo.train import step as ts
+from jaxgrpo.train.config import TrainConfig
+from jaxgrpo.train.metrics import MetricsWriter
+from jaxgrpo.train.preemption import Preempted, SignalGuard
+from jaxgrpo.train.progress import Progress
+from jaxgrpo.train.run_dir import RunDir
+
+log = logging.getLogger("jaxgrpo")
+
+
+class NonFiniteError(RuntimeError):
+  """A step produced a non-finite loss, gradient or parameter (the run stops; nothing is saved)."""
+
+
+class Trainer:
+  """Holds the model, optimizer, mesh and state; ``run()`` trains to ``cfg.steps``, resuming if it can.
+
+  Args:
+    cfg: the run's config.
+    mesh, rules: the device mesh and partition rules (default: from ``cfg.mesh``).
+    on_step: called with (step, metrics) after every step.
+    prm: a PRM function for PRPO (default: ``cfg.objective.prm``).
+    rewards: [(fn, weight), ...] reward functions (default: ``cfg.rewards``).
+  """
+
+  def __init__(self, cfg: TrainConfig, mesh=None, rules=shard_lib.MeshRules(),
+               on_step: Callable[[int, dict], None] | None = None, prm: prm_lib.PRM | None = None,
+               rewards: list[tuple[Callable, float]] | None = None):
+    self.cfg = cfg
+    o = cfg.objective
+    self.on_step = on_step
+    self.mesh = mesh if mesh is not None else shard_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    self.rules = rules
+    n = cfg.data.prompts_per_step * cfg.sampling.group_size
+    dp = shard_lib.batch_shards(self.mesh, rules)
+    if n % (dp * o.num_minibatches * o.micro_batches):
+      raise ValueError(f"data.prompts_per_step × sampling.group_size = {n} must be divisible by "
+                       f"objective.num_minibatches ({o.num_minibatches}) × objective.micro_batches "
+                       f"({o.micro_batches}) × the data-parallel mesh size ({dp})")
+    self.model, params, self.tokenizer = build.build_model(cfg.model, cfg.seed, cfg.data.system_prompt)
+    self.engine = RolloutEngine(self.model, self.tokenizer, self.mesh, rules,
+                                prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim)
+    self.source = data_lib.make_source(cfg.data)
+    self.eval_set = data_lib.make_eval_source(cfg.data, cfg.eval) if cfg.eval.enabled else None
+    self.rewards = rewards if rewards is not None else rewards_lib.make_rewards(cfg.rewards, cfg.data)
+    self.reward_names = None if rewards is not None else list(cfg.rewards.names)
+    self.prm = prm if prm is not None or o.name != "prpo" else prm_lib.make_prm(o)
+    self.loss_spec = ts.loss_spec(o, cfg.sampling.temperature, self.engine.allowed_ids)
+    self.update_spec = ts.update_spec(o, cfg.sampling, self.model.config.lora is not None, cfg.nonfinite)
+    program = ts.make_update_program(self.model, cfg.optim, cfg.steps, self.loss_spec, self.update_spec,
+                                     self.mesh, rules)
+    self.update_fn, self.shardings, self.tx = program.update, program.shardings, program.tx
+    adapters, base = lora.split(params) if self.model.config.lora is not None else (params, None)
+    self.frozen = None if base is None else ts.shard_state(base, self.shardings["frozen"])
+    self.ref_params = ts.shard_state(params, self.shardings["full"]) if self.update_spec.reference == "params" \
+        else None
+    state = {"params": adapters, "opt_state": self.tx.init(adapters)}
+    self.state = ts.shard_state(state, {"params": self.shardings["params"], "opt_state": self.shardings["opt_state"]})
+    self.step = 0
+    self.data_pos = 0
+    self.rng = np.asarray(jax.random.PRNGKey(cfg.seed))
+    self._state_is_step = True  # the state holds the result of a completed step (safe to save)
+    self._guard = SignalGuard()  # inactive until run() enters it
+
+  # ------------------------------------------------------------------ stages
+
+  def policy_params(self):
+    """Every param (base + adapters), cast once to the compute dtype: what the sampler runs."""
+    full = lora.combine(self.frozen, self.state["params"]) if self.frozen is not None else self.state["params"]
+    return models.cast_params(full, self.model.config.dtype)
+
+  def sampling_params(self):
+    """The sampler's settings for this run (the config's sampling section, the tokenizer's EOS and pad ids)."""
+    return build.sampling_params(self.cfg.sampling, self.tokenizer.eos_ids, self.tokenizer.pad_id)
+
+  def sample(self, examples: list[data_lib.Example], key) -> Rollout:
+    return self.engine.generate(self.policy_params(), examples, key, self.sampling_params())
+
+  def score(self, rollout: Rollout) -> Rollout:
+    return self.engine.grade(self.engine.score(rollout, self.rewards, self.reward_names), self.source)
+
+  def advantages(self, rollout: Rollout) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Token advantages and weights [N, T] for the configured objective, plus group metrics."""
+    o = self.cfg.objective
+    g = rollout.group_size
+    if o.name == "prpo":
+      seg = _segments(rollout.entropies, rollout.mask, o.prpo_k, o.prpo_min_gap)
+      scores = self._prm_scores(rollout, seg)
+      return _prpo_advantages(rollout.tokens, rollout.mask, rollout.rewards, seg, scores, g, o,
+                              self.engine.row_sharding(rollout.num_rows, 2))
+    return _grpo_advantages(rollout.tokens, rollout.mask, rollout.rewards, g, o,
+                            self.engine.row_sharding(rollout.num_rows, 2))
+
+  def _prm_scores(self, rollout: Rollout, seg: jax.Array) -> jax.Array:
+    """PRM scores [N, k + 1] of each completion's segments (neutral 0.5 past its last segment)."""
+    o = self.cfg.objective
+    seg_local = self.engine.host(rollout, seg)
+    tok_local = self.engine.host(rollout, rollout.tokens)
+    scores = np.full((len(rollout.rows), o.prpo_k + 1), 0.5, np.float32)
+    for i, ex in enumerate(rollout.row_examples()):
+      n_seg = int(seg_local[i].max()) + 1
+      texts = [self.tokenizer.decode(tok_local[i][seg_local[i] == k]) for k in range(n_seg)]
+      if not texts:
+        continue
+      s = np.asarray(self.prm(ex, texts), np.float32)
+      if s.shape != (len(texts),) or not np.isfinite(s).all() or (s < 0).any() or (s > 1).any():
+        raise ValueError(f"the PRM must return {len(texts)} scores in [0, 1] for example "
+                         f"{ex.meta.get('index', i)}; got {s}")
+      scores[i, :n_seg] = s
+    return self.engine.to_global(scores, rollout.num_rows)
+
+  def update(self, rollout: Rollout, adv: jax.Array, weights: jax.Array) -> dict[str, float]:
+    """μ passes × num_minibatches optimizer steps on the rollout (one jitted call)."""
+    o, n = self.cfg.objective, rollout.num_rows
+    prompt_ids, prompt_mask = _rows_of_prompts(rollout.prompt_ids, rollout.prompt_mask, rollout.group_size,
+                                               self.engine.row_sharding(n, 2))
+    batch = ts.Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=rollout.tokens, mask=rollout.mask,
+                     advantages=adv, weights=weights, old_logp=rollout.logprobs)
+    rng = np.random.default_rng([self.cfg.seed, self.step])
+    orders = np.stack([rng.permutation(n) if o.num_minibatches > 1 else np.arange(n)
+                       for _ in range(o.num_iterations)]).astype(np.int32)
+    self._state_is_step = False
+    self.state, metrics = self.update_fn(self.state, self.frozen, self.ref_params, batch, orders)
+    metrics = {k: float(v) for k, v in dist.fetch_tree(metrics).items()}
+    flags = int(metrics.pop("nonfinite"))
+    if flags:
+      names = ts.nonfinite_names(flags)
+      msg = (f"step {self.step + 1}: non-finite {', '.join(names)} in {int(metrics['skipped_updates'])} of "
+             f"{o.optimizer_steps_per_batch} update(s)")
+      if self.cfg.nonfinite == "stop":
+        raise NonFiniteError(msg + "; the run stops without saving this step (the last checkpoint is intact). "
+                             "Lower the learning rate, check the rewards/PRM, or set nonfinite: skip.")
+      log.warning("%s: skipped", msg)
+    self._state_is_step = True
+    return metrics
+
+  def train_step(self) -> dict[str, float]:
+    """One step: sample → score → advantages → update; returns the step's metrics."""
+    cfg = self.cfg
+    b = cfg.data.prompts_per_step
+    times = {}
+    examples = [self.source[self.data_pos + i] for i in range(b)]
+    key = jax.random.fold_in(jnp.asarray(self.rng), self.step)
+    with self._guard.interruptible():  # these stages only read the state (a signal may stop them)
+      with _timed(times, "sample"):
+        ro = self.sample(examples, key)
+      with _timed(times, "score"):
+        ro = self.score(ro)
+        adv, weights, group_metrics = self.advantages(ro)
+        group_metrics = dist.fetch_tree(group_metrics)
+    with _timed(times, "update"):  # not interruptible: the state, step and data position move together
+      metrics = self.update(ro, adv, weights)
+      self.data_pos += b
+      self.step += 1
+    metrics.update({k: float(v) for k, v in group_metrics.items()})
+    metrics.update({k: float(v) for k, v in dist.fetch_tree(_rollout_metrics(ro.tokens, ro.mask, ro.entropies,
+                                                                             ro.lengths, ro.finish_reason, ro.correct,
+                                                                             ro.reward_parts)).items()})
+    total = sum(times.values())
+    metrics.update({f"time_{k}": v for k, v in times.items()}, time_step=total,
+                   tokens_per_s=metrics["completion_tokens"] / max(total, 1e-9))
+    return metrics
+
+  def evaluate(self) -> dict[str, float]:
+    """Held-out metrics of the current policy (``eval/`` prefix)."""
+    ev = self.cfg.eval
+    key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), 0x5EED)
+    out = evaluation.evaluate(self.engine, self.policy_params(), self.eval_set, self.eval_set.examples, ev, key,
+                              self.sampling_params(), show_progress=self.cfg.progress)
+    return {f"eval/{k}": v for k, v in out.items()}
+
+  # ------------------------------------------------------------------ checkpoint state
+
+  def _ckpt_state(self) -> dict[str, Any]:
+    return checkpointing.training_state(params=self.state["params"], opt_state=self.state["opt_state"],
+                                        step=self.step, rng=self.rng, data_pos=self.data_pos)
+
+  def _load_ckpt_state(self, restored: dict[str, Any]) -> None:
+    fields = checkpointing.unpack_training_state(restored)
+    self.state = {"params": fields["params"], "opt_state": fields["opt_state"]}
+    self.step, self.rng, self.data_pos = fields["step"], fields["rng"], fields["data_pos"]
+
+  # ------------------------------------------------------------------ the loop
+
+  def run(self, resume: bool = True, overwrite: bool = False, allow_config_change: bool = False,
+          run_dir: RunDir | None = None) -> list[dict]:
+    """Train to ``cfg.steps`` and return the metrics of the steps run now (eval rows included).
+
+    ``run_dir``: the output directory, already locked (the CLI locks it before building the trainer)."""
+    primary = dist.is_primary()
+    run_dir = run_dir or RunDir(self.cfg.output_dir, lock=primary)
+    self._guard = SignalGuard()
+    with self._guard:
+      return self._run(run_dir, primary, resume, overwrite, allow_config_change)
+
+  def _run(self, run_dir, primary, resume, overwrite, allow_config_change) -> list[dict]:
+    cfg, guard = self.cfg, self._guard
+    ckpt = writer = None
+    history: list[dict] = []
+    failing = False
+    try:
+      run_dir.prepare(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change,
+                      write=primary)
+      ckpt = checkpointing.Checkpointer(run_dir.checkpoints, cfg.checkpoint_every, cfg.keep_checkpoints,
+                                        async_save=cfg.checkpoint_async)
+      if resume:
+        restored = ckpt.restore(self._ckpt_state())
+        if restored is not None:
+          self._load_ckpt_state(restored[0])
+      writer = MetricsWriter(cfg.output_dir, keep_until=self.step) if primary else None
+      self._loop(ckpt, writer, history)
+      self._save(ckpt, force=True)
+    except (Preempted, KeyboardInterrupt, Exception) as e:
+      failing = True
+      guard.stopping()
+      if ckpt is not None and not isinstance(e, (NonFiniteError, checkpointing.CheckpointSaveError,
+                                                 checkpointing.CheckpointRestoreError)):
+        self._save_on_exit(ckpt, e)
+      raise
+    finally:
+      if writer is not None:
+        writer.close()
+      if ckpt is not None:
+        try:
+          ckpt.close()
+        except checkpointing.CheckpointSaveError as e:
+          if not failing:
+            raise
+          log.error("%s", e)
+      run_dir.release()
+    return history
+
+  def _loop(self, ckpt, writer, history) -> None:
+    cfg = self.cfg
+    bar = Progress(cfg.steps, initial=self.step, desc=cfg.name, enabled=cfg.progress and dist.is_primary())
+    last_eval = None
+    try:
+      if self.eval_set is not None and self.step == 0:
+        last_eval = self._eval_and_log(writer, history)
+      while self.step < cfg.steps:
+        m = self.train_step()  # its first stage checks for a signal received since the last step
+        history.append({"step": self.step, **m})
+        if writer is not None and self.step % cfg.log_every == 0:
+          writer.write(self.step, m)
+        bar.update(1, reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy']:.3f}")
+        if ckpt.due(self.step):
+          self._save(ckpt)
+        if self.eval_set is not None and cfg.eval.every and self.step % cfg.eval.every == 0:
+          last_eval = self._eval_and_log(writer, history)
+        if self.on_step is not None:
+          self.on_step(self.step, m)
+      if self.eval_set is not None and last_eval != self.step:
+        self._eval_and_log(writer, history)
+    finally:
+      bar.close()
+
+  def _eval_and_log(self, writer, history) -> int:
+    with self._guard.interruptible():
+      m = self.evaluate()
+    history.append({"step": self.step, **m})
+    if writer is not None:
+      writer.write(self.step, m)
+    if dist.is_primary():
+      log.info("step %d eval: %s", self.step, {k: round(v, 4) for k, v in m.items()})
+    return self.step
+
+  def _save(self, ckpt, force: bool = False) -> None:
+    if (force or ckpt.due(self.step)) and self._state_is_step:
+      ckpt.save(self.step, self._ckpt_state())
+
+  def _save_on_exit(self, ckpt, reason: BaseException) -> None:
+    """On a signal or an exception: save the last completed step if the state still holds it."""
+    if not self._state_is_step or any(x.is_deleted() for x in jax.tree.leaves(self.state)
+                                      if isinstance(x, jax.Array)):
+      log.warning("not saving on exit (%s): the state is mid-update", type(reason).__name__)
+      return
+    try:
+      if ckpt.save(self.step, self._ckpt_state()):
+        log.warning("saved step %d on exit (%s)", self.step, reason)
+      ckpt.wait()
+    except checkpointing.CheckpointSaveError as e:
+      log.error("%s", e)
+
+
+# ----------------------------------------------------------------------------- jitted helpers
+
+
+def _timed(times: dict, name: str):
+  @contextlib.contextmanager
+  def cm():
+    t0 = time.perf_counter()
+    yield
+    times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+  return cm()
+
+
+@functools.partial(jax.jit, static_argnames=("g", "sh"))
+def _rows_of_prompts(prompt_ids, prompt_mask, g, sh):
+  rep = lambda x: jax.lax.with_sharding_constraint(jnp.repeat(x, g, axis=0), sh)
+  return rep(prompt_ids), rep(prompt_mask)
+
+
+def _group_view(x, g):
+  return x.reshape(-1, g, *x.shape[1:])
+
+
+@functools.partial(jax.jit, static_argnames=("g", "o", "sh"))
+def _grpo_advantages(tokens, mask, rewards, g, o, sh):
+  tok, msk, r = _group_view(tokens, g), _group_view(mask, g), _group_view(rewards, g)
+  counts = core.prefix_counts(tok, msk)
+  metrics = {**core.advantage_metrics(r), **core.prefix_metrics(counts, msk)}
+  seq = core.group_advantages(r, scale=o.scale_rewards, ddof=o.ddof, eps=o.eps)
+  adv = seq[..., None] * msk
+  weights = core.lambda_weights(counts) if o.uses_lambda else msk.astype(jnp.float32)
+  flat = lambda x: jax.lax.with_sharding_constraint(x.reshape(tokens.shape).astype(jnp.float32), sh)
+  return flat(adv), flat(weights), metrics
+
+
+@functools.partial(jax.jit, static_argnames=("k", "min_gap"))
+def _segments(entropies, mask, k, min_gap):
+  return core.entropy_segments(entropies, mask, k=k, min_gap=min_gap)
+
+
+@functools.partial(jax.jit, static_argnames=("g", "o", "sh"))
+def _prpo_advantages(tokens, mask, rewards, seg, scores, g, o, sh):
+  tok, msk, r = _group_view(tokens, g), _group_view(mask, g), _group_view(rewards, g)
+  counts = core.prefix_counts(tok, msk)
+  metrics = {**core.advantage_metrics(r), **core.prefix_metrics(counts, msk)}
+  tok_scores = core.segment_scores_to_tokens(_group_view(seg, g), _group_view(scores, g))
+  adv = core.prpo_advantages(tok_scores, msk, r, normalization=o.prpo_normalization, prior_std=o.prpo_prior_std,
+                                outcome=o.prpo_outcome, ddof=o.ddof, eps=o.eps)
+  weights = core.lambda_weights(counts) if o.uses_lambda else msk.astype(jnp.float32)
+  valid = msk.astype(bool)
+  metrics.update(segments_mean=jnp.mean(jnp.max(_group_view(seg, g), axis=-1) + 1.0),
+                 prm_score_mean=jnp.sum(jnp.where(valid, tok_scores, 0.0)) / jnp.maximum(jnp.sum(valid), 1))
+  flat = lambda x: jax.lax.with_sharding_constraint(x.reshape(tokens.shape).astype(jnp.float32), sh)
+  return flat(adv), flat(weights), metrics
+
+
+@jax.jit
+def _rollout_metrics(tokens, mask, entropies, lengths, finish_reason, correct, parts):
+  m = mask.astype(jnp.float32)
+  lengths = lengths.astype(jnp.float32)
+  out = {
+      "accuracy": jnp.mean(correct),
+      "entropy_mean": jnp.sum(entropies * m) / jnp.maximum(jnp.sum(m), 1.0),
+      "completion_len_mean": jnp.mean(lengths), "completion_len_max": jnp.max(lengths),
+      "completion_tokens": jnp.sum(m), "truncated_frac": jnp.mean((finish_reason != 0).astype(jnp.float32)),
+  }
+  out.update({f"reward_{name}": jnp.mean(v) for name, v in parts.items()})
+  return out
