@@ -23,6 +23,9 @@ from jaxgrpo.train.config import replace as config_replace
 from jaxgrpo.train.evaluation import pass_at_k
 from jaxgrpo.train.trainer import Trainer
 
+# One worker runs this file under pytest-xdist, so the module's trained run is made once.
+pytestmark = pytest.mark.xdist_group("eval_export")
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):

@@ -20,6 +20,8 @@ from jaxgrpo.train.run_dir import RunDirError
 from jaxgrpo.train.trainer import NonFiniteError, Trainer
 
 STEPS = 60
+# One worker runs this file under pytest-xdist, so the module's reference run is made once.
+pytestmark = pytest.mark.xdist_group("faults")
 TESTS = os.path.dirname(__file__)
 
 

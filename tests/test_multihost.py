@@ -5,6 +5,7 @@ killing both processes and restarting them resumes to the uninterrupted result.
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,7 +37,9 @@ def _free_port():
 
 def launch(out, steps=STEPS):
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAXGRPO_DIST_TIMEOUT="120")
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4".strip(),
+             JAXGRPO_DIST_TIMEOUT="120")
   procs = []
   for pid in range(2):
     args = [sys.executable, "-m", "jaxgrpo.cli", "train", "--preset", "toy", "--set", f"output_dir={out}",

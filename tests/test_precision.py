@@ -96,6 +96,11 @@ def _loss(model, params, ids, mask):
   return jnp.mean(jax.nn.log_softmax(logits)[..., 5] * mask)
 
 
+# Module-level jitted gradients: one program per model config, shared by the parametrized tests (the plain model's
+# gradient compiles once for all four options; eagerly every op was dispatched as its own program).
+_grad = jax.jit(jax.grad(_loss, argnums=1), static_argnums=0)
+
+
 @pytest.mark.parametrize("options", [dict(remat="full"), dict(remat="dots_saveable"),
                                      dict(attention_chunk=5), dict(attention_chunk=8, remat="full")])
 def test_remat_and_attention_chunks_give_the_same_gradients(options):
@@ -103,12 +108,20 @@ def test_remat_and_attention_chunks_give_the_same_gradients(options):
   ids = jax.random.randint(jax.random.PRNGKey(1), (3, 24), 0, 64)
   mask = jnp.ones((3, 24), jnp.int32).at[0, :5].set(0)
   other = M.from_config(model.config.replace(**options))
-  g0 = jax.grad(_loss, argnums=1)(model, params, ids, mask)
-  g1 = jax.grad(_loss, argnums=1)(other, params, ids, mask)
+  g0 = _grad(model, params, ids, mask)
+  g1 = _grad(other, params, ids, mask)
   scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g0))
   err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
   assert err <= 1e-6 * max(scale, 1.0), (err, scale)
   np.testing.assert_allclose(M.logits(other, params, ids, mask), M.logits(model, params, ids, mask), atol=1e-5)
+
+
+def _logprob_objective(p, model, ids, mask, chunk):
+  logp, ent = policy.completion_logprobs(model, p, ids, mask, 12, 0.7, None, chunk=chunk, with_entropy=True)
+  return jnp.sum(logp * jnp.linspace(0.5, 1.5, 12)) + 0.1 * jnp.sum(ent), (logp, ent)
+
+
+_logprob_value_and_grad = jax.jit(jax.value_and_grad(_logprob_objective, has_aux=True), static_argnums=(1, 4))
 
 
 @pytest.mark.parametrize("chunk", [4, 5])
@@ -116,13 +129,8 @@ def test_chunked_completion_logprobs_equal_unchunked_values_and_gradients(chunk)
   model, params = model_and_params()
   ids = jax.random.randint(jax.random.PRNGKey(2), (4, 20), 0, 64)
   mask = jnp.ones((4, 20), jnp.int32)
-
-  def f(p, c):
-    logp, ent = policy.completion_logprobs(model, p, ids, mask, 12, 0.7, None, chunk=c, with_entropy=True)
-    return jnp.sum(logp * jnp.linspace(0.5, 1.5, 12)) + 0.1 * jnp.sum(ent), (logp, ent)
-
-  (v0, (l0, e0)), g0 = jax.value_and_grad(f, has_aux=True)(params, 0)
-  (v1, (l1, e1)), g1 = jax.value_and_grad(f, has_aux=True)(params, chunk)
+  (v0, (l0, e0)), g0 = _logprob_value_and_grad(params, model, ids, mask, 0)
+  (v1, (l1, e1)), g1 = _logprob_value_and_grad(params, model, ids, mask, chunk)
   np.testing.assert_allclose(l1, l0, atol=1e-6)
   np.testing.assert_allclose(e1, e0, atol=1e-6)
   scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g0))

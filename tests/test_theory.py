@@ -5,6 +5,8 @@ a prefix share the log-probabilities of their shared tokens, as with a real LM.
 Gradients are taken w.r.t. the policy parameters θ, where the theorem lives.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,11 +20,20 @@ import jaxgrpo
 jax.config.update("jax_enable_x64", False)
 
 
+# Every example is padded to one shape (up to 3 groups × 6 completions × 8 tokens; padded groups and positions are
+# empty, so they add nothing to a loss or its normalizer) and the losses are jitted: one compiled program serves
+# every hypothesis example instead of one eager dispatch per op and shape.
+B_MAX, G, T_MAX = 3, 6, 8
+N_STATES = 1 + B_MAX * G * T_MAX
+
+
 def tabular_policy(groups, vocab):
   """States per (b, i, t): id of the prefix y_i[:t] (root = 0 for t = 0)."""
-  tokens, mask = groups_to_arrays(groups)
-  B, G, T = tokens.shape
-  states = np.zeros((B, G, T), np.int32)
+  tokens, mask = groups_to_arrays(groups, T_MAX)
+  tokens = np.pad(tokens, ((0, B_MAX - len(groups)), (0, 0), (0, 0)))
+  mask = np.pad(mask, ((0, B_MAX - len(groups)), (0, 0), (0, 0)))
+  B, G_, T = tokens.shape
+  states = np.zeros((B, G_, T), np.int32)
   index = {(): 0}
   for b, g in enumerate(groups):
     for i, s in enumerate(g):
@@ -36,9 +47,28 @@ def logp_fn(theta, states, tokens):
   return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[..., None], -1)[..., 0]
 
 
+def random_policy(rng, tokens):
+  theta = jnp.asarray(rng.normal(size=(N_STATES, 4)), jnp.float32)
+  ref_theta = theta + 0.1 * jnp.asarray(rng.normal(size=theta.shape), jnp.float32)
+  return theta, ref_theta, jnp.maximum(tokens - 1, 0)  # vocab ids 0..3
+
+
+@functools.partial(jax.jit, static_argnames="beta")
+def grpo_and_prm_losses(theta, ref_theta, states, tok, mask, rewards, beta):
+  """(value, gradient) of the GRPO loss with outcome advantages and with the implicit PRM's step advantages."""
+  ref_logp = logp_fn(ref_theta, states, tok)
+  a = jaxgrpo.group_advantages(rewards)
+  A = jaxgrpo.implicit_prm(tok + 1, mask, rewards).step_advantages
+
+  def loss(theta, adv):
+    return jaxgrpo.policy_loss(logp_fn(theta, states, tok), None, ref_logp, adv, mask, kl_beta=beta)[0]
+
+  return jax.value_and_grad(loss)(theta, a), jax.value_and_grad(loss)(theta, A)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
-    groups=st.lists(overlapping_group(g=6, max_len=8, max_vocab=3), min_size=1, max_size=3),
+    groups=st.lists(overlapping_group(g=G, max_len=T_MAX, max_vocab=3), min_size=1, max_size=B_MAX),
     seed=st.integers(0, 2**16),
     beta=st.sampled_from([0.0, 0.04]),
 )
@@ -46,18 +76,8 @@ def test_prm_objective_equals_grpo_value_and_gradient(groups, seed, beta):
   tokens, mask, states, n_states = tabular_policy(groups, 4)
   rng = np.random.default_rng(seed)
   rewards = rng.choice([0.0, 0.5, 1.0], size=tokens.shape[:2]).astype(np.float32)
-  theta = jnp.asarray(rng.normal(size=(n_states, 4)), jnp.float32)
-  ref_theta = theta + 0.1 * jnp.asarray(rng.normal(size=theta.shape), jnp.float32)
-  tok = jnp.maximum(tokens - 1, 0)  # vocab ids 0..3
-  ref_logp = logp_fn(ref_theta, states, tok)
-  a = jaxgrpo.group_advantages(rewards)
-  A = jaxgrpo.implicit_prm(tokens, mask, rewards).step_advantages
-
-  def loss(theta, adv):
-    return jaxgrpo.policy_loss(logp_fn(theta, states, tok), None, ref_logp, adv, mask, kl_beta=beta)[0]
-
-  l_grpo, g_grpo = jax.value_and_grad(loss)(theta, a)
-  l_prm, g_prm = jax.value_and_grad(loss)(theta, A)
+  theta, ref_theta, tok = random_policy(rng, tokens)
+  (l_grpo, g_grpo), (l_prm, g_prm) = grpo_and_prm_losses(theta, ref_theta, states, tok, mask, rewards, beta)
   np.testing.assert_allclose(l_prm, l_grpo, atol=1e-6)
   np.testing.assert_allclose(g_prm, g_grpo, atol=1e-6)
 
@@ -73,9 +93,29 @@ def test_theorem_is_not_trivial_per_token():
   assert not np.allclose(g(a), g(A))
 
 
+@functools.partial(jax.jit, static_argnames="beta")
+def lambda_and_step_losses(theta, ref_theta, states, tok, mask, rewards, reps, valid, step_adv, n_tokens, beta):
+  """(value, gradient) of λ-GRPO's loss and of the oracle's: one term per distinct (prefix node, position),
+  at the node's representative ``reps`` (``valid`` marks the real ones among the padded)."""
+  a = jaxgrpo.group_advantages(rewards)
+  w = jaxgrpo.lambda_weights(jaxgrpo.prefix_counts(tok + 1, mask))
+
+  def lambda_loss(theta):
+    lp = logp_fn(theta, states, tok)
+    return jaxgrpo.policy_loss(lp, None, logp_fn(ref_theta, states, tok), a, mask, weights=w, kl_beta=beta)[0]
+
+  def step_loss(theta):
+    lp = logp_fn(theta, states, tok)[reps[:, 0], reps[:, 1], reps[:, 2]]
+    ref = logp_fn(ref_theta, states, tok)[reps[:, 0], reps[:, 1], reps[:, 2]]
+    ratio = jnp.exp(lp - jax.lax.stop_gradient(lp))
+    return jnp.sum(jnp.where(valid, -ratio * step_adv + beta * jaxgrpo.k3_kl(lp, ref), 0.0)) / n_tokens
+
+  return jax.value_and_grad(lambda_loss)(theta), jax.value_and_grad(step_loss)(theta)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
-    groups=st.lists(overlapping_group(g=6, max_len=8, max_vocab=3), min_size=1, max_size=3),
+    groups=st.lists(overlapping_group(g=G, max_len=T_MAX, max_vocab=3), min_size=1, max_size=B_MAX),
     seed=st.integers(0, 2**16),
     beta=st.sampled_from([0.0, 0.04]),
 )
@@ -83,21 +123,12 @@ def test_lambda_grpo_equals_each_step_counted_once(groups, seed, beta):
   tokens, mask, states, n_states = tabular_policy(groups, 4)
   rng = np.random.default_rng(seed)
   rewards = rng.choice([0.0, 0.5, 1.0], size=tokens.shape[:2]).astype(np.float32)
-  theta = jnp.asarray(rng.normal(size=(n_states, 4)), jnp.float32)
-  ref_theta = theta + 0.1 * jnp.asarray(rng.normal(size=theta.shape), jnp.float32)
-  tok = jnp.maximum(tokens - 1, 0)
-  a = jaxgrpo.group_advantages(rewards)
-  counts = jaxgrpo.prefix_counts(tokens, mask)
-  w = jaxgrpo.lambda_weights(counts)
-
-  def lambda_loss(theta):
-    lp = logp_fn(theta, states, tok)
-    return jaxgrpo.policy_loss(lp, None, logp_fn(ref_theta, states, tok), a, mask, weights=w, kl_beta=beta)[0]
+  theta, ref_theta, tok = random_policy(rng, tokens)
+  a_np = np.asarray(jaxgrpo.group_advantages(rewards), np.float64)
 
   # Oracle: one term per distinct (prefix node, position), with the step advantage
   # A_n = mean of a_j over the node's members, normalized by Σ_i len(y_i).
   reps, step_adv = [], []
-  a_np = np.asarray(a, np.float64)
   for b, g in enumerate(groups):
     trie = Trie(g)
     first = {}
@@ -107,17 +138,13 @@ def test_lambda_grpo_equals_each_step_counted_once(groups, seed, beta):
     for prefix, (bb, i, t) in first.items():
       reps.append((bb, i, t))
       step_adv.append(np.mean([a_np[b, j] for j in trie.members[prefix]]))
-  reps = np.asarray(reps, np.int64).reshape(-1, 3)
-  step_adv = jnp.asarray(step_adv, jnp.float32)
-  n_tokens = max(int(mask.sum()), 1)
+  n = len(reps)
+  reps = np.asarray(reps + [(0, 0, 0)] * (B_MAX * G * T_MAX - n), np.int32).reshape(-1, 3)
+  valid = np.arange(len(reps)) < n
+  step_adv = np.asarray(step_adv + [0.0] * (len(reps) - n), np.float32)
+  n_tokens = np.float32(max(int(mask.sum()), 1))
 
-  def step_loss(theta):
-    lp = logp_fn(theta, states, tok)[reps[:, 0], reps[:, 1], reps[:, 2]]
-    ref = logp_fn(ref_theta, states, tok)[reps[:, 0], reps[:, 1], reps[:, 2]]
-    ratio = jnp.exp(lp - jax.lax.stop_gradient(lp))
-    return jnp.sum(-ratio * step_adv + beta * jaxgrpo.k3_kl(lp, ref)) / n_tokens
-
-  l1, g1 = jax.value_and_grad(lambda_loss)(theta)
-  l2, g2 = jax.value_and_grad(step_loss)(theta)
+  (l1, g1), (l2, g2) = lambda_and_step_losses(theta, ref_theta, states, tok, mask, rewards, reps, valid, step_adv,
+                                              n_tokens, beta)
   np.testing.assert_allclose(l1, l2, atol=1e-6)
   np.testing.assert_allclose(g1, g2, atol=1e-6)
