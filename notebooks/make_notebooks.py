@@ -163,7 +163,7 @@ fig.savefig(os.path.join(OUT, 'prefix_tree.png'), dpi=90)
 """),
     ("code", """
 settings = [(6, 1.0), (16, 1.0)] if SMALL else [(6, 0.7), (6, 1.0), (16, 0.7), (16, 1.0), (36, 1.0)]
-n_prompts = 3 if SMALL else 12
+n_prompts = 2 if SMALL else 12
 rows = []
 for g, temp in settings:
     spec = sampling(group_size=g, temperature=temp, max_new_tokens=48)

@@ -63,7 +63,7 @@ def metric_steps(out):
   return [json.loads(line)["step"] for line in open(os.path.join(out, "metrics.jsonl"))]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: pytest-xdist may interleave other files' tests on this worker
 def reference(tmp_path_factory):
   """An uninterrupted run (in this process) that the interrupted ones must reproduce bit for bit."""
   out = tmp_path_factory.mktemp("ref") / "run"

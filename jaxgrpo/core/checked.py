@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxgrpo.core import advantages as _adv
 from jaxgrpo.core import implicit_prm as _prm
+from jaxgrpo.core import objectives as _obj
 from jaxgrpo.core import prefix as _prefix
 from jaxgrpo.core import prpo as _prpo
 
@@ -64,32 +65,40 @@ def validate_rewards(rewards, group_shape=None) -> None:
     raise ValueError(f"rewards must be finite; rewards{list(idx)} = {rewards[idx]}")
 
 
-def prefix_counts(tokens, mask, **kwargs):
+def _finite_on(x, valid, name: str) -> None:
+  bad = valid & ~np.isfinite(np.asarray(x, np.float64))
+  if bad.any():
+    idx = tuple(np.argwhere(bad)[0].tolist())
+    raise ValueError(f"{name} must be finite on completion tokens; {name}{list(idx)} = {np.asarray(x)[idx]}")
+
+
+def prefix_counts(tokens, mask, *, method: _prefix.Method = "auto", seed: int = 0):
   """``jaxgrpo.prefix_counts`` after ``validate_group_batch``."""
   validate_group_batch(tokens, mask)
-  return _prefix.prefix_counts(tokens, mask, **kwargs)
+  return _prefix.prefix_counts(tokens, mask, method=method, seed=seed)
 
 
-def implicit_prm(tokens, mask, rewards, **kwargs):
+def implicit_prm(tokens, mask, rewards, *, scale: bool = True, ddof: int = 1, eps: float = 1e-4,
+                 method: _prefix.Method = "auto", seed: int = 0):
   """``jaxgrpo.implicit_prm`` after ``validate_group_batch``."""
   validate_group_batch(tokens, mask, rewards)
-  return _prm.implicit_prm(tokens, mask, rewards, **kwargs)
+  return _prm.implicit_prm(tokens, mask, rewards, scale=scale, ddof=ddof, eps=eps, method=method, seed=seed)
 
 
-def tree_stats(tokens, mask, **kwargs):
+def tree_stats(tokens, mask, *, method: _prefix.Method = "auto", seed: int = 0):
   """``jaxgrpo.tree_stats`` after ``validate_group_batch``."""
   validate_group_batch(tokens, mask)
-  return _prm.tree_stats(tokens, mask, **kwargs)
+  return _prm.tree_stats(tokens, mask, method=method, seed=seed)
 
 
-def group_advantages(rewards, **kwargs):
+def group_advantages(rewards, *, scale: bool = True, ddof: int = 1, eps: float = 1e-4):
   """``jaxgrpo.group_advantages`` after ``validate_rewards``."""
   validate_rewards(rewards)
-  return _adv.group_advantages(rewards, **kwargs)
+  return _adv.group_advantages(rewards, scale=scale, ddof=ddof, eps=eps)
 
 
-def entropy_segments(entropies, mask, **kwargs):
-  """``jaxgrpo.entropy_segments`` after checking entropies are finite and ≥ 0."""
+def entropy_segments(entropies, mask, k: int = 5, min_gap: int = 10):
+  """``jaxgrpo.entropy_segments`` after checking entropies are finite and ≥ 0 and the mask."""
   entropies = np.asarray(entropies)
   mask = np.asarray(mask)
   if mask.shape != entropies.shape:
@@ -100,7 +109,7 @@ def entropy_segments(entropies, mask, **kwargs):
   valid = mask.astype(bool)
   if not np.isfinite(entropies[valid]).all() or (entropies[valid] < 0).any():
     raise ValueError("entropies must be finite and >= 0 on completion tokens")
-  return _prpo.entropy_segments(entropies, mask, **kwargs)
+  return _prpo.entropy_segments(entropies, mask, k=k, min_gap=min_gap)
 
 
 def segment_scores_to_tokens(segment_ids, scores):
@@ -118,14 +127,63 @@ def segment_scores_to_tokens(segment_ids, scores):
   return _prpo.segment_scores_to_tokens(segment_ids, scores)
 
 
-def prpo_advantages(token_scores, mask, rewards, **kwargs):
-  """``jaxgrpo.prpo_advantages`` after checking scores lie in [0, 1] and rewards."""
+def prpo_advantages(token_scores, mask, rewards, *, normalization: _prpo.Normalization = "fixed",
+                    prior_mean: float = 0.5, prior_std: float = _prpo.UNIFORM_STD,
+                    outcome: _prpo.Outcome = "centered", ddof: int = 1, eps: float = 1e-4):
+  """``jaxgrpo.prpo_advantages`` after checking the mask (0/1, right-padded), scores in [0, 1] and rewards."""
   token_scores = np.asarray(token_scores)
-  valid = np.asarray(mask).astype(bool)
-  if token_scores.shape != valid.shape:
-    raise ValueError(f"token_scores must have the shape of mask {valid.shape}; got {token_scores.shape}")
+  mask = np.asarray(mask)
+  if token_scores.shape != mask.shape:
+    raise ValueError(f"token_scores must have the shape of mask {mask.shape}; got {token_scores.shape}")
+  if token_scores.ndim < 2:
+    raise ValueError(f"token_scores must have shape [..., G, T]; got {token_scores.shape}")
+  validate_mask(mask)
+  valid = mask.astype(bool)
   s = token_scores[valid]
   if not np.isfinite(s).all() or (s < 0).any() or (s > 1).any():
     raise ValueError("token_scores must be PRM probabilities in [0, 1] on completion tokens")
   validate_rewards(rewards, group_shape=token_scores.shape[:-1])
-  return _prpo.prpo_advantages(token_scores, mask, rewards, **kwargs)
+  if not prior_std > 0:
+    raise ValueError(f"prior_std must be > 0; got {prior_std}")
+  return _prpo.prpo_advantages(token_scores, mask, rewards, normalization=normalization, prior_mean=prior_mean,
+                               prior_std=prior_std, outcome=outcome, ddof=ddof, eps=eps)
+
+
+def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, clip_eps_low: float = 0.2,
+                clip_eps_high: float | None = None, kl_beta: float = 0.0, aggregation: _obj.Aggregation = "token_mean",
+                normalizer: float | None = None):
+  """``jaxgrpo.policy_loss`` after checking the mask (0/1, right-padded) and that log-probs, advantages and
+  weights are finite on completion tokens (log-probs ≤ 0, weights ≥ 0) and the hyper-parameters are in range."""
+  logp, mask = np.asarray(logp), np.asarray(mask)
+  if mask.shape != logp.shape or logp.ndim < 1:
+    raise ValueError(f"mask must have the shape of logp {logp.shape}; got {mask.shape}")
+  validate_mask(mask)
+  valid = mask.astype(bool)
+  for name, x in (("logp", logp), ("old_logp", old_logp), ("ref_logp", ref_logp)):
+    if x is None:
+      continue
+    x = np.asarray(x)
+    if x.shape != logp.shape:
+      raise ValueError(f"{name} must have the shape of logp {logp.shape}; got {x.shape}")
+    _finite_on(x, valid, name)
+    if (x[valid] > 1e-6).any():
+      raise ValueError(f"{name} must be log-probabilities (<= 0) on completion tokens; max {x[valid].max()}")
+  adv = np.asarray(advantages)
+  if adv.shape not in (logp.shape[:-1], logp.shape):
+    raise ValueError(f"advantages must have shape {logp.shape[:-1]} (per sequence) or {logp.shape} (per token); "
+                     f"got {adv.shape}")
+  _finite_on(np.broadcast_to(adv[..., None] if adv.shape == logp.shape[:-1] else adv, logp.shape), valid,
+             "advantages")
+  if weights is not None:
+    w = np.asarray(weights)
+    if w.shape != logp.shape:
+      raise ValueError(f"weights must have the shape of logp {logp.shape}; got {w.shape}")
+    _finite_on(w, valid, "weights")
+    if (w[valid] < 0).any():
+      raise ValueError("weights must be >= 0 on completion tokens")
+  for name, x in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high), ("kl_beta", kl_beta)):
+    if x is not None and not (np.isfinite(x) and x >= 0):
+      raise ValueError(f"{name} must be a finite number >= 0; got {x}")
+  return _obj.policy_loss(logp, old_logp, ref_logp, advantages, mask, weights=weights, clip_eps_low=clip_eps_low,
+                          clip_eps_high=clip_eps_high, kl_beta=kl_beta, aggregation=aggregation,
+                          normalizer=normalizer)

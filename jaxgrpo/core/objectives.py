@@ -12,35 +12,59 @@ negatives) and a dict of metrics.  Shapes use [..., T] for per-token arrays
   update-norm-matched ablation the spec asks for.
 * PRPO (arXiv 2601.07182): per-token ``advantages=prpo_advantages(...)``; λ
   weights combine with them (weights × token advantages).
+
+What carries a gradient: only ``logp``.  Advantages, weights, π_old and π_ref are constants of the loss (each is
+wrapped in ``stop_gradient``), as in every GRPO implementation: differentiating through advantages or λ weights
+would add terms the objectives do not have.  Values at padded positions never reach the loss or its gradient:
+every input is ``where``-masked before it is used (so −inf or NaN log-probs on padding are harmless).  The
+hyper-parameters ``clip_eps_low``, ``clip_eps_high``, ``kl_beta`` and ``normalizer`` may be traced (a ``vmap``
+over β or ε is one program); ``aggregation`` chooses the formula and is static.
 """
 
 from __future__ import annotations
 
+import functools
 import typing
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from jaxgrpo.core.arrays import as_array, optional_array
+
 # How a batch's per-token terms are reduced to a loss (see ``aggregation_denominator``); declared once, here.
 Aggregation = Literal["token_mean", "seq_mean", "constant", "weight_mean"]
 AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 
 
-def lambda_weights(counts: jax.Array) -> jax.Array:
-  """λ-GRPO token weights 1/|λ(i,t)| (0 on padding, where counts == 0)."""
+def lambda_weights(counts) -> jax.Array:
+  """λ-GRPO token weights 1/|λ(i,t)|.
+
+  Args:
+    counts: [..., G, T] |λ(i,t)| from ``prefix_counts`` (0 on padding); any shape works.
+
+  Returns:
+    float32 of the same shape: 1/|λ| where counts > 0, else 0.  A constant: no gradient flows to ``counts``
+    (integer or float).
+  """
+  counts = jax.lax.stop_gradient(jnp.asarray(as_array(counts, "counts")))
   c = counts.astype(jnp.float32)
   return jnp.where(counts > 0, 1.0 / jnp.maximum(c, 1.0), 0.0)
 
 
-def k3_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
-  """The k3 estimator of KL(π_θ‖π_ref): π_ref/π_θ − log(π_ref/π_θ) − 1 (≥ 0)."""
+def k3_kl(logp, ref_logp) -> jax.Array:
+  """The k3 estimator of KL(π_θ‖π_ref) per token: π_ref/π_θ − log(π_ref/π_θ) − 1 (≥ 0, unbiased, low variance).
+
+  Args:
+    logp, ref_logp: float[...] log-probabilities of the same sampled tokens under π_θ and π_ref.
+  """
+  logp, ref_logp = jnp.asarray(as_array(logp, "logp")), jnp.asarray(as_array(ref_logp, "ref_logp"))
   d = ref_logp - logp
   return jnp.exp(d) - d - 1.0
 
 
 def aggregation_denominator(mask: jax.Array, weights: jax.Array | None, aggregation: Aggregation,
-                            normalizer: float | None = None) -> jax.Array:
+                            normalizer=None) -> jax.Array:
   """What an aggregation divides by: Σ lengths (token_mean), the number of non-empty sequences
   (seq_mean, which divides a sum of per-sequence means), the normalizer or the element count (constant),
   Σ weights (weight_mean).  A batch split into micro-batches gives the same loss and gradient when each
@@ -53,34 +77,38 @@ def aggregation_denominator(mask: jax.Array, weights: jax.Array | None, aggregat
   if aggregation == "constant":  # Dr. GRPO: a fixed normalizer (default: sequences × T)
     return jnp.asarray(float(m.size) if normalizer is None else normalizer, jnp.float32)
   if aggregation == "weight_mean":  # normalize by Σ weights (update-norm matched)
-    w = m if weights is None else weights.astype(jnp.float32) * m
+    w = m if weights is None else jnp.where(mask.astype(bool), weights.astype(jnp.float32), 0.0)
     return jnp.maximum(jnp.sum(w), 1e-8)
   raise ValueError(f"aggregation must be one of {AGGREGATIONS}; got {aggregation!r}")
 
 
 def _aggregate(per_token, mask, weights, aggregation, normalizer):
-  """Reduce masked per-token terms (already multiplied by the weights)."""
+  """Reduce per-token terms that are already 0 on padding (and already multiplied by the weights)."""
   den = aggregation_denominator(mask, weights, aggregation, normalizer).astype(per_token.dtype)
-  m = mask.astype(per_token.dtype)
   if aggregation == "seq_mean":
-    per_seq = jnp.sum(per_token * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+    lengths = jnp.sum(mask.astype(per_token.dtype), axis=-1)
+    per_seq = jnp.sum(per_token, axis=-1) / jnp.maximum(lengths, 1.0)
     return jnp.sum(per_seq) / den
-  return jnp.sum(per_token * m) / den
+  return jnp.sum(per_token) / den
+
+
+def _is_traced(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
 
 
 def policy_loss(
-    logp: jax.Array,
-    old_logp: jax.Array | None,
-    ref_logp: jax.Array | None,
-    advantages: jax.Array,
-    mask: jax.Array,
+    logp,
+    old_logp,
+    ref_logp,
+    advantages,
+    mask,
     *,
-    weights: jax.Array | None = None,
-    clip_eps_low: float = 0.2,
-    clip_eps_high: float | None = None,
-    kl_beta: float = 0.0,
+    weights=None,
+    clip_eps_low=0.2,
+    clip_eps_high=None,
+    kl_beta=0.0,
     aggregation: Aggregation = "token_mean",
-    normalizer: float | None = None,
+    normalizer=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Clipped surrogate + k3 KL, with optional per-token weights.
 
@@ -90,68 +118,92 @@ def policy_loss(
   Args:
     logp: float[..., T] log π_θ of the sampled tokens (differentiated).
     old_logp: float[..., T] log π_old, or None for μ = 1 (old = stop_grad(logp)).
-    ref_logp: float[..., T] log π_ref, or None (then ``kl_beta`` must be 0).
+    ref_logp: float[..., T] log π_ref, or None (then ``kl_beta`` must be 0, and concrete).
     advantages: float[...] per sequence, or float[..., T] per token.
-    mask: [..., T] 1 on completion tokens.
+    mask: [..., T] 1 on completion tokens (bool, int or float); nothing at a 0 reaches the loss.
     weights: optional float[..., T] token weights (λ-GRPO: ``lambda_weights``).
-    clip_eps_low, clip_eps_high: PPO clip range; ``clip_eps_high`` defaults to
+    clip_eps_low, clip_eps_high: PPO clip range (≥ 0; may be traced); ``clip_eps_high`` defaults to
       ``clip_eps_low`` (DAPO's clip-higher uses e.g. 0.28).
-    kl_beta: KL coefficient β (k3 estimator).
+    kl_beta: KL coefficient β (k3 estimator; ≥ 0; may be traced).
     aggregation: "token_mean" (DAPO; Σ over tokens / Σ lengths), "seq_mean"
       (original GRPO), "constant" (Dr. GRPO; / ``normalizer``, default the
       number of sequences × T), "weight_mean" (/ Σ weights: λ-GRPO rescaled to
       GRPO's update size).
+    normalizer: the "constant" aggregation's divisor (may be traced).
 
   Returns:
-    (loss, metrics) with clip fractions, KL mean, ratio mean, and the policy
-    and KL parts of the loss.
+    (loss, metrics): the scalar loss (float, logp's dtype) and float scalars ``pg_loss`` and ``kl_loss`` (the
+    two parts, aggregated like the loss: loss = pg_loss + β·kl_loss), ``kl_mean``, ``ratio_mean``,
+    ``clip_frac_low``, ``clip_frac_high``, ``clip_frac`` and ``weight_mean`` (means over completion tokens).
+    Only ``logp`` carries a gradient.  Jitted; call it inside your own ``jit`` as well.
   """
-  logp = jnp.asarray(logp)
-  mask = jnp.asarray(mask)
+  logp, mask = as_array(logp, "logp"), as_array(mask, "mask")
+  old_logp, ref_logp = optional_array(old_logp, "old_logp"), optional_array(ref_logp, "ref_logp")
+  advantages, weights = as_array(advantages, "advantages"), optional_array(weights, "weights")
+  if logp.ndim < 1:
+    raise ValueError("logp must have shape [..., T]; got a scalar")
+  if not jnp.issubdtype(logp.dtype, jnp.floating):
+    raise ValueError(f"logp must be floating point log-probabilities; got dtype {logp.dtype}")
   if mask.shape != logp.shape:
     raise ValueError(f"mask must have the shape of logp {logp.shape}; got {mask.shape}")
   for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("weights", weights)):
-    if x is not None and jnp.shape(x) != logp.shape:
-      raise ValueError(f"{name} must have the shape of logp {logp.shape}; got {jnp.shape(x)}")
-  advantages = jnp.asarray(advantages)
-  if advantages.shape == logp.shape[:-1]:
-    advantages = advantages[..., None]
-  elif advantages.shape != logp.shape:
+    if x is not None and x.shape != logp.shape:
+      raise ValueError(f"{name} must have the shape of logp {logp.shape}; got {x.shape}")
+  if advantages.shape not in (logp.shape[:-1], logp.shape):
     raise ValueError(
         f"advantages must have shape {logp.shape[:-1]} (per sequence) or {logp.shape} "
         f"(per token); got {advantages.shape}"
     )
   if aggregation not in AGGREGATIONS:
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}; got {aggregation!r}")
-  if kl_beta != 0.0 and ref_logp is None:
-    raise ValueError("ref_logp is required when kl_beta != 0")
-  if clip_eps_low < 0 or (clip_eps_high is not None and clip_eps_high < 0):
-    raise ValueError(f"clip_eps_low/high must be >= 0; got {clip_eps_low}, {clip_eps_high}")
+  if ref_logp is None and (_is_traced(kl_beta) or kl_beta != 0.0):
+    raise ValueError("ref_logp is required when kl_beta != 0" + (" (kl_beta is traced here, so it may be)"
+                                                                 if _is_traced(kl_beta) else ""))
+  for name, x in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high), ("kl_beta", kl_beta)):
+    if x is not None and not _is_traced(x) and not jnp.ndim(x) and float(x) < 0:
+      raise ValueError(f"{name} must be >= 0; got {x}")
   eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
+  return _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, clip_eps_low, eps_high, kl_beta,
+                      normalizer, aggregation=aggregation)
 
-  old = jax.lax.stop_gradient(logp if old_logp is None else old_logp)
-  ratio = jnp.exp(logp - old)
-  clipped = jnp.clip(ratio, 1.0 - clip_eps_low, 1.0 + eps_high)
-  surrogate = jnp.minimum(ratio * advantages, clipped * advantages)
-  pg = -surrogate
-  kl = k3_kl(logp, ref_logp) if ref_logp is not None else jnp.zeros_like(logp)
-  w = jnp.ones_like(logp) if weights is None else weights.astype(logp.dtype)
+
+@functools.partial(jax.jit, static_argnames=("aggregation",))
+def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, eps_high, kl_beta, normalizer, *,
+                 aggregation):
+  valid = mask.astype(bool)
+  zero = jnp.zeros((), logp.dtype)
+  lp = jnp.where(valid, logp, zero)  # padding never reaches an exp, a product or a gradient
+  old = lp if old_logp is None else jnp.where(valid, old_logp.astype(logp.dtype), zero)
+  old = jax.lax.stop_gradient(old)
+  adv = advantages[..., None] if advantages.ndim == logp.ndim - 1 else advantages
+  adv = jax.lax.stop_gradient(jnp.where(valid, adv.astype(logp.dtype), zero))
+  w = valid.astype(logp.dtype) if weights is None else jnp.where(valid, weights.astype(logp.dtype), zero)
+  w = jax.lax.stop_gradient(w)
+
+  ratio = jnp.exp(lp - old)
+  clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
+  surrogate = jnp.minimum(ratio * adv, clipped * adv)
+  pg = jnp.where(valid, -surrogate, zero)
+  if ref_logp is None:
+    kl = jnp.zeros_like(lp)
+  else:
+    ref = jax.lax.stop_gradient(jnp.where(valid, ref_logp.astype(logp.dtype), zero))
+    kl = jnp.where(valid, k3_kl(lp, ref), zero)
 
   loss = _aggregate(w * (pg + kl_beta * kl), mask, weights, aggregation, normalizer)
 
-  m = mask.astype(logp.dtype)
-  n = jnp.maximum(jnp.sum(m), 1.0)
-  adv_b = jnp.broadcast_to(advantages, logp.shape)
-  clip_low = (ratio < 1.0 - clip_eps_low) & (adv_b < 0)
-  clip_high = (ratio > 1.0 + eps_high) & (adv_b > 0)
+  n = jnp.maximum(jnp.sum(valid), 1).astype(logp.dtype)
+  mean = lambda x: jnp.sum(jnp.where(valid, x, zero)) / n
+  clip_low = (ratio < 1.0 - eps_low) & (adv < 0) & valid
+  clip_high = (ratio > 1.0 + eps_high) & (adv > 0) & valid
   metrics = {
       "pg_loss": _aggregate(w * pg, mask, weights, aggregation, normalizer),
       "kl_loss": _aggregate(w * kl, mask, weights, aggregation, normalizer),
-      "kl_mean": jnp.sum(kl * m) / n,
-      "ratio_mean": jnp.sum(ratio * m) / n,
-      "clip_frac_low": jnp.sum(clip_low * m) / n,
-      "clip_frac_high": jnp.sum(clip_high * m) / n,
-      "clip_frac": jnp.sum((clip_low | clip_high) * m) / n,
-      "weight_mean": jnp.sum(w * m) / n,
+      "kl_mean": mean(kl),
+      "ratio_mean": mean(ratio),
+      "clip_frac_low": mean(clip_low.astype(logp.dtype)),
+      "clip_frac_high": mean(clip_high.astype(logp.dtype)),
+      "clip_frac": mean((clip_low | clip_high).astype(logp.dtype)),
+      "weight_mean": mean(w),
   }
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)

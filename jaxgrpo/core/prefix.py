@@ -18,7 +18,10 @@ How it is computed (sorted-hash comparisons, as in the design):
    * ``"sort"``: sort the G hashes of each position, count equal runs, scatter
      back — O(G log G) per position;
    * ``"compare"``: compare-and-count over the group — O(G²) per position,
-     accumulated member by member so no G×G×T intermediate is materialized.
+     accumulated member by member so no G×G×T intermediate is materialized
+     (unrolled up to G = 32; above, a loop over the members inside a scan over
+     blocks of positions, so the batch axis stays a batch axis and keeps its
+     sharding: nothing is gathered onto one device).
    ``"auto"`` picks compare up to G = 256 on CPU (measured by
    ``experiments/bench_prefix.py``: compare wins at every G measured there) and
    up to G = 32 on GPU/TPU, where the crossover has NOT been measured (a guess;
@@ -32,6 +35,10 @@ completions and every position gives, per group,
 ``P(any miscount) ≤ G(G-1)/2 · T · 2^-64`` — e.g. ≤ 4.6e-13 for G=64, T=4096,
 and ≤ 4.6e-7 over a million such groups.  The bound holds for inputs not chosen
 adversarially against the fixed keys (``seed`` changes them).
+
+Token ids of 64 bits (``jax_enable_x64``) are hashed on both halves; with x64
+off, NumPy int64 ids outside int32 are refused (JAX would truncate them).
+Python lists and NumPy arrays are accepted (converted once, outside ``jit``).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from jaxgrpo.core.arrays import as_array, check_ids_fit
 from jaxgrpo.core.hashing import fmix32
 
 Method = Literal["auto", "sort", "compare"]
@@ -55,13 +63,14 @@ _POS_MULT = (0xC2B2AE3D, 0x27D4EB2F)
 # cheap there, so O(G log G) should win earlier); pass method= explicitly to choose.
 _COMPARE_MAX_G = {"cpu": 256, "gpu": 32, "tpu": 32}
 _UNROLL_MAX_G = 32
+_BLOCK_ELEMENTS = 1 << 14  # G × (positions per block) of the looped compare: a block's accumulators stay in cache
 
 
-def prefix_hashes(tokens: jax.Array, mask: jax.Array, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+def prefix_hashes(tokens, mask, seed: int = 0) -> tuple[jax.Array, jax.Array]:
   """Per-position 64-bit prefix hashes, returned as two uint32 lanes.
 
   Args:
-    tokens: int[..., T] completion tokens.
+    tokens: int[..., T] completion tokens (32- or, with x64, 64-bit ids).
     mask: [..., T] 1 on completion tokens, 0 on padding (right padding).
     seed: salt for the mixer; the collision bound holds for any fixed seed.
 
@@ -70,13 +79,29 @@ def prefix_hashes(tokens: jax.Array, mask: jax.Array, seed: int = 0) -> tuple[ja
     Padding positions contribute nothing (their hashes are meaningless and are
     never compared by the kernel: validity is compared separately).
   """
-  tok = tokens.astype(jnp.uint32)
+  tokens, mask = as_array(tokens, "tokens"), as_array(mask, "mask")
+  check_ids_fit(tokens)
+  if tokens.ndim < 1 or mask.shape != tokens.shape:
+    raise ValueError(f"mask must have the shape of tokens {tuple(tokens.shape)}; got {tuple(mask.shape)}")
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"tokens must be integer token ids; got dtype {tokens.dtype}")
+  return _prefix_hashes(tokens, mask, seed)
+
+
+def _prefix_hashes(tokens, mask, seed: int):
+  """``prefix_hashes`` on checked arrays (traceable)."""
   valid = mask.astype(bool)
   pos = jnp.arange(tokens.shape[-1], dtype=jnp.uint32)
+  wide = jnp.dtype(tokens.dtype).itemsize == 8
+  tok = tokens.astype(jnp.uint32)  # the low 32 bits
+  high = (tokens >> 32).astype(jnp.uint32) if wide else None
   lanes = []
   for key, mult in zip(_LANE_KEYS, _POS_MULT):
     k = jnp.uint32((key + 0x632BE5AB * seed) & 0xFFFFFFFF)
-    f = fmix32(fmix32(tok ^ k) + pos * jnp.uint32(mult))
+    mixed = fmix32(tok ^ k)
+    if wide:  # both halves of a 64-bit id reach the mixer
+      mixed = mixed ^ fmix32(high + k * jnp.uint32(0x27D4EB2F))
+    f = fmix32(mixed + pos * jnp.uint32(mult))
     f = jnp.where(valid, f, jnp.uint32(0))
     lanes.append(jnp.cumsum(f, axis=-1, dtype=jnp.uint32))
   return lanes[0], lanes[1]
@@ -92,11 +117,13 @@ def _match_reduce_compare(hi, lo, valid, values):
 
   Accumulates one [N, G, T] comparison per group member j, so memory stays
   O(G·T) per group.  For small G the loop is unrolled (XLA fuses it into one
-  elementwise pass); for large G a ``fori_loop`` runs over the members of one
-  group at a time (``lax.map``), which keeps each pass in cache.  (A broadcast
-  [N, G, G, T] compare reduced over j is also fused by XLA:CPU but measured
-  2-6× slower at G=64; the per-group map is 1.8× faster than a loop over the
-  whole batch at G=64, T=4096.)
+  elementwise pass); for large G a ``fori_loop`` over the members runs in each
+  block of positions of a ``scan``, so the accumulators of a block stay in cache
+  and the batch axis is never looped over.  A loop over groups (``lax.map``,
+  before) gathered a sharded batch onto every device (8× the work on 8); on
+  one CPU device this path measured 0.93–1.29× its time (best of 7, interleaved,
+  64 groups, G = 36–64, T = 1,024–4,096).  (A broadcast [N, G, G, T] compare
+  reduced over j is also fused by XLA:CPU but measured 2-6× slower at G=64.)
   """
   g = hi.shape[1]
 
@@ -118,13 +145,23 @@ def _match_reduce_compare(hi, lo, valid, values):
       carry = member(j, carry, hi, lo, valid, values)
     return carry
 
-  def one_group(args):
-    h, l, v, vals = (None if x is None else x[None] for x in args)
-    body = lambda j, c: member(j, c, h, l, v, vals)
-    c, s = jax.lax.fori_loop(0, g, body, init(h.shape))
-    return c[0], None if s is None else s[0]
+  # Large G: scan over blocks of positions (T is never a sharded axis), and in each block loop over the G members
+  # with the whole batch at once.  The batch axis is never scanned over, so it keeps its sharding; a block's
+  # [N, G, block] accumulators stay small.
+  n, _, t = hi.shape
+  block = int(min(t, max(8, _BLOCK_ELEMENTS // g)))
+  pad = (-t) % block
+  nb = (t + pad) // block
+  blocks = lambda x: jnp.moveaxis(jnp.pad(x, ((0, 0), (0, 0), (0, pad))).reshape(n, g, nb, block), 2, 0)
 
-  return jax.lax.map(one_group, (hi, lo, valid, values))
+  def one_block(_, xs):
+    h, l, v = xs
+    body = lambda j, c: member(j, c, h, l, v, values)
+    return None, jax.lax.fori_loop(0, g, body, init(h.shape))
+
+  _, (counts, sums) = jax.lax.scan(one_block, None, (blocks(hi), blocks(lo), blocks(valid)))
+  unblock = lambda x: jnp.moveaxis(x, 0, 2).reshape(n, g, nb * block)[..., :t]
+  return unblock(counts), None if sums is None else unblock(sums)
 
 
 def _match_reduce_sort(hi, lo, valid, values):
@@ -188,14 +225,14 @@ def check_group_shapes(tokens, mask, rewards=None) -> None:
 
 
 def group_prefix_reduce(
-    tokens: jax.Array,
-    mask: jax.Array,
-    values: jax.Array | None = None,
+    tokens,
+    mask,
+    values=None,
     *,
     method: Method = "auto",
     seed: int = 0,
 ) -> tuple[jax.Array, jax.Array | None]:
-  """Counts |λ(i,t)| and, optionally, Σ_{j∈λ(i,t)} values[j].
+  """Counts |λ(i,t)| and, optionally, Σ_{j∈λ(i,t)} values[j] (traceable; arguments already arrays).
 
   Args:
     tokens: int[..., G, T]; mask: [..., G, T]; values: float[..., G] or None.
@@ -213,7 +250,7 @@ def group_prefix_reduce(
   if method not in ("sort", "compare"):
     raise ValueError(f"method must be 'auto', 'sort' or 'compare'; got {method!r}")
   valid = _flatten_groups(mask.astype(bool), 2)
-  hi, lo = prefix_hashes(_flatten_groups(tokens, 2), valid, seed)
+  hi, lo = _prefix_hashes(_flatten_groups(tokens, 2), valid, seed)
   vals = None if values is None else _flatten_groups(jnp.asarray(values), 1)
   if vals is not None and not jnp.issubdtype(vals.dtype, jnp.floating):
     vals = vals.astype(jnp.float32)
@@ -225,12 +262,12 @@ def group_prefix_reduce(
   return counts, sums
 
 
-@functools.partial(jax.jit, static_argnames=("method", "seed"))
-def prefix_counts(tokens: jax.Array, mask: jax.Array, *, method: Method = "auto", seed: int = 0) -> jax.Array:
+def prefix_counts(tokens, mask, *, method: Method = "auto", seed: int = 0) -> jax.Array:
   """|λ(i,t)|: how many completions of the group share the prefix y_i[0..t].
 
   Args:
-    tokens: int[..., G, T] completion tokens (prompt excluded), right-padded.
+    tokens: int[..., G, T] completion tokens (prompt excluded), right-padded
+      (an array, or a nested list: converted once, outside ``jit``).
     mask: [..., G, T] 1 on completion tokens (EOS included), 0 on padding. Must
       be a prefix mask per completion (ones then zeros); ``jaxgrpo.checked``
       validates that eagerly.
@@ -238,7 +275,15 @@ def prefix_counts(tokens: jax.Array, mask: jax.Array, *, method: Method = "auto"
     seed: hash salt.
 
   Returns:
-    int32[..., G, T]; 0 where ``mask`` is 0, else in [1, G].
+    int32[..., G, T]; 0 where ``mask`` is 0, else in [1, G].  Jitted; no gradient
+    (counts are integers).
   """
+  tokens, mask = as_array(tokens, "tokens"), as_array(mask, "mask")
+  check_ids_fit(tokens)
+  return _prefix_counts(tokens, mask, method=method, seed=seed)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "seed"))
+def _prefix_counts(tokens, mask, *, method, seed):
   counts, _ = group_prefix_reduce(tokens, mask, None, method=method, seed=seed)
   return counts

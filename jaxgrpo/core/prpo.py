@@ -4,6 +4,9 @@ Pipeline: ``entropy_segments`` cuts each completion at its entropy spikes; a
 PRM scores each segment in [0, 1]; ``segment_scores_to_tokens`` spreads the
 scores over the tokens; ``prpo_advantages`` normalizes them with a fixed prior
 and shifts them by the outcome advantage: A(i,t) = z(i,t) + β_i.
+
+Every function takes arrays or nested lists, checks that its arguments' shapes agree (naming the argument and the
+shape it expects), and accepts traced ``prior_mean``, ``prior_std`` and ``eps``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgrpo.core import advantages as adv_lib
+from jaxgrpo.core.arrays import as_array, check_shape
 
 # PRPO's choices, declared once (the trainer's config reads them from here).
 Normalization = Literal["fixed", "relative"]  # z from a fixed prior (the paper) | group statistics (the ablation)
@@ -25,8 +29,7 @@ UNIFORM_STD = 1.0 / math.sqrt(12.0)  # std of U[0, 1]: the paper's σ0 = 0.289
 AUTHORS_CODE_STD = math.sqrt(1.0 / 24.0)  # σ0 in the authors' code (≈ 0.204)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "min_gap"))
-def entropy_segments(entropies: jax.Array, mask: jax.Array, k: int = 5, min_gap: int = 10) -> jax.Array:
+def entropy_segments(entropies, mask, k: int = 5, min_gap: int = 10) -> jax.Array:
   """Segment id of every token, cutting at entropy spikes.
 
   Rule (per completion of valid length L):
@@ -44,14 +47,20 @@ def entropy_segments(entropies: jax.Array, mask: jax.Array, k: int = 5, min_gap:
     k: number of spikes considered; min_gap: minimum distance between cuts.
 
   Returns:
-    int32[..., T]: 0, 1, ... along each completion; -1 on padding.
+    int32[..., T]: 0, 1, ... along each completion; -1 on padding.  Jitted (``k`` and ``min_gap`` static).
   """
-  entropies = jnp.asarray(entropies)
-  mask = jnp.asarray(mask)
+  entropies, mask = as_array(entropies, "entropies"), as_array(mask, "mask")
+  if entropies.ndim < 1:
+    raise ValueError("entropies must have shape [..., T]; got a scalar")
   if entropies.shape != mask.shape:
-    raise ValueError(f"mask must have the shape of entropies {entropies.shape}; got {mask.shape}")
+    raise ValueError(f"mask must have the shape of entropies {tuple(entropies.shape)}; got {tuple(mask.shape)}")
   if k < 1 or min_gap < 1:
     raise ValueError(f"k and min_gap must be >= 1; got k={k}, min_gap={min_gap}")
+  return _entropy_segments(entropies, mask, k=int(k), min_gap=int(min_gap))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "min_gap"))
+def _entropy_segments(entropies, mask, *, k, min_gap):
   t = entropies.shape[-1]
   valid = mask.astype(bool)
   length = jnp.sum(valid, axis=-1)
@@ -71,16 +80,23 @@ def entropy_segments(entropies: jax.Array, mask: jax.Array, k: int = 5, min_gap:
   return jnp.where(valid, seg, -1)
 
 
-def segment_scores_to_tokens(segment_ids: jax.Array, scores: jax.Array) -> jax.Array:
+def segment_scores_to_tokens(segment_ids, scores) -> jax.Array:
   """Give every token its segment's score.
 
   Args:
     segment_ids: int[..., T] from ``entropy_segments`` (-1 on padding).
-    scores: float[..., S] one PRM score per segment (S ≥ max segment id + 1).
+    scores: float[..., S] one PRM score per segment (S ≥ max segment id + 1; ``checked`` verifies that, here an
+      id past S takes the last score).
 
   Returns:
-    float[..., T] (0 on padding).
+    float[..., T] (0 on padding); differentiable w.r.t. ``scores``.
   """
+  segment_ids, scores = jnp.asarray(as_array(segment_ids, "segment_ids")), jnp.asarray(as_array(scores, "scores"))
+  if segment_ids.ndim < 1 or scores.ndim != segment_ids.ndim:
+    raise ValueError(f"scores must have shape {tuple(segment_ids.shape[:-1])} + (S,) to match segment_ids "
+                     f"{tuple(segment_ids.shape)}; got {tuple(scores.shape)}")
+  if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+    raise ValueError(f"segment_ids must be integer segment ids; got dtype {segment_ids.dtype}")
   if scores.shape[:-1] != segment_ids.shape[:-1]:
     raise ValueError(
         f"scores must have shape {segment_ids.shape[:-1]} + (S,) to match segment_ids "
@@ -106,8 +122,20 @@ def normalize_process_scores(
     token_scores: float[..., G, T] in [0, 1]; mask: [..., G, T].
     normalization: "fixed" (z = (s − μ0)/σ0, the paper's method) or "relative"
       (mean/std of the group's valid token scores; the ablation that collapses).
-    prior_mean, prior_std: μ0 and σ0 (``UNIFORM_STD`` or ``AUTHORS_CODE_STD``).
+    prior_mean, prior_std: μ0 and σ0 (``UNIFORM_STD`` or ``AUTHORS_CODE_STD``); may be traced.
+    eps: added to the group std of the "relative" normalization.
+
+  Returns:
+    float[..., G, T], 0 on padding.
   """
+  token_scores, mask = jnp.asarray(as_array(token_scores, "token_scores")), jnp.asarray(as_array(mask, "mask"))
+  if token_scores.ndim < 2:
+    raise ValueError(f"token_scores must have shape [..., G, T]; got {tuple(token_scores.shape)}")
+  check_shape(mask, "mask", token_scores.shape, "[..., G, T] of token_scores")
+  return _normalize(token_scores, mask, normalization, prior_mean, prior_std, eps)
+
+
+def _normalize(token_scores, mask, normalization, prior_mean, prior_std, eps):
   valid = mask.astype(bool)
   if normalization == "fixed":
     z = (token_scores - prior_mean) / prior_std
@@ -115,7 +143,8 @@ def normalize_process_scores(
     n = jnp.maximum(jnp.sum(valid, axis=(-2, -1), keepdims=True), 1)
     mean = jnp.sum(jnp.where(valid, token_scores, 0.0), axis=(-2, -1), keepdims=True) / n
     var = jnp.sum(jnp.where(valid, jnp.square(token_scores - mean), 0.0), axis=(-2, -1), keepdims=True) / n
-    z = (token_scores - mean) / (jnp.sqrt(var) + eps)
+    std = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)  # finite gradient at var = 0
+    z = (token_scores - mean) / (std + eps)
   else:
     raise ValueError(f"normalization must be 'fixed' or 'relative'; got {normalization!r}")
   return jnp.where(valid, z, 0.0)
@@ -143,15 +172,17 @@ def prpo_advantages(
       the GRPO std-normalized advantage ("std", with ``ddof``/``eps``).
 
   Returns:
-    float[..., G, T], 0 on padding.  Combine with λ-GRPO by passing
+    float[..., G, T], 0 on padding (finite gradients in zero-variance groups).  Combine with λ-GRPO by passing
     ``weights=lambda_weights(counts)`` to ``policy_loss`` as well.
   """
-  if rewards.shape != token_scores.shape[:-1]:
-    raise ValueError(f"rewards must have shape {token_scores.shape[:-1]}; got {rewards.shape}")
+  token_scores, mask = jnp.asarray(as_array(token_scores, "token_scores")), jnp.asarray(as_array(mask, "mask"))
+  rewards = jnp.asarray(as_array(rewards, "rewards"))
+  if token_scores.ndim < 2:
+    raise ValueError(f"token_scores must have shape [..., G, T]; got {tuple(token_scores.shape)}")
+  check_shape(mask, "mask", token_scores.shape, "[..., G, T] of token_scores")
+  check_shape(rewards, "rewards", token_scores.shape[:-1], "[..., G] of token_scores")
   if outcome not in ("centered", "std"):
     raise ValueError(f"outcome must be 'centered' or 'std'; got {outcome!r}")
-  z = normalize_process_scores(
-      token_scores, mask, normalization=normalization, prior_mean=prior_mean, prior_std=prior_std
-  )
+  z = _normalize(token_scores, mask, normalization, prior_mean, prior_std, 1e-6)
   beta = adv_lib.group_advantages(rewards, scale=outcome == "std", ddof=ddof, eps=eps)
   return jnp.where(mask.astype(bool), z + beta[..., None], 0.0)
