@@ -24,7 +24,7 @@ if [ "$#" -gt 0 ]; then
 fi
 SMOLLM2="tests/test_smollm2.py"
 status=0
-python -m pytest -q -n 3 --dist loadgroup --durations=40 --ignore=$SMOLLM2 || status=$?
+python -m pytest -q -n 2 --dist loadgroup --durations=60 --ignore=$SMOLLM2 || status=$?
 # SmolLM2 is compute-bound, not compile-bound: full XLA optimization for it
 XLA_FLAGS="${XLA_FLAGS//--xla_backend_optimization_level=0/}" python -m pytest -q --durations=5 $SMOLLM2 || status=$?
 exit $status

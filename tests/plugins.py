@@ -32,3 +32,13 @@ def share_of_l(example, segments):
 def text_length(prompt, completion, example):
   """A reward that varies inside any group of random completions (so even a random model gets a gradient)."""
   return len(completion) / 100.0
+
+
+def starts_ll(prompt, completion, example):
+  """1 if the completion starts with "LL": with G = 4 about a third of the groups have zero variance."""
+  return float(completion.startswith("LL"))
+
+
+def constant_one(prompt, completion, example):
+  """A reward that is the same for every completion (constant in every group)."""
+  return 1.0

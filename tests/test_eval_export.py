@@ -24,7 +24,7 @@ from jaxgrpo.train.evaluation import pass_at_k
 from jaxgrpo.train.trainer import Trainer
 
 # One worker runs this file under pytest-xdist, so the module's trained run is made once.
-pytestmark = pytest.mark.xdist_group("eval_export")
+pytestmark = pytest.mark.xdist_group(name="eval_export")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ non-finite steps, stale or shared output directories, changed configs."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,15 +14,24 @@ import jax
 import numpy as np
 import pytest
 
+from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.train import presets
 from jaxgrpo.train.checkpointing import Checkpointer, CheckpointRestoreError, CheckpointSaveError
 from jaxgrpo.train.config import replace as config_replace
 from jaxgrpo.train.run_dir import RunDirError
-from jaxgrpo.train.trainer import NonFiniteError, Trainer
+from jaxgrpo.train.trainer import NonFiniteError
+from jaxgrpo.train.trainer import Trainer as _Trainer
 
 STEPS = 60
-# One worker runs this file under pytest-xdist, so the module's reference run is made once.
-pytestmark = pytest.mark.xdist_group("faults")
+# One worker runs this file under pytest-xdist, so the reference run is made once.
+pytestmark = pytest.mark.xdist_group(name="faults")
+
+
+def trainer(cfg):
+  """The runs here are on one device, in this process and in the CLI subprocesses alike (``env``): what a fault
+  does to a run does not depend on the device count (the multi-device kill and resume is tests/test_multihost.py),
+  and one device makes each toy step ~3× cheaper than eight simulated ones."""
+  return _Trainer(cfg, mesh=shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
 TESTS = os.path.dirname(__file__)
 
 
@@ -38,7 +48,9 @@ def cli_args(out, steps=STEPS, extra=()):
 
 
 def env(**extra):
-  e = dict(os.environ, PYTHONPATH=TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  e = dict(os.environ, PYTHONPATH=TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=1".strip())
   e.update({k: str(v) for k, v in extra.items()})
   return e
 
@@ -67,7 +79,7 @@ def metric_steps(out):
 def reference(tmp_path_factory):
   """An uninterrupted run (in this process) that the interrupted ones must reproduce bit for bit."""
   out = tmp_path_factory.mktemp("ref") / "run"
-  Trainer(toy(out)).run(resume=False)
+  trainer(toy(out)).run(resume=False)
   return final_state(out)[1]
 
 
@@ -128,7 +140,7 @@ def test_signals_during_an_update_let_it_finish_then_save_that_step(tmp_path, re
   from jaxgrpo.train.preemption import Preempted
 
   out = tmp_path / "run"
-  tr = Trainer(toy(out))
+  tr = trainer(toy(out))
   update_fn = tr.update_fn
 
   def update_then_signal(*args):
@@ -142,7 +154,7 @@ def test_signals_during_an_update_let_it_finish_then_save_that_step(tmp_path, re
     tr.run(resume=False)
   step, state = final_state(out)
   assert step == int(state["step"]) == 13 and max(metric_steps(out)) == 13
-  Trainer(toy(out)).run()
+  trainer(toy(out)).run()
   assert_same_state(final_state(out)[1], reference)
 
 
@@ -173,10 +185,10 @@ def test_train_keeps_its_compiled_programs_in_the_compile_cache(tmp_path):
 
 def test_no_resume_into_a_used_directory_is_refused_and_overwrite_starts_clean(tmp_path):
   out = tmp_path / "run"
-  Trainer(toy(out, steps=5)).run(resume=False)
+  trainer(toy(out, steps=5)).run(resume=False)
   with pytest.raises(RunDirError, match=r"holds checkpoints of an earlier run \(steps \[5\]\).*--overwrite"):
-    Trainer(toy(out, steps=5, seed=1)).run(resume=False)
-  Trainer(toy(out, steps=3, seed=1)).run(resume=False, overwrite=True)
+    trainer(toy(out, steps=5, seed=1)).run(resume=False)
+  trainer(toy(out, steps=3, seed=1)).run(resume=False, overwrite=True)
   step, state = final_state(out)
   assert step == 3 and sorted(os.listdir(out / "checkpoints")) == ["3"]  # the old run's step 5 is gone
   assert metric_steps(out) == [1, 2, 3]
@@ -184,16 +196,16 @@ def test_no_resume_into_a_used_directory_is_refused_and_overwrite_starts_clean(t
 
 def test_resuming_with_a_changed_config_is_refused_naming_the_keys(tmp_path):
   out = tmp_path / "run"
-  Trainer(toy(out, steps=5)).run()
+  trainer(toy(out, steps=5)).run()
   changed = toy(out, steps=8, seed=2, sampling={"group_size": 8}, optim={"learning_rate": 0.01})
   with pytest.raises(RunDirError, match=r"changes training: optim.learning_rate: 0.003 -> 0.01, "
                                         r"sampling.group_size: 16 -> 8, seed: 0 -> 2"):
-    Trainer(changed).run()
+    trainer(changed).run()
   assert "seed: 0" in (out / "config.yaml").read_text()  # the saved config is untouched
-  Trainer(toy(out, steps=8, log_every=2)).run()  # safe changes resume (steps with a constant lr, logging)
+  trainer(toy(out, steps=8, log_every=2)).run()  # safe changes resume (steps with a constant lr, logging)
   assert final_state(out)[0] == 8 and (out / "config.step5.yaml").exists()
   with pytest.warns(UserWarning, match="changed config keys"):
-    Trainer(toy(out, steps=9, optim={"learning_rate": 0.01})).run(allow_config_change=True)
+    trainer(toy(out, steps=9, optim={"learning_rate": 0.01})).run(allow_config_change=True)
 
 
 def corrupt(path):
@@ -209,10 +221,10 @@ def corrupt(path):
 
 def test_a_corrupted_checkpoint_is_skipped_with_a_warning_and_all_bad_is_a_clear_error(tmp_path):
   out = tmp_path / "run"
-  Trainer(toy(out, steps=10, keep_checkpoints=3)).run()
+  trainer(toy(out, steps=10, keep_checkpoints=3)).run()
   ck = out / "checkpoints"
   corrupt(ck / "10" / "state")
-  t = Trainer(toy(out, steps=10, keep_checkpoints=3))
+  t = trainer(toy(out, steps=10, keep_checkpoints=3))
   with pytest.warns(UserWarning, match=r"skipping checkpoint .*checkpoints/10: "):
     t.run()  # falls back to step 5 and trains steps 6-10 again
   assert t.step == 10 and metric_steps(out) == list(range(1, 11))
@@ -222,13 +234,13 @@ def test_a_corrupted_checkpoint_is_skipped_with_a_warning_and_all_bad_is_a_clear
   os.remove(ck / "5" / "meta" / "metadata")  # an incomplete checkpoint
   with pytest.raises(CheckpointRestoreError, match=r"none of the \d checkpoint\(s\) in .* can be restored.*Delete"):
     with pytest.warns(UserWarning):
-      Trainer(toy(out, steps=12, keep_checkpoints=3)).run()
+      trainer(toy(out, steps=12, keep_checkpoints=3)).run()
 
 
 def test_a_tampered_value_fails_the_checksum(tmp_path):
   out = tmp_path / "run"
-  Trainer(toy(out, steps=5)).run()
-  t = Trainer(toy(out, steps=5))
+  trainer(toy(out, steps=5)).run()
+  t = trainer(toy(out, steps=5))
   ck = Checkpointer(str(out / "checkpoints"))
   template = t._ckpt_state()
   state = ck.restore_step(5, template)
@@ -250,13 +262,13 @@ def test_nonfinite_steps_stop_the_run_without_saving_or_are_skipped(tmp_path, mo
   cfg = toy(out, steps=6, checkpoint_every=1, nonfinite=mode, optim={"learning_rate": 3e38, "max_grad_norm": 0.0})
   if mode == "stop":
     with pytest.raises(NonFiniteError, match=r"step \d: non-finite .*(loss|gradients|parameters)"):
-      Trainer(cfg).run()
+      trainer(cfg).run()
   else:
-    history = Trainer(cfg).run()
+    history = trainer(cfg).run()
     assert sum(h["skipped_updates"] for h in history if "loss" in h) >= 1
   ck = Checkpointer(str(out / "checkpoints"), read_only=True)
   for step in ck.all_steps():  # everything saved is finite and verifies
-    ck.restore_step(step, Trainer(cfg)._ckpt_state())
+    ck.restore_step(step, trainer(cfg)._ckpt_state())
   ck.close()
 
 
@@ -264,7 +276,7 @@ def test_prpo_with_a_degenerate_prior_is_caught_as_nonfinite(tmp_path):
   cfg = toy(tmp_path / "run", steps=3, objective={"name": "prpo", "prpo_k": 1, "prpo_min_gap": 2,
                                                   "prpo_prior_std": 1e-45, "prm": "plugins:share_of_l"})
   with pytest.raises(NonFiniteError, match=r"step 1: non-finite loss"):
-    Trainer(cfg).run()
+    trainer(cfg).run()
   assert not os.path.exists(tmp_path / "run" / "checkpoints" / "1")
 
 

@@ -234,7 +234,7 @@ def test_every_sampling_option_decides_whether_the_sampler_is_the_policy():
   from jaxgrpo.rollout.sampler import SamplingParams
   from jaxgrpo.train.config import SamplingSpec
 
-  options = {f.name for f in dataclasses.fields(SamplingParams)} | set(engine.ENGINE_OPTIONS)
+  options = {f.name for f in dataclasses.fields(SamplingParams)} | set(engine.ENGINE_OPTIONS) | {"dtype"}
   assert options == set(policy.SAMPLING_OPTIONS)
   assert {f.name for f in dataclasses.fields(SamplingSpec)} <= options
   base = dataclasses.asdict(SamplingSpec())
@@ -244,6 +244,7 @@ def test_every_sampling_option_decides_whether_the_sampler_is_the_policy():
   assert policy.old_logp_source(4, {**base, "top_k": 5}) == "recompute"
   assert policy.old_logp_source(4, {**base, "top_p": 0.9}) == "recompute"
   assert policy.old_logp_source(4, {**base, "temperature": 0.7}) == "batch"  # part of the policy
+  assert policy.old_logp_source(4, {**base, "dtype": "bfloat16"}) == "recompute"  # a bf16 sampler
   with pytest.raises(ValueError, match=r"sampling option\(s\) \['min_p'\] are not decided"):
     policy.old_logp_source(4, {**base, "min_p": 0.1})
 

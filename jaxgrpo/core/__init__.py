@@ -2,7 +2,9 @@
 
 Prefix-overlap kernel (``prefix``), GRPO's implicit PRM (``implicit_prm``), group advantages (``advantages``), the
 clipped policy loss with λ weights (``objectives``), PRPO's segments and advantages (``prpo``), eagerly validated
-entry points (``checked``), integer hashing (``hashing``) and pytree reductions (``trees``).  Nothing here imports
+entry points (``checked``), the sampler ↔ trainer mismatch and its correction (``mismatch``), reward shaping
+(``shaping``: overlong punishment, multi-reward normalization, KL in the reward), argument handling (``arrays``),
+integer hashing (``hashing``) and pytree reductions (``trees``).  Nothing here imports
 from the rest of jaxgrpo.
 """
 
@@ -16,7 +18,17 @@ from jaxgrpo.core.implicit_prm import (
   tree_stats,
   tree_stats_from_counts,
 )
-from jaxgrpo.core.objectives import AGGREGATIONS, Aggregation, k3_kl, lambda_weights, policy_loss
+from jaxgrpo.core.mismatch import CORRECTIONS, mismatch_metrics, rollout_correction
+from jaxgrpo.core.objectives import (
+  AGGREGATIONS,
+  KL_ESTIMATORS,
+  RATIO_LEVELS,
+  Aggregation,
+  k3_kl,
+  kl_estimate,
+  lambda_weights,
+  policy_loss,
+)
 from jaxgrpo.core.prefix import prefix_counts, prefix_hashes
 from jaxgrpo.core.prpo import (
   AUTHORS_CODE_STD,
@@ -26,11 +38,16 @@ from jaxgrpo.core.prpo import (
   prpo_advantages,
   segment_scores_to_tokens,
 )
+from jaxgrpo.core.shaping import REWARD_NORMALIZATIONS, kl_reward_penalty, normalize_then_sum, overlong_penalty
 
 __all__ = [
     "AGGREGATIONS",
     "AUTHORS_CODE_STD",
     "Aggregation",
+    "CORRECTIONS",
+    "KL_ESTIMATORS",
+    "RATIO_LEVELS",
+    "REWARD_NORMALIZATIONS",
     "ImplicitPRM",
     "TreeStats",
     "UNIFORM_STD",
@@ -40,13 +57,19 @@ __all__ = [
     "group_advantages",
     "implicit_prm",
     "k3_kl",
+    "kl_estimate",
+    "kl_reward_penalty",
     "lambda_weights",
+    "mismatch_metrics",
     "normalize_process_scores",
+    "normalize_then_sum",
+    "overlong_penalty",
     "policy_loss",
     "prefix_counts",
     "prefix_hashes",
     "prefix_metrics",
     "prpo_advantages",
+    "rollout_correction",
     "segment_scores_to_tokens",
     "step_advantages",
     "tree_stats",

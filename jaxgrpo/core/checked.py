@@ -151,7 +151,8 @@ def prpo_advantages(token_scores, mask, rewards, *, normalization: _prpo.Normali
 
 def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, clip_eps_low: float = 0.2,
                 clip_eps_high: float | None = None, kl_beta: float = 0.0, aggregation: _obj.Aggregation = "token_mean",
-                normalizer: float | None = None):
+                normalizer: float | None = None, ratio_level: _obj.RatioLevel = "token",
+                kl_estimator: _obj.KLEstimator = "k3", entropies=None, entropy_coef: float = 0.0):
   """``jaxgrpo.policy_loss`` after checking the mask (0/1, right-padded) and that log-probs, advantages and
   weights are finite on completion tokens (log-probs ≤ 0, weights ≥ 0) and the hyper-parameters are in range."""
   logp, mask = np.asarray(logp), np.asarray(mask)
@@ -181,9 +182,18 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, cli
     _finite_on(w, valid, "weights")
     if (w[valid] < 0).any():
       raise ValueError("weights must be >= 0 on completion tokens")
-  for name, x in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high), ("kl_beta", kl_beta)):
+  if entropies is not None:
+    e = np.asarray(entropies)
+    if e.shape != logp.shape:
+      raise ValueError(f"entropies must have the shape of logp {logp.shape}; got {e.shape}")
+    _finite_on(e, valid, "entropies")
+    if (e[valid] < 0).any():
+      raise ValueError("entropies must be >= 0 on completion tokens")
+  for name, x in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high), ("kl_beta", kl_beta),
+                  ("entropy_coef", entropy_coef)):
     if x is not None and not (np.isfinite(x) and x >= 0):
       raise ValueError(f"{name} must be a finite number >= 0; got {x}")
   return _obj.policy_loss(logp, old_logp, ref_logp, advantages, mask, weights=weights, clip_eps_low=clip_eps_low,
                           clip_eps_high=clip_eps_high, kl_beta=kl_beta, aggregation=aggregation,
-                          normalizer=normalizer)
+                          normalizer=normalizer, ratio_level=ratio_level, kl_estimator=kl_estimator,
+                          entropies=entropies, entropy_coef=entropy_coef)

@@ -35,6 +35,12 @@ from jaxgrpo.core.arrays import as_array, optional_array
 # How a batch's per-token terms are reduced to a loss (see ``aggregation_denominator``); declared once, here.
 Aggregation = Literal["token_mean", "seq_mean", "constant", "weight_mean"]
 AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
+# The KL estimators (Schulman's k1, k2, k3) and the levels of the PPO ratio (token: PPO/GRPO; sequence: GSPO;
+# sequence_token: GSPO-token), declared once, here.
+KLEstimator = Literal["k1", "k2", "k3"]
+KL_ESTIMATORS: tuple[str, ...] = typing.get_args(KLEstimator)
+RatioLevel = Literal["token", "sequence", "sequence_token"]
+RATIO_LEVELS: tuple[str, ...] = typing.get_args(RatioLevel)
 
 
 def lambda_weights(counts) -> jax.Array:
@@ -61,6 +67,23 @@ def k3_kl(logp, ref_logp) -> jax.Array:
   logp, ref_logp = jnp.asarray(as_array(logp, "logp")), jnp.asarray(as_array(ref_logp, "ref_logp"))
   d = ref_logp - logp
   return jnp.exp(d) - d - 1.0
+
+
+def kl_estimate(logp, ref_logp, estimator: KLEstimator = "k3") -> jax.Array:
+  """A per-token estimate of KL(π_θ‖π_ref) from the log-probs of tokens sampled from π_θ.
+
+  With d = log π_ref − log π_θ: ``k1`` = −d (unbiased, can be negative), ``k2`` = d²/2 (biased, ≥ 0, low variance),
+  ``k3`` = e^d − d − 1 (unbiased, ≥ 0, low variance; the default, as in GRPO).
+  """
+  logp, ref_logp = jnp.asarray(as_array(logp, "logp")), jnp.asarray(as_array(ref_logp, "ref_logp"))
+  d = ref_logp - logp
+  if estimator == "k1":
+    return -d
+  if estimator == "k2":
+    return 0.5 * jnp.square(d)
+  if estimator == "k3":
+    return jnp.exp(d) - d - 1.0
+  raise ValueError(f"estimator must be one of {KL_ESTIMATORS}; got {estimator!r}")
 
 
 def aggregation_denominator(mask: jax.Array, weights: jax.Array | None, aggregation: Aggregation,
@@ -109,11 +132,22 @@ def policy_loss(
     kl_beta=0.0,
     aggregation: Aggregation = "token_mean",
     normalizer=None,
+    ratio_level: RatioLevel = "token",
+    kl_estimator: KLEstimator = "k3",
+    entropies=None,
+    entropy_coef=0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Clipped surrogate + k3 KL, with optional per-token weights.
+  """Clipped surrogate + KL, with optional per-token weights (and an entropy bonus).
 
-  Per token:  ℓ(i,t) = w(i,t) · [ −min(P·A, clip(P, 1−ε_low, 1+ε_high)·A) + β·KL_k3 ]
-  with P = exp(logp − stop_gradient(old_logp)).
+  Per token:  ℓ(i,t) = w(i,t) · [ −min(P·A, clip(P, 1−ε_low, 1+ε_high)·A) + β·KL ]  − c_H · H(i,t)
+  with P the PPO ratio at ``ratio_level``:
+
+  * "token" (PPO, GRPO): P(i,t) = exp(logp − stop_gradient(old_logp));
+  * "sequence" (GSPO): P(i) = exp(mean_t (logp − old_logp)) over the completion's tokens, clipped per sequence;
+    the sequence's term stands on each of its tokens, so ``aggregation="seq_mean"`` is GSPO's objective exactly.
+    Needs per-sequence advantages and no token weights (use "sequence_token" for those);
+  * "sequence_token" (GSPO-token): P(i,t) = stop_gradient(P(i)) · exp(logp − stop_gradient(logp)) — the sequence
+    ratio's value with a per-token gradient, so per-token advantages (PRPO) and token weights (λ-GRPO) apply.
 
   Args:
     logp: float[..., T] log π_θ of the sampled tokens (differentiated).
@@ -130,23 +164,30 @@ def policy_loss(
       number of sequences × T), "weight_mean" (/ Σ weights: λ-GRPO rescaled to
       GRPO's update size).
     normalizer: the "constant" aggregation's divisor (may be traced).
+    ratio_level: "token" | "sequence" | "sequence_token" (see above).
+    kl_estimator: "k1" | "k2" | "k3" (``kl_estimate``).
+    entropies: optional float[..., T] the policy's entropies at the sampled positions, differentiable (needed when
+      ``entropy_coef`` ≠ 0); aggregated like the loss.
+    entropy_coef: c_H ≥ 0, the entropy bonus (may be traced).
 
   Returns:
     (loss, metrics): the scalar loss (float, logp's dtype) and float scalars ``pg_loss`` and ``kl_loss`` (the
     two parts, aggregated like the loss: loss = pg_loss + β·kl_loss), ``kl_mean``, ``ratio_mean``,
-    ``clip_frac_low``, ``clip_frac_high``, ``clip_frac`` and ``weight_mean`` (means over completion tokens).
-    Only ``logp`` carries a gradient.  Jitted; call it inside your own ``jit`` as well.
+    ``clip_frac_low``, ``clip_frac_high``, ``clip_frac`` and ``weight_mean`` (means over completion tokens), plus
+    ``entropy_mean`` and ``entropy_loss`` when ``entropies`` are given.  Only ``logp`` (and ``entropies``) carry a
+    gradient.  Jitted; call it inside your own ``jit`` as well.
   """
   logp, mask = as_array(logp, "logp"), as_array(mask, "mask")
   old_logp, ref_logp = optional_array(old_logp, "old_logp"), optional_array(ref_logp, "ref_logp")
   advantages, weights = as_array(advantages, "advantages"), optional_array(weights, "weights")
+  entropies = optional_array(entropies, "entropies")
   if logp.ndim < 1:
     raise ValueError("logp must have shape [..., T]; got a scalar")
   if not jnp.issubdtype(logp.dtype, jnp.floating):
     raise ValueError(f"logp must be floating point log-probabilities; got dtype {logp.dtype}")
   if mask.shape != logp.shape:
     raise ValueError(f"mask must have the shape of logp {logp.shape}; got {mask.shape}")
-  for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("weights", weights)):
+  for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("weights", weights), ("entropies", entropies)):
     if x is not None and x.shape != logp.shape:
       raise ValueError(f"{name} must have the shape of logp {logp.shape}; got {x.shape}")
   if advantages.shape not in (logp.shape[:-1], logp.shape):
@@ -156,20 +197,34 @@ def policy_loss(
     )
   if aggregation not in AGGREGATIONS:
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}; got {aggregation!r}")
+  if ratio_level not in RATIO_LEVELS:
+    raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}; got {ratio_level!r}")
+  if kl_estimator not in KL_ESTIMATORS:
+    raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}; got {kl_estimator!r}")
+  if ratio_level == "sequence" and advantages.shape == logp.shape:
+    raise ValueError("ratio_level='sequence' (GSPO) needs per-sequence advantages (one per completion); per-token "
+                     "advantages (PRPO) need ratio_level='sequence_token'")
+  if ratio_level == "sequence" and weights is not None:
+    raise ValueError("ratio_level='sequence' (GSPO) has one term per completion, so token weights (λ-GRPO) have "
+                     "nothing to weigh: use ratio_level='sequence_token'")
+  if entropies is None and (_is_traced(entropy_coef) or entropy_coef != 0.0):
+    raise ValueError("entropies are required when entropy_coef != 0")
   if ref_logp is None and (_is_traced(kl_beta) or kl_beta != 0.0):
     raise ValueError("ref_logp is required when kl_beta != 0" + (" (kl_beta is traced here, so it may be)"
                                                                  if _is_traced(kl_beta) else ""))
-  for name, x in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high), ("kl_beta", kl_beta)):
+  for name, x in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high), ("kl_beta", kl_beta),
+                  ("entropy_coef", entropy_coef)):
     if x is not None and not _is_traced(x) and not jnp.ndim(x) and float(x) < 0:
       raise ValueError(f"{name} must be >= 0; got {x}")
   eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
   return _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, clip_eps_low, eps_high, kl_beta,
-                      normalizer, aggregation=aggregation)
+                      normalizer, entropies, entropy_coef, aggregation=aggregation, ratio_level=ratio_level,
+                      kl_estimator=kl_estimator)
 
 
-@functools.partial(jax.jit, static_argnames=("aggregation",))
-def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, eps_high, kl_beta, normalizer, *,
-                 aggregation):
+@functools.partial(jax.jit, static_argnames=("aggregation", "ratio_level", "kl_estimator"))
+def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, eps_high, kl_beta, normalizer,
+                 entropies, entropy_coef, *, aggregation, ratio_level, kl_estimator):
   valid = mask.astype(bool)
   zero = jnp.zeros((), logp.dtype)
   lp = jnp.where(valid, logp, zero)  # padding never reaches an exp, a product or a gradient
@@ -180,7 +235,15 @@ def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, e
   w = valid.astype(logp.dtype) if weights is None else jnp.where(valid, weights.astype(logp.dtype), zero)
   w = jax.lax.stop_gradient(w)
 
-  ratio = jnp.exp(lp - old)
+  if ratio_level == "token":
+    ratio = jnp.exp(lp - old)
+  else:  # GSPO: the geometric mean of the completion's token ratios
+    lengths = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1).astype(logp.dtype)
+    seq_log_ratio = jnp.sum(lp - old, axis=-1, keepdims=True) / lengths
+    if ratio_level == "sequence":
+      ratio = jnp.broadcast_to(jnp.exp(seq_log_ratio), lp.shape)
+    else:  # sequence_token: the sequence ratio's value, each token's own gradient
+      ratio = jax.lax.stop_gradient(jnp.exp(seq_log_ratio)) * jnp.exp(lp - jax.lax.stop_gradient(lp))
   clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
   surrogate = jnp.minimum(ratio * adv, clipped * adv)
   pg = jnp.where(valid, -surrogate, zero)
@@ -188,9 +251,15 @@ def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, e
     kl = jnp.zeros_like(lp)
   else:
     ref = jax.lax.stop_gradient(jnp.where(valid, ref_logp.astype(logp.dtype), zero))
-    kl = jnp.where(valid, k3_kl(lp, ref), zero)
+    kl = jnp.where(valid, kl_estimate(lp, ref, kl_estimator), zero)
 
   loss = _aggregate(w * (pg + kl_beta * kl), mask, weights, aggregation, normalizer)
+  extra = {}
+  if entropies is not None:
+    ent = jnp.where(valid, entropies.astype(logp.dtype), zero)
+    entropy_loss = _aggregate(ent, mask, None, aggregation, normalizer)
+    loss = loss - entropy_coef * entropy_loss
+    extra = {"entropy_loss": entropy_loss}
 
   n = jnp.maximum(jnp.sum(valid), 1).astype(logp.dtype)
   mean = lambda x: jnp.sum(jnp.where(valid, x, zero)) / n
@@ -205,5 +274,8 @@ def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, e
       "clip_frac_high": mean(clip_high.astype(logp.dtype)),
       "clip_frac": mean((clip_low | clip_high).astype(logp.dtype)),
       "weight_mean": mean(w),
+      **extra,
   }
+  if entropies is not None:
+    metrics["entropy_mean"] = mean(ent)
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)

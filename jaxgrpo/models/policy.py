@@ -74,6 +74,7 @@ SAMPLING_OPTIONS: dict[str, Callable[[Any], bool] | None] = {
     "pad_id": None,  # written after the end; never sampled
     "prompt_multiple": None,  # left padding of the prompts (positions come from the mask)
     "trim": None,  # drops all-padding columns after sampling
+    "dtype": lambda d: d is not None,  # a sampler in its own compute dtype (bf16 beside f32) computes other numbers
 }
 
 

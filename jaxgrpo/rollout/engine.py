@@ -59,6 +59,7 @@ class Rollout:
   rewards: jax.Array | None = None  # float32[N] weighted total reward (after ``score``)
   reward_parts: dict[str, jax.Array] = dataclasses.field(default_factory=dict)  # name → float32[N] unweighted
   correct: jax.Array | None = None  # float32[N] 1 where the task counts the completion correct (after ``grade``)
+  keep: jax.Array | None = None  # float32[N] 0 on filler rows that must not train (``select_groups``), else None
 
   @property
   def num_rows(self) -> int:
@@ -156,6 +157,36 @@ class RolloutEngine:
                     np.float32)
     return dataclasses.replace(rollout, correct=self.to_global(ok, rollout.num_rows))
 
+  def select_groups(self, rollouts: Sequence[Rollout], picks: Sequence[tuple[int, int]],
+                    keep: Sequence[bool]) -> Rollout:
+    """One rollout made of groups of scored ``rollouts`` (same group size): ``picks[j] = (rollout index, group
+    index)`` becomes group j; ``keep[j]`` False marks a filler group (its rows get ``keep`` 0: they fill the
+    batch's shape and must not train).  Completions are right-padded and prompts left-padded to the longest."""
+    g = rollouts[0].group_size
+    t = max(r.tokens.shape[1] for r in rollouts)
+    p = max(r.prompt_ids.shape[1] for r in rollouts)
+    names = list(rollouts[0].reward_parts)
+    offsets = np.cumsum([0] + [r.prompt_ids.shape[0] for r in rollouts])
+    groups = np.asarray([offsets[k] + grp for k, grp in picks], np.int32)
+    rows = (groups[:, None] * g + np.arange(g)[None]).reshape(-1).astype(np.int32)
+    n = len(rows)
+    sh2, sh1 = self.row_sharding(n, 2), self.row_sharding(n)
+    arrays = [{"tokens": r.tokens, "mask": r.mask, "logprobs": r.logprobs, "entropies": r.entropies,
+               "lengths": r.lengths, "finish_reason": r.finish_reason, "rewards": r.rewards, "correct": r.correct,
+               **{f"part/{k}": r.reward_parts[k] for k in names}} for r in rollouts]
+    prompts = [(r.prompt_ids, r.prompt_mask) for r in rollouts]
+    flat, (prompt_ids, prompt_mask) = _select(arrays, prompts, rows, groups, t, p, self.tokenizer.pad_id,
+                                              sh2, sh1, self.row_sharding(len(groups), 2))
+    keep_rows = np.repeat(np.asarray(keep, np.float32), g)
+    local = dist.local_rows(sh1, n)
+    tok, msk = dist.host_rows(flat["tokens"], local), dist.host_rows(flat["mask"], local)
+    texts = [self.tokenizer.decode(tok[i][msk[i] == 1]) for i in range(len(local))]
+    return Rollout(examples=[rollouts[k].examples[grp] for k, grp in picks], group_size=g, rows=local, texts=texts,
+                   prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=flat["tokens"], mask=flat["mask"],
+                   logprobs=flat["logprobs"], entropies=flat["entropies"], lengths=flat["lengths"],
+                   finish_reason=flat["finish_reason"], rewards=flat["rewards"], correct=flat["correct"],
+                   reward_parts={k: flat[f"part/{k}"] for k in names}, keep=self.to_global(keep_rows[local], n))
+
   def host(self, rollout: Rollout, x: jax.Array) -> np.ndarray:
     """This process's rows of a row array of the rollout."""
     return dist.host_rows(x, rollout.rows)
@@ -183,3 +214,18 @@ def _flatten_rows(out: sampler.SampleOutput, t: int, sh2, sh1) -> dict[str, jax.
   one = lambda x: jax.lax.with_sharding_constraint(x.reshape(n), sh1)
   return {"tokens": two(out.tokens), "mask": two(out.mask), "logprobs": two(out.logprobs),
           "entropies": two(out.entropies), "lengths": one(out.lengths), "finish_reason": one(out.finish_reason)}
+
+
+@functools.partial(jax.jit, static_argnames=("t", "p", "pad_id", "sh2", "sh1", "shp"))
+def _select(arrays, prompts, rows, groups, t, p, pad_id, sh2, sh1, shp):
+  """Concatenate rollouts' row arrays (padded to t positions) and prompts (left-padded to p), then take rows."""
+  def pad_t(x, fill):
+    return x if x.ndim == 1 or x.shape[1] == t else jnp.pad(x, ((0, 0), (0, t - x.shape[1])), constant_values=fill)
+
+  fills = {"tokens": pad_id}
+  cat = {k: jnp.concatenate([pad_t(a[k], fills.get(k, 0)) for a in arrays]) for k in arrays[0]}
+  out = {k: jax.lax.with_sharding_constraint(v[rows], sh2 if v.ndim == 2 else sh1) for k, v in cat.items()}
+  left = lambda x, fill: jnp.pad(x, ((0, 0), (p - x.shape[1], 0)), constant_values=fill)
+  ids = jnp.concatenate([left(i, pad_id) for i, _ in prompts])[groups]
+  msk = jnp.concatenate([left(m, 0) for _, m in prompts])[groups]
+  return out, (jax.lax.with_sharding_constraint(ids, shp), jax.lax.with_sharding_constraint(msk, shp))

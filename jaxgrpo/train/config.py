@@ -25,8 +25,10 @@ from typing import Any, Literal
 
 import yaml
 
-from jaxgrpo.core.objectives import Aggregation
+from jaxgrpo.core.mismatch import Correction, CorrectionLevel
+from jaxgrpo.core.objectives import Aggregation, KLEstimator, RatioLevel
 from jaxgrpo.core.prpo import Normalization, Outcome
+from jaxgrpo.core.shaping import RewardNormalization
 from jaxgrpo.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES, Family
 from jaxgrpo.rollout.sampler import check_sampling
 from jaxgrpo.tasks.sources import SourceName
@@ -117,8 +119,11 @@ class SamplingSpec:
   top_p: float = 1.0  # nucleus sampling (1 = off; below 1 the update recomputes π_old)
   prompt_multiple: int = 8  # prompts left-padded to a multiple of this (fewer shapes: fewer compilations)
   trim: bool = True  # drop the all-padding tail of the completion buffer before the update
+  dtype: str | None = None  # the sampler's compute dtype (None: model.dtype); bfloat16 beside f32 training = mismatch
 
   def __post_init__(self):
+    if self.dtype is not None:
+      _require(self.dtype in DTYPES, "sampling.dtype", f"one of {list(DTYPES)} or null (the model's)", self.dtype)
     check_sampling(group_size=self.group_size, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                    top_k=self.top_k, top_p=self.top_p, name=lambda field: f"config key 'sampling.{field}'")
     _require(self.prompt_multiple >= 1, "sampling.prompt_multiple", ">= 1", self.prompt_multiple)
@@ -142,6 +147,14 @@ class ObjectiveSpec:
   micro_batches: int = 1  # gradient accumulation inside each minibatch (same update, less memory)
   logprob_chunk: int = 0  # completion positions per LM-head chunk in the loss (0 = unchunked)
   recompute_old_logp: bool = False  # recompute π_old with a forward pass instead of using the sampler's
+  ratio_level: RatioLevel = "token"  # PPO ratio per token | per sequence (GSPO) | sequence_token (GSPO-token)
+  kl_estimator: KLEstimator = "k3"  # k1 | k2 | k3 estimate of KL(π_θ‖π_ref) (kl_beta > 0)
+  kl_in_reward: bool = False  # the KL as a penalty folded into the rewards (r − β·Σ_t KL) instead of a loss term
+  entropy_coef: float = 0.0  # entropy bonus c_H ≥ 0 (entropies come from the loss's own log-prob pass)
+  mask_truncated: bool = False  # completions cut at max_new_tokens are left out of the loss (DAPO)
+  rollout_correction: Correction = "none"  # sampler↔trainer mismatch: none | tis (truncate) | mis (mask)
+  rollout_correction_level: CorrectionLevel = "token"  # weight per token, or the sequence's geometric mean
+  rollout_correction_cap: float = 3.0  # C > 1: tis truncates the weight at C; mis zeroes it outside [1/C, C]
   # PRPO
   prpo_k: int = 5  # entropy spikes considered per completion
   prpo_min_gap: int = 10  # minimum tokens between kept cuts (position 0 counts as a cut)
@@ -166,6 +179,20 @@ class ObjectiveSpec:
     _require(self.num_minibatches >= 1, "objective.num_minibatches", ">= 1", self.num_minibatches)
     _require(self.micro_batches >= 1, "objective.micro_batches", ">= 1", self.micro_batches)
     _require(self.logprob_chunk >= 0, "objective.logprob_chunk", ">= 0", self.logprob_chunk)
+    _require(self.entropy_coef >= 0, "objective.entropy_coef", ">= 0", self.entropy_coef)
+    _require(self.rollout_correction_cap > 1, "objective.rollout_correction_cap", "> 1", self.rollout_correction_cap)
+    if self.kl_in_reward:
+      _require(self.kl_beta > 0, "objective.kl_beta", "> 0 when objective.kl_in_reward is true", self.kl_beta)
+    if self.ratio_level == "sequence":
+      _require(self.name != "prpo", "objective.ratio_level",
+               "'token' or 'sequence_token' for objective.name = prpo (its advantages are per token; GSPO's "
+               "sequence ratio needs one per completion)", self.ratio_level)
+      _require(not self.uses_lambda, "objective.ratio_level",
+               "'token' or 'sequence_token' with λ weights (a sequence-level term has no tokens to weigh)",
+               self.ratio_level)
+      _require(self.rollout_correction == "none" or self.rollout_correction_level == "sequence",
+               "objective.rollout_correction_level", "'sequence' with objective.ratio_level = sequence (one "
+               "importance weight per completion, like its ratio)", self.rollout_correction_level)
     _require(self.prpo_k >= 1, "objective.prpo_k", ">= 1", self.prpo_k)
     _require(self.prpo_min_gap >= 1, "objective.prpo_min_gap", ">= 1", self.prpo_min_gap)
     _require(self.prpo_prior_std > 0, "objective.prpo_prior_std", "> 0 (the fixed prior's σ0)", self.prpo_prior_std)
@@ -218,6 +245,8 @@ class DataSpec:
   tfds_name: str | None = None  # e.g. gsm8k
   tfds_split: str = "train"  # the TFDS split trained on
   system_prompt: str | None = None  # chat system turn (None: the tokenizer's template default)
+  dynamic_sampling: bool = False  # DAPO: drop zero-variance groups, sample more prompts to fill the step
+  max_sampling_rounds: int = 4  # sampler calls per step at most (each takes prompts_per_step new prompts)
   # toy tree task
   target: str = "LLRL"  # the target leaf (+1)
   n_shared: int = 1  # leaves sharing the target's first n_shared tokens get r_neg
@@ -233,6 +262,7 @@ class DataSpec:
     object.__setattr__(self, "path", _expand(self.path))
     _check_literals(self, "data.")
     _require(self.prompts_per_step >= 1, "data.prompts_per_step", ">= 1", self.prompts_per_step)
+    _require(self.max_sampling_rounds >= 1, "data.max_sampling_rounds", ">= 1", self.max_sampling_rounds)
     _require(len(self.target) == 4 and not set(self.target) - {"L", "R"}, "data.target", "4 characters of L/R",
              self.target)
     _require(0 <= self.n_shared <= 4, "data.n_shared", "in [0, 4]", self.n_shared)
@@ -286,8 +316,14 @@ class RewardSpec:
 
   names: tuple[str, ...] = ("toy_tree",)  # toy_tree | math | format | module:function
   weights: tuple[float, ...] = (1.0,)  # one weight per name
+  normalization: RewardNormalization = "sum_then_normalize"  # or normalize_then_sum (GDPO: each reward per group)
+  overlong_buffer: int = 0  # DAPO's soft overlong punishment over the last L tokens before max_new_tokens (0: off)
+  overlong_penalty: float = 1.0  # its full penalty, reached at max_new_tokens
 
   def __post_init__(self):
+    _check_literals(self, "rewards.")
+    _require(self.overlong_buffer >= 0, "rewards.overlong_buffer", ">= 0 (0 = off)", self.overlong_buffer)
+    _require(self.overlong_penalty >= 0, "rewards.overlong_penalty", ">= 0", self.overlong_penalty)
     _require(len(self.names) == len(self.weights), "rewards.weights",
              f"one weight per reward name ({len(self.names)})", list(self.weights))
     _require(len(self.names) >= 1, "rewards.names", "at least one reward", list(self.names))
@@ -338,6 +374,20 @@ class TrainConfig:
     _require(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", self.keep_checkpoints)
     _require(self.log_every >= 1, "log_every", ">= 1", self.log_every)
     _require(bool(self.output_dir), "output_dir", "a directory", self.output_dir)
+    t = self.sampling.max_new_tokens
+    _require(self.rewards.overlong_buffer < t, "rewards.overlong_buffer",
+             f"< sampling.max_new_tokens ({t}) (the punishment starts that many tokens before the cap)",
+             self.rewards.overlong_buffer)
+    if self.rewards.normalization == "normalize_then_sum":
+      _require(self.objective.name != "prpo", "rewards.normalization",
+               "'sum_then_normalize' for objective.name = prpo (PRPO's outcome shift β is the centred total reward)",
+               self.rewards.normalization)
+    o = self.objective
+    if o.rollout_correction != "none" and (self.sampling.dtype or self.model.dtype) == self.model.dtype:
+      warnings.warn(f"objective.rollout_correction = {o.rollout_correction} with the sampler in the training dtype "
+                    f"({self.model.dtype}): the sampler's and the trainer's log-probs agree to rounding, so the "
+                    "correction is (close to) a no-op; set sampling.dtype (e.g. bfloat16) to sample differently",
+                    stacklevel=3)
     if self.sampling.group_size == 1:
       warnings.warn("sampling.group_size = 1: every group has zero reward variance, so GRPO-style objectives get "
                     "no learning signal", stacklevel=3)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgrpo.core import objectives
+from jaxgrpo.core import mismatch, objectives
 from jaxgrpo.core.trees import all_finite
 from jaxgrpo.models import lora, policy
 from jaxgrpo.models.transformer import Transformer, abstract_boxed_params, abstract_params, cast_params, logical_axes
@@ -70,13 +70,23 @@ class LossSpec:
   aggregation: objectives.Aggregation = "token_mean"  # see ``core.objectives``
   allowed: policy.AllowedIds = None  # restrict the policy to these tokens (the toy task's L/R)
   logprob_chunk: int = 0  # LM head + log-softmax over chunks of this many completion positions
+  ratio_level: objectives.RatioLevel = "token"  # token | sequence (GSPO) | sequence_token (GSPO-token)
+  kl_estimator: objectives.KLEstimator = "k3"  # k1 | k2 | k3
+  entropy_coef: float = 0.0  # entropy bonus (the entropies are computed in the log-prob pass either way)
+  correction: mismatch.Correction = "none"  # rollout correction: none | tis | mis
+  correction_level: mismatch.CorrectionLevel = "token"  # per token or per sequence
+  correction_cap: float = 3.0  # C > 1
 
 
 def loss_spec(objective: ObjectiveSpec, temperature: float, allowed: policy.AllowedIds) -> LossSpec:
-  """The ``LossSpec`` of an ``ObjectiveSpec`` for a sampling temperature and the tokenizer's allowed tokens."""
-  return LossSpec(temperature=temperature or 1.0, clip_eps_low=objective.clip_eps_low,
-                  clip_eps_high=objective.clip_eps_high, kl_beta=objective.kl_beta,
-                  aggregation=objective.aggregation, allowed=allowed, logprob_chunk=objective.logprob_chunk)
+  """The ``LossSpec`` of an ``ObjectiveSpec`` for a sampling temperature and the tokenizer's allowed tokens (with
+  ``kl_in_reward`` the KL is in the rewards, not in the loss)."""
+  o = objective
+  return LossSpec(temperature=temperature or 1.0, clip_eps_low=o.clip_eps_low, clip_eps_high=o.clip_eps_high,
+                  kl_beta=0.0 if o.kl_in_reward else o.kl_beta, aggregation=o.aggregation, allowed=allowed,
+                  logprob_chunk=o.logprob_chunk, ratio_level=o.ratio_level, kl_estimator=o.kl_estimator,
+                  entropy_coef=o.entropy_coef, correction=o.rollout_correction,
+                  correction_level=o.rollout_correction_level, correction_cap=o.rollout_correction_cap)
 
 
 Reference = Literal["none", "base", "params"]
@@ -102,8 +112,10 @@ def update_spec(objective: ObjectiveSpec, sampling: SamplingSpec, lora_enabled: 
   The KL reference is the base model with adapters off under LoRA, else a kept copy.
   """
   o = objective
-  old = policy.old_logp_source(o.optimizer_steps_per_batch, dataclasses.asdict(sampling), o.recompute_old_logp)
-  reference = "none" if not o.kl_beta else ("base" if lora_enabled else "params")
+  # a rollout correction needs the trainer's own π_old for every row (not the sampler's log-probs)
+  recompute = o.recompute_old_logp or o.rollout_correction != "none"
+  old = policy.old_logp_source(o.optimizer_steps_per_batch, dataclasses.asdict(sampling), recompute)
+  reference = "none" if not o.kl_beta or o.kl_in_reward else ("base" if lora_enabled else "params")
   return UpdateSpec(num_iterations=o.num_iterations, num_minibatches=o.num_minibatches, micro_batches=o.micro_batches,
                     old_logp=old, reference=reference, nonfinite=nonfinite)
 
@@ -171,23 +183,66 @@ def shard_state(state, shardings):
   return copy(jax.tree.map(lambda x, s: jax.device_put(x, s), state, shardings))
 
 
-def batch_logprobs(model: Transformer, params, batch: Batch, spec: LossSpec) -> jax.Array:
-  """log π(completion tokens) under ``params`` (cast to the compute dtype): float32[N, T]."""
+def batch_logprobs(model: Transformer, params, batch: Batch, spec: LossSpec, with_entropy: bool = False):
+  """log π(completion tokens) under ``params`` (cast to the compute dtype): float32[N, T] (and the entropies
+  float32[N, T] when ``with_entropy``, from the same chunked pass)."""
   input_ids = jnp.concatenate([batch.prompt_ids, batch.tokens], axis=1)
   attn = jnp.concatenate([batch.prompt_mask, batch.mask], axis=1)
-  logp, _ = policy.completion_logprobs(model, cast_params(params, model.config.dtype), input_ids, attn,
-                                       batch.tokens.shape[1], spec.temperature, spec.allowed, spec.logprob_chunk)
-  return logp
+  logp, ent = policy.completion_logprobs(model, cast_params(params, model.config.dtype), input_ids, attn,
+                                         batch.tokens.shape[1], spec.temperature, spec.allowed, spec.logprob_chunk,
+                                         with_entropy=with_entropy)
+  return (logp, ent) if with_entropy else logp
+
+
+def entropy_metrics(entropies: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  """The trained policy's token entropy: mean over completion tokens, and over the first and the last 10% of
+  each completion's tokens (at least one token each)."""
+  valid = mask.astype(bool)
+  lengths = jnp.sum(valid, axis=-1, keepdims=True)
+  tenth = jnp.maximum(jnp.ceil(0.1 * lengths), 1)
+  pos = jnp.arange(mask.shape[-1])
+  first = valid & (pos < tenth)
+  last = valid & (pos >= lengths - tenth)
+  mean = lambda sel: jnp.sum(jnp.where(sel, entropies, 0.0)) / jnp.maximum(jnp.sum(sel), 1)
+  return {"entropy/mean": mean(valid), "entropy/first10": mean(first), "entropy/last10": mean(last)}
 
 
 def loss_fn(trainable, frozen, batch: Batch, old_logp, ref_logp, model: Transformer, spec: LossSpec):
+  """The policy loss of a (micro-)batch and its metrics: the objective's own, the trained policy's entropy, the
+  sampler↔trainer mismatch (this pass's log-probs, which are π_old's at a step's first optimizer step, against the
+  sampler's) and, with a rollout correction, its weights (× the token weights)."""
   params = lora.combine(frozen, trainable) if frozen is not None else trainable
-  logp = batch_logprobs(model, params, batch, spec)
-  return objectives.policy_loss(
-      logp, old_logp, ref_logp if spec.kl_beta else None, batch.advantages, batch.mask, weights=batch.weights,
+  logp, ent = batch_logprobs(model, params, batch, spec, with_entropy=True)
+  trainer_logp = jax.lax.stop_gradient(logp)
+  weights = batch.weights
+  extra = mismatch.mismatch_metrics(trainer_logp, batch.old_logp, batch.mask)
+  if spec.correction != "none":
+    pi_old = trainer_logp if old_logp is None else old_logp
+    w, cm = mismatch.rollout_correction(pi_old, batch.old_logp, batch.mask, method=spec.correction,
+                                        level=spec.correction_level, cap=spec.correction_cap)
+    weights = weights * w
+    extra.update(cm)
+  advantages = batch.advantages
+  if spec.ratio_level == "sequence":  # GSPO: one advantage per completion, its (per-row constant) weight folded in
+    m = batch.mask.astype(jnp.float32)
+    advantages = jnp.sum(advantages * weights * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+    weights = None
+  loss, metrics = objectives.policy_loss(
+      logp, old_logp, ref_logp if spec.kl_beta else None, advantages, batch.mask, weights=weights,
       clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, kl_beta=spec.kl_beta,
-      aggregation=spec.aggregation,
+      aggregation=spec.aggregation, ratio_level=spec.ratio_level, kl_estimator=spec.kl_estimator,
+      entropies=ent if spec.entropy_coef else None, entropy_coef=spec.entropy_coef,
   )
+  return loss, {**metrics, **extra, **entropy_metrics(jax.lax.stop_gradient(ent), batch.mask)}
+
+
+def _combine(key: str, acc, value, share):
+  """Accumulate a metric over micro-batches: maxima and minima combine as such, the rest as weighted means."""
+  if key.endswith("_max"):
+    return jnp.maximum(acc, value)
+  if key.endswith("_min"):
+    return jnp.minimum(acc, value)
+  return acc + share * value
 
 
 class UpdateProgram(NamedTuple):
@@ -262,13 +317,15 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
       (loss_i, m_i), g_i = grad_fn(params, frozen, mbi, oi, ri, model, spec)
       acc_g, acc_loss, acc_m = acc
       acc_g = jax.tree.map(lambda a, g: a + share * g, acc_g, g_i)
-      acc_m = jax.tree.map(lambda a, m: a + share * m, acc_m, m_i)
+      acc_m = {k: _combine(k, acc_m[k], m_i[k], share) for k in acc_m}
       return (acc_g, acc_loss + share * loss_i, acc_m), None
 
     first = jax.tree.map(lambda x: x[0], slices)
     metric_shapes = jax.eval_shape(lambda: grad_fn(params, frozen, *first, model, spec)[0][1])
+    start = lambda k, s: jnp.full(s.shape, -jnp.inf if k.endswith("_max") else jnp.inf if k.endswith("_min") else 0,
+                                  s.dtype)
     init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
-            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+            {k: start(k, s) for k, s in metric_shapes.items()})
     (grads, loss, metrics), _ = jax.lax.scan(one, init, slices)
     return (loss, metrics), grads
 
@@ -307,7 +364,10 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
     (state, bad), (ms, oks) = jax.lax.scan(body, (state, jnp.zeros((), jnp.int32)), orders)
     applied = jnp.sum(oks)
     w = oks.astype(jnp.float32)
-    metrics = {k: jnp.sum(jnp.where(oks, v, 0.0)) / jnp.maximum(jnp.sum(w), 1.0) for k, v in ms.items()}
+    metrics = {k: jnp.sum(jnp.where(oks, v, 0.0)) / jnp.maximum(jnp.sum(w), 1.0) for k, v in ms.items()
+               if not k.startswith("mismatch/")}
+    # the mismatch: the step's first optimizer step, where this pass's log-probs are π_old's
+    metrics.update({k: v[0] for k, v in ms.items() if k.startswith("mismatch/")})
     metrics.update(nonfinite=bad, skipped_updates=oks.size - applied)
     return state, metrics
 

@@ -16,6 +16,7 @@ non-finite loss, gradient or parameter stops the run (or skips the update:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -27,9 +28,11 @@ import numpy as np
 
 from jaxgrpo import core, models
 from jaxgrpo.models import lora
+from jaxgrpo.models.transformer import Transformer
 from jaxgrpo.parallel import distributed as dist
 from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.rollout.engine import Rollout, RolloutEngine
+from jaxgrpo.rollout.sampler import FINISH_EOS
 from jaxgrpo.tasks import prm as prm_lib
 from jaxgrpo.tasks import rewards as rewards_lib
 from jaxgrpo.tasks import sources as data_lib
@@ -74,7 +77,10 @@ class Trainer:
                        f"objective.num_minibatches ({o.num_minibatches}) × objective.micro_batches "
                        f"({o.micro_batches}) × the data-parallel mesh size ({dp})")
     self.model, params, self.tokenizer = build.build_model(cfg.model, cfg.seed, cfg.data.system_prompt)
-    self.engine = RolloutEngine(self.model, self.tokenizer, self.mesh, rules,
+    # the sampler may compute in another dtype than training (sampling.dtype): a model of its own, same params
+    self.sampler_model = self.model if not cfg.sampling.dtype else Transformer(
+        self.model.config.replace(dtype=cfg.sampling.dtype))
+    self.engine = RolloutEngine(self.sampler_model, self.tokenizer, self.mesh, rules,
                                 prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim)
     self.source = data_lib.make_source(cfg.data)
     self.eval_set = data_lib.make_eval_source(cfg.data, cfg.eval) if cfg.eval.enabled else None
@@ -88,8 +94,10 @@ class Trainer:
     self.update_fn, self.shardings, self.tx = program.update, program.shardings, program.tx
     adapters, base = lora.split(params) if self.model.config.lora is not None else (params, None)
     self.frozen = None if base is None else ts.shard_state(base, self.shardings["frozen"])
-    self.ref_params = ts.shard_state(params, self.shardings["full"]) if self.update_spec.reference == "params" \
-        else None
+    # the KL reference: the base model with adapters off under LoRA, else a kept copy (for the loss or the reward)
+    self.reference = "none" if not o.kl_beta else ("base" if self.model.config.lora is not None else "params")
+    self.ref_params = ts.shard_state(params, self.shardings["full"]) if self.reference == "params" else None
+    self._logprobs = jax.jit(lambda p, b: ts.batch_logprobs(self.model, p, b, self.loss_spec))
     state = {"params": adapters, "opt_state": self.tx.init(adapters)}
     self.state = ts.shard_state(state, {"params": self.shardings["params"], "opt_state": self.shardings["opt_state"]})
     self.step = 0
@@ -101,9 +109,9 @@ class Trainer:
   # ------------------------------------------------------------------ stages
 
   def policy_params(self):
-    """Every param (base + adapters), cast once to the compute dtype: what the sampler runs."""
+    """Every param (base + adapters), cast once to the sampler's compute dtype: what the sampler runs."""
     full = lora.combine(self.frozen, self.state["params"]) if self.frozen is not None else self.state["params"]
-    return models.cast_params(full, self.model.config.dtype)
+    return models.cast_params(full, self.sampler_model.config.dtype)
 
   def sampling_params(self):
     """The sampler's settings for this run (the config's sampling section, the tokenizer's EOS and pad ids)."""
@@ -113,19 +121,63 @@ class Trainer:
     return self.engine.generate(self.policy_params(), examples, key, self.sampling_params())
 
   def score(self, rollout: Rollout) -> Rollout:
-    return self.engine.grade(self.engine.score(rollout, self.rewards, self.reward_names), self.source)
+    """Rewards (with DAPO's soft overlong punishment when ``rewards.overlong_buffer`` > 0) and correctness."""
+    ro = self.engine.grade(self.engine.score(rollout, self.rewards, self.reward_names), self.source)
+    rw = self.cfg.rewards
+    if rw.overlong_buffer:
+      pen = _overlong(ro.lengths, self.cfg.sampling.max_new_tokens, rw.overlong_buffer, rw.overlong_penalty)
+      ro = dataclasses.replace(ro, rewards=ro.rewards + pen, reward_parts={**ro.reward_parts, "overlong": pen})
+    return ro
+
+  def _reward_weights(self) -> tuple[float, ...]:
+    """The weight of each reward part, in ``reward_parts`` order (the overlong punishment counts once)."""
+    w = tuple(float(wt) for _, wt in self.rewards)
+    return w + ((1.0,) if self.cfg.rewards.overlong_buffer else ())
+
+  def batch(self, rollout: Rollout, adv: jax.Array | None = None, weights: jax.Array | None = None) -> ts.Batch:
+    """The update's ``Batch`` of a rollout: each row's prompt, its completion, the loss mask (without truncated
+    completions under ``objective.mask_truncated``, without filler rows of dynamic sampling), advantages and
+    weights (zeros when not given)."""
+    n = rollout.num_rows
+    prompt_ids, prompt_mask = _rows_of_prompts(rollout.prompt_ids, rollout.prompt_mask, rollout.group_size,
+                                               self.engine.row_sharding(n, 2))
+    mask = _loss_mask(rollout.mask, rollout.finish_reason, rollout.keep, self.cfg.objective.mask_truncated)
+    zeros = lambda: jnp.zeros(rollout.tokens.shape, jnp.float32)
+    return ts.Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=rollout.tokens, mask=mask,
+                    advantages=zeros() if adv is None else adv, weights=zeros() if weights is None else weights,
+                    old_logp=rollout.logprobs)
+
+  def _kl_penalized_rewards(self, rollout: Rollout) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """r − β·Σ_t KL(π_old ‖ π_ref) per completion (``objective.kl_in_reward``): two forward passes."""
+    o = self.cfg.objective
+    b = self.batch(rollout)
+    current = lora.combine(self.frozen, self.state["params"]) if self.frozen is not None else self.state["params"]
+    ref = self.frozen if self.reference == "base" else self.ref_params
+    old_lp, ref_lp = self._logprobs(current, b), self._logprobs(ref, b)
+    penalized = _kl_reward(rollout.rewards, old_lp, ref_lp, b.mask, o.kl_beta, o.kl_estimator)
+    return penalized, {"kl_reward_mean": jnp.mean(rollout.rewards - penalized) / o.kl_beta}
 
   def advantages(self, rollout: Rollout) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Token advantages and weights [N, T] for the configured objective, plus group metrics."""
     o = self.cfg.objective
     g = rollout.group_size
+    sh = self.engine.row_sharding(rollout.num_rows, 2)
+    rewards, extra = rollout.rewards, {}
+    if o.kl_in_reward:
+      rewards, extra = self._kl_penalized_rewards(rollout)
     if o.name == "prpo":
       seg = _segments(rollout.entropies, rollout.mask, o.prpo_k, o.prpo_min_gap)
       scores = self._prm_scores(rollout, seg)
-      return _prpo_advantages(rollout.tokens, rollout.mask, rollout.rewards, seg, scores, g, o,
-                              self.engine.row_sharding(rollout.num_rows, 2))
-    return _grpo_advantages(rollout.tokens, rollout.mask, rollout.rewards, g, o,
-                            self.engine.row_sharding(rollout.num_rows, 2))
+      adv, weights, m = _prpo_advantages(rollout.tokens, rollout.mask, rewards, seg, scores, g, o, sh)
+      return adv, weights, {**m, **extra}
+    parts = None
+    if self.cfg.rewards.normalization == "normalize_then_sum":
+      parts = jnp.stack(list(rollout.reward_parts.values()), axis=-1)
+      if o.kl_in_reward:  # the KL penalty is one more reward part (weight 1)
+        parts = jnp.concatenate([parts, (rewards - rollout.rewards)[:, None]], axis=-1)
+    w = self._reward_weights() + ((1.0,) if o.kl_in_reward else ())
+    adv, weights, m = _grpo_advantages(rollout.tokens, rollout.mask, rewards, parts, g, o, w, sh)
+    return adv, weights, {**m, **extra}
 
   def _prm_scores(self, rollout: Rollout, seg: jax.Array) -> jax.Array:
     """PRM scores [N, k + 1] of each completion's segments (neutral 0.5 past its last segment)."""
@@ -148,15 +200,13 @@ class Trainer:
   def update(self, rollout: Rollout, adv: jax.Array, weights: jax.Array) -> dict[str, float]:
     """μ passes × num_minibatches optimizer steps on the rollout (one jitted call)."""
     o, n = self.cfg.objective, rollout.num_rows
-    prompt_ids, prompt_mask = _rows_of_prompts(rollout.prompt_ids, rollout.prompt_mask, rollout.group_size,
-                                               self.engine.row_sharding(n, 2))
-    batch = ts.Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=rollout.tokens, mask=rollout.mask,
-                     advantages=adv, weights=weights, old_logp=rollout.logprobs)
+    batch = self.batch(rollout, adv, weights)
     rng = np.random.default_rng([self.cfg.seed, self.step])
     orders = np.stack([rng.permutation(n) if o.num_minibatches > 1 else np.arange(n)
                        for _ in range(o.num_iterations)]).astype(np.int32)
     self._state_is_step = False
-    self.state, metrics = self.update_fn(self.state, self.frozen, self.ref_params, batch, orders)
+    ref = self.ref_params if self.update_spec.reference == "params" else None
+    self.state, metrics = self.update_fn(self.state, self.frozen, ref, batch, orders)
     metrics = {k: float(v) for k, v in dist.fetch_tree(metrics).items()}
     flags = int(metrics.pop("nonfinite"))
     if flags:
@@ -170,24 +220,57 @@ class Trainer:
     self._state_is_step = True
     return metrics
 
-  def train_step(self) -> dict[str, float]:
-    """One step: sample → score → advantages → update; returns the step's metrics."""
+  def collect(self, key, times: dict) -> tuple[Rollout, int, dict[str, float]]:
+    """The step's scored rollout, how many prompts it consumed, and dynamic-sampling metrics.
+
+    With ``data.dynamic_sampling`` (DAPO), groups whose rewards are all equal carry no signal: they are dropped
+    and more prompts are sampled (each round takes the next ``prompts_per_step`` prompts and its own key) until
+    the step holds ``prompts_per_step`` informative groups or ``data.max_sampling_rounds`` rounds are done; a step
+    left short is filled with groups that do not train (``Rollout.keep``), so the batch's shape never changes.
+    The data position advances by every prompt sampled, so a resumed run continues exactly."""
     cfg = self.cfg
     b = cfg.data.prompts_per_step
-    times = {}
-    examples = [self.source[self.data_pos + i] for i in range(b)]
-    key = jax.random.fold_in(jnp.asarray(self.rng), self.step)
-    with self._guard.interruptible():  # these stages only read the state (a signal may stop them)
+    examples = lambda start: [self.source[start + i] for i in range(b)]
+    if not cfg.data.dynamic_sampling:
       with _timed(times, "sample"):
-        ro = self.sample(examples, key)
+        ro = self.sample(examples(self.data_pos), key)
       with _timed(times, "score"):
         ro = self.score(ro)
+      return ro, b, {}
+    rounds, picks, spare, informative = [], [], [], 0
+    for r in range(cfg.data.max_sampling_rounds):
+      with _timed(times, "sample"):
+        ro = self.sample(examples(self.data_pos + r * b), jax.random.fold_in(key, r))
+      with _timed(times, "score"):
+        ro = self.score(ro)
+      rounds.append(ro)
+      spread = dist.fetch(_group_spread(ro.rewards, ro.group_size))
+      for grp in range(b):
+        (picks if spread[grp] > 0 and len(picks) < b else spare).append((r, grp))
+      informative += int(np.sum(spread > 0))
+      if len(picks) == b:
+        break
+    keep = [True] * len(picks) + [False] * (b - len(picks))
+    with _timed(times, "score"):
+      ro = self.engine.select_groups(rounds, picks + spare[:b - len(picks)], keep)
+    sampled = len(rounds) * b
+    return ro, sampled, {"dynamic/rounds": float(len(rounds)), "dynamic/filtered_frac": 1.0 - informative / sampled,
+                         "dynamic/kept_groups": float(len(picks))}
+
+  def train_step(self) -> dict[str, float]:
+    """One step: sample → score → advantages → update; returns the step's metrics."""
+    times = {}
+    key = jax.random.fold_in(jnp.asarray(self.rng), self.step)
+    with self._guard.interruptible():  # these stages only read the state (a signal may stop them)
+      ro, consumed, sampling_metrics = self.collect(key, times)
+      with _timed(times, "score"):
         adv, weights, group_metrics = self.advantages(ro)
         group_metrics = dist.fetch_tree(group_metrics)
     with _timed(times, "update"):  # not interruptible: the state, step and data position move together
       metrics = self.update(ro, adv, weights)
-      self.data_pos += b
+      self.data_pos += consumed
       self.step += 1
+    metrics.update(sampling_metrics)
     metrics.update({k: float(v) for k, v in group_metrics.items()})
     metrics.update({k: float(v) for k, v in dist.fetch_tree(_rollout_metrics(ro.tokens, ro.mask, ro.entropies,
                                                                              ro.lengths, ro.finish_reason, ro.correct,
@@ -340,12 +423,43 @@ def _group_view(x, g):
   return x.reshape(-1, g, *x.shape[1:])
 
 
-@functools.partial(jax.jit, static_argnames=("g", "o", "sh"))
-def _grpo_advantages(tokens, mask, rewards, g, o, sh):
+@functools.partial(jax.jit, static_argnames=("max_new_tokens", "buffer"))
+def _overlong(lengths, max_new_tokens, buffer, penalty):
+  return core.overlong_penalty(lengths, max_new_tokens, buffer, penalty)
+
+
+@functools.partial(jax.jit, static_argnames=("estimator",))
+def _kl_reward(rewards, old_logp, ref_logp, mask, beta, estimator):
+  return core.kl_reward_penalty(rewards, old_logp, ref_logp, mask, beta, estimator)
+
+
+@functools.partial(jax.jit, static_argnames=("g",))
+def _group_spread(rewards, g):
+  """max − min of each group's rewards [B] (0: no signal)."""
+  r = _group_view(rewards, g)
+  return jnp.max(r, axis=-1) - jnp.min(r, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("mask_truncated",))
+def _loss_mask(mask, finish_reason, keep, mask_truncated):
+  """The completion mask the loss sees: without truncated completions (DAPO's overlong filtering) and filler rows."""
+  m = mask
+  if mask_truncated:
+    m = m * (finish_reason == FINISH_EOS).astype(m.dtype)[:, None]
+  if keep is not None:
+    m = m * (keep > 0).astype(m.dtype)[:, None]
+  return m
+
+
+@functools.partial(jax.jit, static_argnames=("g", "o", "part_weights", "sh"))
+def _grpo_advantages(tokens, mask, rewards, parts, g, o, part_weights, sh):
   tok, msk, r = _group_view(tokens, g), _group_view(mask, g), _group_view(rewards, g)
   counts = core.prefix_counts(tok, msk)
   metrics = {**core.advantage_metrics(r), **core.prefix_metrics(counts, msk)}
-  seq = core.group_advantages(r, scale=o.scale_rewards, ddof=o.ddof, eps=o.eps)
+  if parts is None:
+    seq = core.group_advantages(r, scale=o.scale_rewards, ddof=o.ddof, eps=o.eps)
+  else:  # GDPO: each reward normalized within its group, then the weighted sum
+    seq = core.normalize_then_sum(_group_view(parts, g), jnp.asarray(part_weights), ddof=o.ddof, eps=o.eps)
   adv = seq[..., None] * msk
   weights = core.lambda_weights(counts) if o.uses_lambda else msk.astype(jnp.float32)
   flat = lambda x: jax.lax.with_sharding_constraint(x.reshape(tokens.shape).astype(jnp.float32), sh)

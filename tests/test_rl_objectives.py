@@ -1,0 +1,174 @@
+"""What every 2026 trainer has, as core functions, each against a reference written from its defining formula:
+GSPO and GSPO-token ratios, k1/k2/k3 KL, the entropy bonus, rollout-mismatch correction (TIS, MIS; token and
+sequence), DAPO's soft overlong punishment, GDPO's normalize-then-sum, the KL folded into the reward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxgrpo
+
+
+def batch(seed=0, shape=(3, 4, 7)):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(1, shape[-1] + 1, size=shape[:-1])
+  mask = (np.arange(shape[-1]) < lengths[..., None]).astype(np.float32)
+  logp = rng.normal(-1.0, 0.3, shape).astype(np.float32)
+  old = (logp + rng.normal(0, 0.15, shape)).astype(np.float32)
+  ref = (logp + rng.normal(0, 0.2, shape)).astype(np.float32)
+  adv = rng.normal(size=shape[:-1]).astype(np.float32)
+  return logp, old, ref, adv, mask
+
+
+# ----------------------------------------------------------------------------- GSPO
+
+
+def gspo_reference(logp, old, adv, mask, lo, hi):
+  """GSPO (Zheng et al., 2025): s_i = (π_θ(y_i)/π_old(y_i))^(1/|y_i|), J = mean_i min(s_i A_i, clip(s_i) A_i)."""
+  n = jnp.maximum(mask.sum(-1), 1)
+  s = jnp.exp(jnp.sum((logp - old) * mask, -1) / n)
+  per_seq = -jnp.minimum(s * adv, jnp.clip(s, 1 - lo, 1 + hi) * adv)
+  nonempty = mask.sum(-1) > 0
+  return jnp.sum(jnp.where(nonempty, per_seq, 0)) / jnp.maximum(nonempty.sum(), 1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), lo=st.sampled_from([3e-4, 0.2]), hi=st.sampled_from([4e-4, 0.28]))
+def test_gspo_equals_its_formula_in_value_and_gradient(seed, lo, hi):
+  logp, old, _, adv, mask = batch(seed)
+  ours = lambda lp: jaxgrpo.policy_loss(lp, old, None, adv, mask, clip_eps_low=lo, clip_eps_high=hi,
+                                        aggregation="seq_mean", ratio_level="sequence")[0]
+  ref = lambda lp: gspo_reference(lp, old, adv, mask, lo, hi)
+  np.testing.assert_allclose(ours(logp), ref(logp), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(jax.grad(ours)(logp), jax.grad(ref)(logp), rtol=1e-4, atol=1e-7)
+
+
+def test_gspo_token_equals_gspo_with_sequence_advantages():
+  logp, old, _, adv, mask = batch(3)
+  kw = dict(clip_eps_low=0.2, clip_eps_high=0.28, aggregation="seq_mean")
+  seq = lambda lp: jaxgrpo.policy_loss(lp, old, None, adv, mask, ratio_level="sequence", **kw)[0]
+  tok = lambda lp: jaxgrpo.policy_loss(lp, old, None, adv, mask, ratio_level="sequence_token", **kw)[0]
+  np.testing.assert_allclose(tok(logp), seq(logp), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(tok)(logp), jax.grad(seq)(logp), rtol=1e-5, atol=1e-8)
+
+
+def test_one_token_sequences_make_gspo_token_level_ppo():
+  logp, old, _, adv, mask = batch(4, shape=(5, 6, 1))
+  mask = np.ones_like(mask)
+  kw = dict(clip_eps_low=0.2, clip_eps_high=0.28, aggregation="seq_mean")
+  for level in ("sequence", "sequence_token"):
+    f = lambda lp, lv=level: jaxgrpo.policy_loss(lp, old, None, adv, mask, ratio_level=lv, **kw)[0]
+    ppo = lambda lp: jaxgrpo.policy_loss(lp, old, None, adv, mask, **kw)[0]
+    np.testing.assert_allclose(f(logp), ppo(logp), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(f)(logp), jax.grad(ppo)(logp), rtol=1e-5, atol=1e-8)
+
+
+def test_meaningless_gspo_combinations_are_refused_by_name():
+  logp, old, _, adv, mask = batch()
+  with pytest.raises(ValueError, match="needs per-sequence advantages .* need ratio_level='sequence_token'"):
+    jaxgrpo.policy_loss(logp, old, None, np.broadcast_to(adv[..., None], logp.shape), mask, ratio_level="sequence")
+  with pytest.raises(ValueError, match=r"token weights \(λ-GRPO\) have nothing to weigh"):
+    jaxgrpo.policy_loss(logp, old, None, adv, mask, weights=mask, ratio_level="sequence")
+
+
+# ----------------------------------------------------------------------------- KL estimators and the entropy bonus
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_kl_estimators_in_the_loss_match_their_formulas(estimator):
+  logp, old, ref, adv, mask = batch(5)
+  d = ref.astype(np.float64) - logp
+  per = {"k1": -d, "k2": 0.5 * d ** 2, "k3": np.exp(d) - d - 1}[estimator]
+  np.testing.assert_allclose(jaxgrpo.kl_estimate(logp, ref, estimator), per, rtol=1e-5, atol=1e-7)
+  loss, m = jaxgrpo.policy_loss(logp, old, ref, adv, mask, kl_beta=0.1, kl_estimator=estimator)
+  np.testing.assert_allclose(m["kl_loss"], (per * mask).sum() / mask.sum(), rtol=1e-5)
+  np.testing.assert_allclose(loss, m["pg_loss"] + 0.1 * m["kl_loss"], rtol=1e-5)
+
+
+def test_the_entropy_bonus_is_subtracted_and_differentiated():
+  logp, old, _, adv, mask = batch(6)
+  ent = np.abs(np.random.default_rng(0).normal(size=logp.shape)).astype(np.float32)
+  base, _ = jaxgrpo.policy_loss(logp, old, None, adv, mask)
+  loss, m = jaxgrpo.policy_loss(logp, old, None, adv, mask, entropies=ent, entropy_coef=0.01)
+  np.testing.assert_allclose(loss, base - 0.01 * (ent * mask).sum() / mask.sum(), rtol=1e-5)
+  g = jax.grad(lambda e: jaxgrpo.policy_loss(logp, old, None, adv, mask, entropies=e, entropy_coef=0.01)[0])(ent)
+  np.testing.assert_allclose(g, -0.01 * mask / mask.sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match="entropies are required when entropy_coef != 0"):
+    jaxgrpo.policy_loss(logp, old, None, adv, mask, entropy_coef=0.01)
+
+
+# ----------------------------------------------------------------------------- rollout correction
+
+
+@pytest.mark.parametrize("method", ["tis", "mis"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_rollout_correction_weights_match_their_definition(method, level):
+  rng = np.random.default_rng(7)
+  old = rng.normal(-1, 0.3, (4, 9)).astype(np.float32)
+  sampler = (old + rng.normal(0, 0.8, old.shape)).astype(np.float32)
+  mask = (np.arange(9) < rng.integers(1, 10, (4, 1))).astype(np.float32)
+  cap = 2.0
+  log_r = (old - sampler).astype(np.float64)
+  if level == "sequence":
+    log_r = np.broadcast_to(((log_r * mask).sum(-1) / mask.sum(-1))[:, None], log_r.shape)
+  r = np.exp(log_r)
+  want = np.minimum(r, cap) if method == "tis" else np.where((r >= 1 / cap) & (r <= cap), r, 0.0)
+  w, m = jaxgrpo.rollout_correction(old, sampler, mask, method=method, level=level, cap=cap)
+  np.testing.assert_allclose(w, want * mask, rtol=1e-5)
+  np.testing.assert_allclose(m["mismatch/masked_frac"], ((want == 0) & (mask == 1)).sum() / mask.sum(), rtol=1e-6)
+  # the corrected loss is the policy loss with the weights multiplied in (they compose with λ weights)
+  adv = rng.normal(size=4).astype(np.float32)
+  lam = rng.uniform(0.2, 1, old.shape).astype(np.float32)
+  corrected = jaxgrpo.policy_loss(old, None, None, adv, mask, weights=lam * w)[0]
+  ratio_one = -(lam * want * mask * adv[:, None]).sum() / mask.sum()  # μ = 1: the PPO ratio is 1
+  np.testing.assert_allclose(corrected, ratio_one, rtol=1e-5)
+  with pytest.raises(ValueError, match="cap must be > 1"):
+    jaxgrpo.rollout_correction(old, sampler, mask, cap=1.0)
+
+
+def test_mismatch_metrics_are_zero_when_sampler_and_trainer_agree():
+  old = np.random.default_rng(1).normal(-1, 0.3, (3, 5)).astype(np.float32)
+  mask = np.ones_like(old)
+  m = jaxgrpo.mismatch_metrics(old, old, mask)
+  assert float(m["mismatch/k3"]) == 0 and float(m["mismatch/ratio_max"]) == 1 == float(m["mismatch/ratio_min"])
+  m = jaxgrpo.mismatch_metrics(old, old + 0.1, mask)
+  r = np.exp(-0.1)
+  np.testing.assert_allclose(m["mismatch/k3"], r - np.log(r) - 1, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- reward shaping
+
+
+def test_overlong_penalty_is_daopos_piecewise_linear_function_in_tokens():
+  lengths = np.arange(0, 21)
+  got = np.asarray(jaxgrpo.overlong_penalty(lengths, max_new_tokens=20, buffer=8, penalty=0.5))
+  want = np.where(lengths <= 12, 0.0, np.where(lengths <= 20, (12 - lengths) / 8 * 0.5, -0.5))
+  np.testing.assert_allclose(got, want, atol=1e-7)
+  with pytest.raises(ValueError, match=r"buffer must be in \[1, max_new_tokens = 20\)"):
+    jaxgrpo.overlong_penalty(lengths, 20, 20)
+
+
+def test_normalize_then_sum_is_gdpo_and_a_flat_reward_contributes_zero():
+  rng = np.random.default_rng(2)
+  parts = np.stack([rng.choice([0.0, 1.0], (3, 6)), np.full((3, 6), 0.7), rng.normal(size=(3, 6))], -1)
+  parts = parts.astype(np.float32)
+  w = np.array([1.0, 0.5, 0.2], np.float32)
+  got = np.asarray(jaxgrpo.normalize_then_sum(parts, w))
+  want = sum(w[k] * np.asarray(jaxgrpo.group_advantages(parts[..., k])) for k in range(3))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  only_flat = np.asarray(jaxgrpo.normalize_then_sum(parts[..., 1:2], w[1:2]))
+  assert (only_flat == 0).all()
+  g = jax.grad(lambda p: jaxgrpo.normalize_then_sum(p, w).sum())(jnp.asarray(parts))
+  assert np.isfinite(g).all()
+
+
+def test_the_kl_penalty_in_the_reward_sums_the_token_estimates():
+  logp, old, ref, adv, mask = batch(8)
+  r = np.random.default_rng(3).normal(size=logp.shape[:-1]).astype(np.float32)
+  for est in ("k1", "k3"):
+    got = jaxgrpo.kl_reward_penalty(r, logp, ref, mask, 0.05, est)
+    per = np.asarray(jaxgrpo.kl_estimate(logp, ref, est)) * mask
+    np.testing.assert_allclose(got, r - 0.05 * per.sum(-1), rtol=1e-5, atol=1e-6)
