@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hf_tiny import tiny_llama_with_tokenizer
+from meshes import trainer
 
 import jaxgrpo.models as M
 from jaxgrpo import cli
@@ -21,7 +22,6 @@ from jaxgrpo.tasks import sources as data_lib
 from jaxgrpo.train import export, presets
 from jaxgrpo.train.config import replace as config_replace
 from jaxgrpo.train.evaluation import pass_at_k
-from jaxgrpo.train.trainer import Trainer
 
 # One worker runs this file under pytest-xdist, so the module's trained run is made once.
 pytestmark = pytest.mark.xdist_group(name="eval_export")
@@ -53,7 +53,7 @@ def test_pass_at_k_is_the_unbiased_estimator():
 
 def test_run_evaluates_then_export_loads_in_transformers_with_equal_logits(tiny_dir, tmp_path, capsys):
   run = tmp_path / "run"
-  history = Trainer(small_cfg(tiny_dir, run)).run()
+  history = trainer(small_cfg(tiny_dir, run)).run()
   evals = [h for h in history if "eval/greedy_accuracy" in h]
   assert [h["step"] for h in evals] == [0, 2]
   assert all(0 <= h["eval/pass_at_1"] <= h["eval/pass_at_2"] <= 1 for h in evals)
@@ -90,7 +90,7 @@ def test_run_evaluates_then_export_loads_in_transformers_with_equal_logits(tiny_
 
 def test_lora_run_exports_merged_weights_and_a_peft_adapter(tiny_dir, tmp_path):
   run = tmp_path / "lora"
-  Trainer(small_cfg(tiny_dir, run, model={"lora": {"rank": 4, "alpha": 8.0}}, eval={"num_examples": 0})).run()
+  trainer(small_cfg(tiny_dir, run, model={"lora": {"rank": 4, "alpha": 8.0}}, eval={"num_examples": 0})).run()
   written = export.export_run(str(run), str(tmp_path / "hf"))
   assert os.path.exists(os.path.join(written["peft"], "adapter_config.json"))
   peft = pytest.importorskip("peft")

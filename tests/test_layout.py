@@ -9,6 +9,7 @@ import typing
 import jax
 import numpy as np
 import pytest
+from meshes import trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "jaxgrpo")
 # Bottom layer first: a module may import from its own layer or a lower one, never a higher one.
@@ -270,12 +271,11 @@ def test_a_rollout_checks_its_prompts_once_and_keeps_one_mask_dtype(tmp_path, mo
   from jaxgrpo.rollout import sampler
   from jaxgrpo.train import presets
   from jaxgrpo.train.config import replace
-  from jaxgrpo.train.trainer import Trainer
 
   calls = []
   check = sampler.validate_prompts
   monkeypatch.setattr(sampler, "validate_prompts", lambda *a: (calls.append(1), check(*a)))
-  tr = Trainer(replace(presets.preset("toy"), output_dir=str(tmp_path / "run"), progress=False, steps=1))
+  tr = trainer(replace(presets.preset("toy"), output_dir=str(tmp_path / "run"), progress=False, steps=1))
   seen = {}
   update = tr.update_fn
 

@@ -6,12 +6,12 @@ import os
 
 import numpy as np
 import pytest
+from meshes import trainer
 from tensorboard_events import read_tb_scalars
 
 from jaxgrpo.tasks import rewards as R
 from jaxgrpo.train import presets
 from jaxgrpo.train.config import replace as config_replace
-from jaxgrpo.train.trainer import Trainer
 
 
 def toy_cfg(tmp_path, **sections):
@@ -24,9 +24,9 @@ def test_short_toy_run_writes_metrics_and_evaluates(tmp_path, objective):
   cfg = toy_cfg(tmp_path, steps=6, objective={"name": objective, "kl_beta": 0.04, "num_iterations": 2,
                                               "num_minibatches": 2},
                 eval={"num_examples": 2, "every": 3, "num_samples": 8, "pass_k": (1, 4)})
-  trainer = Trainer(cfg)
-  assert trainer.update_spec.old_logp == "batch" and trainer.update_spec.reference == "params"
-  history = trainer.run(resume=False)
+  tr = trainer(cfg)
+  assert tr.update_spec.old_logp == "batch" and tr.update_spec.reference == "params"
+  history = tr.run(resume=False)
   train_rows = [h for h in history if "loss" in h]
   eval_rows = [h for h in history if "eval/greedy_accuracy" in h]
   assert len(train_rows) == 6 and [h["step"] for h in eval_rows] == [0, 3, 6]
@@ -53,7 +53,7 @@ def test_prpo_end_to_end_with_a_pluggable_prm(tmp_path):
 
   cfg = toy_cfg(tmp_path, steps=3, objective={"name": "prpo", "lambda_weights": True, "prpo_k": 1,
                                               "prpo_min_gap": 2})
-  history = Trainer(cfg, prm=prm).run(resume=False)
+  history = trainer(cfg, prm=prm).run(resume=False)
   assert len(history) == 3 and calls
   assert all(1 <= len(c) <= 2 for c in calls)  # k=1 spike, min_gap 2 on 4 tokens: one or two segments
   assert all("".join(c) in {a + b + c_ + d for a in "LR" for b in "LR" for c_ in "LR" for d in "LR"} for c in calls)
@@ -63,18 +63,18 @@ def test_prpo_end_to_end_with_a_pluggable_prm(tmp_path):
 def test_prpo_prm_from_config_by_module_path(tmp_path):
   cfg = toy_cfg(tmp_path, steps=1, objective={"name": "prpo", "prpo_k": 1, "prpo_min_gap": 2,
                                               "prm": "plugins:share_of_l"})
-  assert Trainer(cfg).prm.__name__ == "share_of_l"
+  assert trainer(cfg).prm.__name__ == "share_of_l"
 
 
 def test_prm_must_return_scores_in_range(tmp_path):
   cfg = toy_cfg(tmp_path, steps=1, objective={"name": "prpo", "prpo_k": 1, "prpo_min_gap": 2})
   with pytest.raises(ValueError, match=r"the PRM must return \d scores in \[0, 1\]"):
-    Trainer(cfg, prm=lambda e, s: [2.0] * len(s)).run(resume=False)
+    trainer(cfg, prm=lambda e, s: [2.0] * len(s)).run(resume=False)
 
 
 def test_custom_rewards_from_the_trainer_and_the_cli(tmp_path, capsys):
   cfg = toy_cfg(tmp_path, steps=2)
-  history = Trainer(cfg, rewards=[(R.toy_tree_reward(), 1.0), (lambda p, c, e: len(c) / 4, 0.5)]).run(resume=False)
+  history = trainer(cfg, rewards=[(R.toy_tree_reward(), 1.0), (lambda p, c, e: len(c) / 4, 0.5)]).run(resume=False)
   assert {"reward_toy_tree", "reward_<lambda>"} <= set(history[-1])
   from jaxgrpo import cli
 

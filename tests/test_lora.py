@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 from hf_tiny import hf_logits, make_tiny, padded_batch
+from meshes import trainer
 
 import jaxgrpo.models as M
 from jaxgrpo.models import lora
@@ -88,12 +89,11 @@ def test_lora_training_updates_only_adapters_and_uses_the_base_as_reference(tmp_
   (no second copy of the weights); the base weights never change."""
   from jaxgrpo.train import presets
   from jaxgrpo.train.config import replace as config_replace
-  from jaxgrpo.train.trainer import Trainer
 
   cfg = config_replace(presets.preset("toy"), steps=3, output_dir=str(tmp_path / "run"), progress=False,
                         model={"lora": {"rank": 2, "alpha": 4.0, "targets": ("q", "v", "up")}},
                         objective={"kl_beta": 0.05}, optim={"learning_rate": 1e-2})
-  t = Trainer(cfg)
+  t = trainer(cfg)
   assert t.update_spec.reference == "base" and t.ref_params is None
   names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(t.state["params"])[0]}
   assert names and all("_lora_" in n for n in names)

@@ -7,13 +7,13 @@ import os
 import jax
 import numpy as np
 import pytest
+from meshes import trainer
 
 import jaxgrpo
 from jaxgrpo.train import config as C
 from jaxgrpo.train import presets
 from jaxgrpo.train.checkpointing import Checkpointer
 from jaxgrpo.train.config import replace as config_replace
-from jaxgrpo.train.trainer import Trainer
 
 
 def toy_cfg(tmp_path, **sections):
@@ -61,8 +61,8 @@ def test_a_correction_without_a_source_of_mismatch_warns_that_it_is_a_no_op():
 def test_a_bf16_sampler_beside_f32_training_shows_a_mismatch_and_f32_shows_none(tmp_path):
   """The toy model sampled in bf16 and trained in f32: the trainer's log-probs of the sampled tokens differ from
   the sampler's (mismatch/k3 > 0, ratios away from 1); sampling in f32 too, they agree to rounding."""
-  f32 = Trainer(toy_cfg(tmp_path / "a", steps=1)).run(resume=False)[-1]
-  bf16 = Trainer(toy_cfg(tmp_path / "b", steps=1, sampling={"dtype": "bfloat16"},
+  f32 = trainer(toy_cfg(tmp_path / "a", steps=1)).run(resume=False)[-1]
+  bf16 = trainer(toy_cfg(tmp_path / "b", steps=1, sampling={"dtype": "bfloat16"},
                          objective={"rollout_correction": "tis", "rollout_correction_cap": 1.5})).run(resume=False)[-1]
   print({k: (f32[k], bf16[k]) for k in f32 if k.startswith("mismatch/")})
   assert f32["mismatch/k3"] < 1e-9 and abs(f32["mismatch/ratio_max"] - 1) < 1e-5
@@ -80,7 +80,7 @@ def test_a_bf16_sampler_beside_f32_training_shows_a_mismatch_and_f32_shows_none(
     {"rollout_correction": "mis", "rollout_correction_level": "sequence", "num_minibatches": 2},
 ])
 def test_options_compose_with_lambda_and_prpo_and_report_their_metrics(tmp_path, objective):
-  h = Trainer(toy_cfg(tmp_path, objective=objective)).run(resume=False)
+  h = trainer(toy_cfg(tmp_path, objective=objective)).run(resume=False)
   m = h[-1]
   want = {"mismatch/k3", "mismatch/ratio_max", "mismatch/ratio_min", "entropy/mean", "entropy/first10",
           "entropy/last10", "loss"}
@@ -92,8 +92,8 @@ def test_options_compose_with_lambda_and_prpo_and_report_their_metrics(tmp_path,
 
 
 def test_an_entropy_bonus_changes_the_loss_by_its_term(tmp_path):
-  a = Trainer(toy_cfg(tmp_path / "a", steps=1)).run(resume=False)[-1]
-  b = Trainer(toy_cfg(tmp_path / "b", steps=1, objective={"entropy_coef": 0.5})).run(resume=False)[-1]
+  a = trainer(toy_cfg(tmp_path / "a", steps=1)).run(resume=False)[-1]
+  b = trainer(toy_cfg(tmp_path / "b", steps=1, objective={"entropy_coef": 0.5})).run(resume=False)[-1]
   np.testing.assert_allclose(b["loss"], a["loss"] - 0.5 * b["entropy_loss"], rtol=1e-5, atol=1e-7)
   assert b["entropy_loss"] > 0
 
@@ -101,16 +101,16 @@ def test_an_entropy_bonus_changes_the_loss_by_its_term(tmp_path):
 def test_overlong_punishment_counts_tokens_and_truncated_completions_can_leave_the_loss(tmp_path):
   """Every toy completion has exactly max_new_tokens = 4 tokens and no EOS (truncated): with a 2-token buffer the
   punishment is the full penalty; with mask_truncated nothing is left to train on."""
-  h = Trainer(toy_cfg(tmp_path / "a", rewards={"overlong_buffer": 2, "overlong_penalty": 0.3})).run(resume=False)
+  h = trainer(toy_cfg(tmp_path / "a", rewards={"overlong_buffer": 2, "overlong_penalty": 0.3})).run(resume=False)
   assert all(r["reward_overlong"] == pytest.approx(-0.3) and r["truncated_frac"] == 1 for r in h)
-  h = Trainer(toy_cfg(tmp_path / "b", objective={"mask_truncated": True})).run(resume=False)
+  h = trainer(toy_cfg(tmp_path / "b", objective={"mask_truncated": True})).run(resume=False)
   assert all(r["loss"] == 0 and r["update_norm"] == 0 for r in h)
 
 
 def test_normalize_then_sum_gives_gdpo_advantages(tmp_path):
   cfg = toy_cfg(tmp_path, rewards={"names": ("toy_tree", "plugins:constant_one", "plugins:starts_ll"),
                                    "weights": (1.0, 2.0, 0.5), "normalization": "normalize_then_sum"})
-  tr = Trainer(cfg)
+  tr = trainer(cfg)
   ro = tr.score(tr.sample([tr.source[0]], jax.random.PRNGKey(3)))
   adv, _, _ = tr.advantages(ro)
   parts = np.stack([np.asarray(v) for v in ro.reward_parts.values()], -1).reshape(1, 16, 3)
@@ -130,7 +130,7 @@ def test_dynamic_sampling_fills_the_step_with_informative_groups_and_resumes_exa
   dyn = dict(data={"prompts_per_step": 2, "dynamic_sampling": True, "max_sampling_rounds": 3},
              sampling={"group_size": 4}, rewards={"names": ("plugins:starts_ll",), "weights": (1.0,)},
              optim={"learning_rate": 0.01}, checkpoint_every=2)
-  whole = Trainer(toy_cfg(tmp_path / "whole", steps=6, **dyn)).run(resume=False)
+  whole = trainer(toy_cfg(tmp_path / "whole", steps=6, **dyn)).run(resume=False)
   rows = [r for r in whole if "loss" in r]
   assert all(1 <= r["dynamic/rounds"] <= 3 and 0 <= r["dynamic/filtered_frac"] <= 1 for r in rows)
   assert all(r["dynamic/kept_groups"] == 2 for r in rows if r["dynamic/rounds"] < 3)  # stops early only when full
@@ -138,8 +138,8 @@ def test_dynamic_sampling_fills_the_step_with_informative_groups_and_resumes_exa
   consumed = sum(2 * r["dynamic/rounds"] for r in rows)
   assert int(_ckpt(str(tmp_path / "whole" / "run"), 6)["data_pos"]) == consumed
   # stop after 4 steps, resume to 6: the same parameters and data position as the uninterrupted run
-  Trainer(toy_cfg(tmp_path / "cut", steps=4, **dyn)).run(resume=False)
-  Trainer(toy_cfg(tmp_path / "cut", steps=6, **dyn)).run()
+  trainer(toy_cfg(tmp_path / "cut", steps=4, **dyn)).run(resume=False)
+  trainer(toy_cfg(tmp_path / "cut", steps=6, **dyn)).run()
   a, b = _ckpt(str(tmp_path / "whole" / "run"), 6), _ckpt(str(tmp_path / "cut" / "run"), 6)
   assert int(a["data_pos"]) == int(b["data_pos"])
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
