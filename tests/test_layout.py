@@ -288,5 +288,10 @@ def test_a_rollout_checks_its_prompts_once_and_keeps_one_mask_dtype(tmp_path, mo
   assert len(calls) == 1 and ro.mask.dtype == np.int32
   tr.train_step()
   b = seen["batch"]
-  assert b.mask.dtype == b.prompt_mask.dtype == np.int32
+  from jaxgrpo.train.packing import PackedBatch
+
+  assert isinstance(b, PackedBatch)  # the toy's groups share prefixes: share_prefix auto packs them
+  assert b.mask.dtype == b.tokens.dtype == b.ends.dtype == b.source.dtype == b.slots.dtype == np.int32
+  plain = tr.batch(tr.score(ro))
+  assert plain.mask.dtype == plain.prompt_mask.dtype == np.int32
   assert b.advantages.dtype == b.weights.dtype == np.float32

@@ -54,3 +54,17 @@ def test_plan_cli_prints_a_table_and_says_whether_it_fits(capsys):
   code = cli.main(["plan", "--preset", "toy", "--devices", "1", "--hbm", "0.001"])
   out = capsys.readouterr().out
   assert "| optimizer state |" in out and "does NOT fit in 0.001 GiB" in out and code == 3
+
+
+@pytest.mark.parametrize("mode", ["prompt", "auto"])
+def test_plan_accounts_for_shared_prefix_training(tmp_path, mode):
+  """With ``objective.share_prefix`` the plan compiles the packed update too (its worst case: no completion shares
+  a token) and counts it in the peak (``auto`` may run either program: the larger one)."""
+  cfg = config_replace(tiny_cfg(tmp_path), mesh={"data": 1, "fsdp": 1, "tensor": 1},
+                       objective={"share_prefix": mode})
+  report = plan.plan(cfg, devices=1, prompt_len=4)
+  b = report["bytes"]
+  assert b["update_packed_peak"] > 0 and report["share_prefix"] == mode
+  plain = b["update_arguments"] + b["update_temporaries"] + b["update_outputs_not_aliased"]
+  assert b["update_peak"] == (b["update_packed_peak"] if mode == "prompt" else max(plain, b["update_packed_peak"]))
+  assert "update on packed prefix trees" in plan.format_report(report)

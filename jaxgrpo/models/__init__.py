@@ -15,6 +15,7 @@ from jaxgrpo.models import lora, policy, tokenizers
 from jaxgrpo.models.checkpoint import from_pretrained, read_config, read_safetensors, save_pretrained
 from jaxgrpo.models.config import (
   FAMILIES,
+  TREE_MASK_FAMILIES,
   Family,
   LoraConfig,
   ModelConfig,
@@ -29,6 +30,7 @@ from jaxgrpo.models.transformer import (
   Output,
   Params,
   Transformer,
+  TreeMask,
   abstract_params,
   cast_params,
   causal_mask,
@@ -48,7 +50,9 @@ __all__ = [
     "Output",
     "Params",
     "RopeScaling",
+    "TREE_MASK_FAMILIES",
     "Transformer",
+    "TreeMask",
     "UnsupportedConfigError",
     "abstract_params",
     "cast_params",

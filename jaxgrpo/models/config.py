@@ -19,6 +19,9 @@ import jax.numpy as jnp
 
 Family = Literal["gpt2", "llama", "qwen2"]
 FAMILIES: tuple[str, ...] = typing.get_args(Family)
+# Families whose forward runs packed prefix trees (``TreeMask``: any attention mask and positions per token), which
+# shared-prefix training needs; a family with attention the mask cannot express (a sliding window, say) is left out.
+TREE_MASK_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "qwen2")
 DTYPES = ("float32", "bfloat16", "float16")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # ``remat`` values: no rematerialization, recompute everything, or a named jax.checkpoint policy.

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgrpo.models.transformer import Transformer, causal_mask, positions_from_mask
+from jaxgrpo.models.transformer import Transformer, TreeMask, causal_mask, positions_from_mask
 
 NEG = -1e30  # logit of a disallowed token: probability exactly 0 after softmax
 
@@ -151,7 +151,46 @@ def completion_logprobs(
                        causal_mask(attention_mask), compute_logits=False).hidden
   s, t = input_ids.shape[1], completion_len
   h = hidden[:, s - t - 1: s - 1]  # the positions that predict the completion tokens
-  targets = input_ids[:, s - t:]
+  return logprobs_of_hidden(model, params, h, input_ids[:, s - t:], temperature, allowed, chunk, with_entropy)
+
+
+def packed_logprobs(
+    model: Transformer,
+    params,
+    tokens: jax.Array,
+    positions: jax.Array,
+    tree: TreeMask,
+    source: jax.Array,
+    targets: jax.Array,
+    temperature: float = 1.0,
+    allowed: AllowedIds = None,
+    chunk: int = 0,
+    with_entropy: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+  """``completion_logprobs`` of completions packed as prefix trees (``jaxgrpo.train.packing``): each shared
+  prompt and completion prefix is computed once; float32[R, C, T] (and entropies, or None).
+
+  Args:
+    tokens, positions: int32[R, S] the packed rows (tree nodes in depth-first order; positions are depths).
+    tree: their ``TreeMask``.
+    source: int32[R, C, T] for completion slot c of row r, the position in the row whose hidden state predicts its
+      token t (the parent node: the prompt's last token for t = 0).
+    targets: int32[R, C, T] the completion tokens.
+  """
+  hidden = model.apply({"params": params}, tokens, positions, tree, compute_logits=False).hidden  # [R, S, D]
+  r, c, t = source.shape
+  h = jnp.take_along_axis(hidden, source.reshape(r, c * t)[..., None], axis=1).reshape(r * c, t, -1)
+  logp, ent = logprobs_of_hidden(model, params, h, targets.reshape(r * c, t), temperature, allowed, chunk,
+                                 with_entropy)
+  shape = lambda x: None if x is None else x.reshape(r, c, t)
+  return shape(logp), shape(ent)
+
+
+def logprobs_of_hidden(model: Transformer, params, h: jax.Array, targets: jax.Array, temperature: float = 1.0,
+                       allowed: AllowedIds = None, chunk: int = 0, with_entropy: bool = False):
+  """log π of ``targets`` int[N, T] from the final hidden states [N, T, D] that predict them (and the entropies):
+  the LM head and log-softmax, over chunks of ``chunk`` positions (each rematerialized) when 0 < chunk < T."""
+  t = targets.shape[1]
   allowed = allowed_mask(model.config.vocab_size, allowed)
   if not chunk or chunk >= t:
     return _logprobs_of_hidden(model, params, h, targets, temperature, allowed, with_entropy)

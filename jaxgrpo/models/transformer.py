@@ -60,6 +60,23 @@ class Output:
   logits: jax.Array | None  # float32[B, T, V]; None when called with compute_logits=False (see ``Transformer.head``)
   cache: Cache | None  # the KV cache with this call's T slots written ({"k", "v"}: [L, B, KV, S, Dh]), or None
 
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TreeMask:
+  """The attention mask of packed prefix trees, without an [S, S] array (``jaxgrpo.train.packing`` builds it).
+
+  Each row packs one or more trees (a group's prompt, then its completions' trie) in depth-first order, so the
+  ancestors of position q are exactly the positions s ≤ q whose subtree still contains q: query q sees key s iff
+  ``s <= q < ends[s]``.  One rule covers causality, the tree (siblings never see each other) and several trees per
+  row (a tree's ``ends`` never pass its own end).  Padding keys have ``ends[s] <= s`` (seen by nobody).
+  """
+
+  ends: jax.Array  # int32[B, S] exclusive end of each position's subtree
+  window: int = dataclasses.field(metadata={"static": True})  # every tree spans ≤ window positions (keys to read)
+  block: int = dataclasses.field(default=128, metadata={"static": True})  # query-block length
+
+
 _INIT = nn.initializers.normal(0.02)
 LORA_A, LORA_B = "_lora_a", "_lora_b"
 
@@ -160,6 +177,47 @@ def _attend_in_blocks(qg, k, v, mask, scale, block: int):
   return jnp.moveaxis(out, 0, 1).reshape(b, t + pad, *qg.shape[2:])[:, :t]
 
 
+def tree_visible(ends: jax.Array, q_index: jax.Array, k_index: jax.Array) -> jax.Array:
+  """bool[B, Tq, Tk]: query positions ``q_index`` [Tq] see key positions ``k_index`` [Tk] (``ends`` [B, Tk] of
+  those keys; keys outside the row carry ends 0)."""
+  return (k_index[None, None, :] <= q_index[None, :, None]) & (q_index[None, :, None] < ends[:, None, :])
+
+
+def _attend_tree(qg, k, v, tree: TreeMask, scale):
+  """Attention under a ``TreeMask``, in query blocks: block [q0, q0 + b) reads only the keys [q0 − W, q0 + b)
+  (W = the window rounded up to blocks) — the positions its trees can reach — so the work is S·(W + b), not S²,
+  and no [S, S] mask or score array exists; each block is rematerialized in the backward pass.
+
+  Accelerators: the same mask is what TPU splash attention takes as segment ids plus a custom block mask, and what
+  cuDNN (``jax.nn.dot_product_attention``) takes as a bias/mask per block; this XLA version is the portable
+  reference and runs everywhere (on CPU it is what the tests and benchmarks measure).
+  """
+  b, s = qg.shape[:2]
+  blk = min(tree.block, s)
+  pad = (-s) % blk
+  nb = (s + pad) // blk
+  w = -(-max(min(tree.window, s) - 1, 0) // blk) * blk  # keys before a block's start that its trees can reach
+  kw = w + blk
+  # keys padded by w on the left (ends 0: seen by nobody) and up to the padded length on the right
+  kp = jnp.pad(k, ((0, 0), (w, pad), (0, 0), (0, 0)))
+  vp = jnp.pad(v, ((0, 0), (w, pad), (0, 0), (0, 0)))
+  ep = jnp.pad(tree.ends, ((0, 0), (w, pad)))
+  qp = jnp.pad(qg, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+  q_blocks = jnp.moveaxis(qp.reshape(b, nb, blk, *qg.shape[2:]), 1, 0)
+
+  def one(args):
+    i, qb = args
+    q0 = i * blk
+    ks = jax.lax.dynamic_slice_in_dim(kp, q0, kw, axis=1)
+    vs = jax.lax.dynamic_slice_in_dim(vp, q0, kw, axis=1)
+    es = jax.lax.dynamic_slice_in_dim(ep, q0, kw, axis=1)
+    visible = tree_visible(es, q0 + jnp.arange(blk), q0 - w + jnp.arange(kw))
+    return _attend(qb, ks, vs, visible, scale)
+
+  out = jax.lax.map(jax.checkpoint(one, prevent_cse=False), (jnp.arange(nb), q_blocks))
+  return jnp.moveaxis(out, 0, 1).reshape(b, s + pad, *qg.shape[2:])[:, :s]
+
+
 class Attention(nn.Module):
   config: ModelConfig
 
@@ -199,6 +257,10 @@ class Attention(nn.Module):
     qg = q.reshape(b, t, kv, h // kv, dh)
     neg = jnp.finfo(jnp.float32).min
     scale = 1.0 / math.sqrt(dh)
+    if isinstance(mask, TreeMask):
+      if layer_cache is not None:
+        raise ValueError("a TreeMask (packed prefix trees) is for full forward passes, not cached decoding")
+      return project_out(_attend_tree(qg, k, v, mask, scale).reshape(b, t, h, dh)), None
     if layer_cache is None:
       if cfg.attention_chunk and t > cfg.attention_chunk:
         out = _attend_in_blocks(qg, k, v, mask, scale, cfg.attention_chunk)
@@ -291,7 +353,7 @@ class Transformer(nn.Module):
       self,
       input_ids: jax.Array,  # int[B, T]
       positions: jax.Array,  # int[B, T]
-      mask: jax.Array,  # bool[B, T, S]: query t may attend key slot s
+      mask: jax.Array | TreeMask,  # bool[B, T, S]: query t may attend key slot s; or packed prefix trees (S = T)
       cache: Cache | None = None,
       cache_index: jax.Array | int = 0,
       compute_logits: bool = True,  # False: skip the LM head (chunked log-probs apply ``head`` themselves)

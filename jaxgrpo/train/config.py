@@ -32,6 +32,7 @@ from jaxgrpo.core.shaping import RewardNormalization
 from jaxgrpo.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES, Family
 from jaxgrpo.rollout.sampler import check_sampling
 from jaxgrpo.tasks.sources import SourceName
+from jaxgrpo.train.packing import SharePrefix
 
 Objective = Literal["grpo", "lambda_grpo", "prpo"]
 Schedule = Literal["constant", "cosine", "linear"]
@@ -155,6 +156,9 @@ class ObjectiveSpec:
   rollout_correction: Correction = "none"  # sampler↔trainer mismatch: none | tis (truncate) | mis (mask)
   rollout_correction_level: CorrectionLevel = "token"  # weight per token, or the sequence's geometric mean
   rollout_correction_cap: float = 3.0  # C > 1: tis truncates the weight at C; mis zeroes it outside [1/C, C]
+  # what the update computes once per group (train.packing): none | prompt (the prompt) | tree (every shared prefix)
+  # | auto (per step, whichever computes the fewest positions; none when packing saves nothing)
+  share_prefix: SharePrefix = "auto"
   # PRPO
   prpo_k: int = 5  # entropy spikes considered per completion
   prpo_min_gap: int = 10  # minimum tokens between kept cuts (position 0 counts as a cut)

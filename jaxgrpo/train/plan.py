@@ -26,7 +26,7 @@ from jaxgrpo.models import lora
 from jaxgrpo.models.transformer import Transformer, abstract_params
 from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.rollout import sampler
-from jaxgrpo.train import build
+from jaxgrpo.train import build, packing
 from jaxgrpo.train import step as ts
 
 GIB = 1024 ** 3
@@ -78,6 +78,11 @@ def plan(cfg, devices: int | None = None, hbm_gib: float = 80.0, prompt_len: int
                                 sharding=shard_lib.replicated(mesh))
   compiled = program.update.lower(state, frozen, ref, batch, orders).compile()
   mem = compiled.memory_analysis()
+  packed_mem = None
+  # the trainer's choice (Trainer._share_prefix_mode): auto packs only with one minibatch per pass
+  if cfg.objective.share_prefix != "none" and not (cfg.objective.share_prefix == "auto"
+                                                    and cfg.objective.num_minibatches > 1):
+    packed_mem = _packed_update_memory(cfg, program, mesh, rules, state, frozen, ref, p, t)
 
   out = {
       "preset": cfg.name, "devices": len(devs), "mesh": dict(mesh.shape), "hbm_gib": hbm_gib,
@@ -99,12 +104,37 @@ def plan(cfg, devices: int | None = None, hbm_gib: float = 80.0, prompt_len: int
   }
   b = out["bytes"]
   b["update_peak"] = b["update_arguments"] + b["update_temporaries"] + b["update_outputs_not_aliased"]
+  if packed_mem is not None:
+    # shared prefixes: the packed update's worst case (no completion shares a token with another: every group's
+    # prompt once + its G completions); "auto" may run either program, so the peak is the larger one
+    b["update_packed_peak"] = packed_mem
+    out["share_prefix"] = cfg.objective.share_prefix
+    b["update_peak"] = packed_mem if cfg.objective.share_prefix != "auto" else max(b["update_peak"], packed_mem)
   b.update(_sampler_bytes(cfg, model, mesh, rules, full, sh["full"], n, p, t, allowed))
   resident = b["params"] + b["optimizer"] + b["frozen"] + b["reference"]
   b["sampling_peak"] = resident + b["sampler_weights"] + b["kv_cache"] + b["sampler_temporaries"]
   b["peak"] = max(b["update_peak"], b["sampling_peak"])
   out["fits"] = b["peak"] <= hbm_gib * GIB
   return out
+
+
+def _packed_update_memory(cfg, program, mesh, rules, state, frozen, ref, p, t) -> int:
+  """Peak bytes per device of the update on a ``PackedBatch`` of one group per row, [prompt | G completions]."""
+  o = cfg.objective
+  g, b = cfg.sampling.group_size, cfg.data.prompts_per_step
+  multiple = shard_lib.batch_shards(mesh, rules) * o.num_minibatches * o.micro_batches
+  r = -(-b // multiple) * multiple
+  s = -(-(p + g * t) // 64) * 64
+  rows = shard_lib.batch_sharding(mesh, 1, rules)
+  arr = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
+  batch = packing.PackedBatch(
+      tokens=arr((r, s), jnp.int32), positions=arr((r, s), jnp.int32), ends=arr((r, s), jnp.int32),
+      source=arr((r, g, t), jnp.int32), targets=arr((r, g, t), jnp.int32), mask=arr((r, g, t), jnp.int32),
+      advantages=arr((r, g, t), jnp.float32), weights=arr((r, g, t), jnp.float32),
+      old_logp=arr((r, g, t), jnp.float32), slots=arr((r, g), jnp.int32), window=p + g * t)
+  orders = jax.ShapeDtypeStruct((o.num_iterations, r), jnp.int32, sharding=shard_lib.replicated(mesh))
+  mem = program.update.lower(state, frozen, ref, batch, orders).compile().memory_analysis()
+  return int(mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes)
 
 
 def _sampler_bytes(cfg, model, mesh, rules, full, full_sh, n, p, t, allowed) -> dict[str, int]:
@@ -136,6 +166,8 @@ def format_report(r: dict[str, Any]) -> str:
       f"| parameters (trainable) | {g(b['params'])} |", f"| optimizer state | {g(b['optimizer'])} |",
       f"| frozen base (LoRA) | {g(b['frozen'])} |", f"| reference params (KL) | {g(b['reference'])} |",
       f"| update: arguments | {g(b['update_arguments'])} |", f"| update: temporaries | {g(b['update_temporaries'])} |",
+      *([f"| update on packed prefix trees (share_prefix {r['share_prefix']}; worst case) | "
+         f"{g(b['update_packed_peak'])} |"] if "update_packed_peak" in b else []),
       f"| update: peak | {g(b['update_peak'])} |",
       f"| sampler: weights in {r['dtype']} | {g(b['sampler_weights'])} |",
       f"| sampler: KV cache | {g(b['kv_cache'])} |",

@@ -38,9 +38,17 @@ import optax
 from jaxgrpo.core import mismatch, objectives
 from jaxgrpo.core.trees import all_finite
 from jaxgrpo.models import lora, policy
-from jaxgrpo.models.transformer import Transformer, abstract_boxed_params, abstract_params, cast_params, logical_axes
+from jaxgrpo.models.transformer import (
+  Transformer,
+  TreeMask,
+  abstract_boxed_params,
+  abstract_params,
+  cast_params,
+  logical_axes,
+)
 from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.train.config import NonFinite, ObjectiveSpec, SamplingSpec, Schedule
+from jaxgrpo.train.packing import PackedBatch
 
 NONFINITE_FLAGS = {1: "loss", 2: "gradients", 4: "parameters"}
 
@@ -183,12 +191,22 @@ def shard_state(state, shardings):
   return copy(jax.tree.map(lambda x, s: jax.device_put(x, s), state, shardings))
 
 
-def batch_logprobs(model: Transformer, params, batch: Batch, spec: LossSpec, with_entropy: bool = False):
-  """log π(completion tokens) under ``params`` (cast to the compute dtype): float32[N, T] (and the entropies
-  float32[N, T] when ``with_entropy``, from the same chunked pass)."""
+AnyBatch = Batch | PackedBatch
+
+
+def batch_logprobs(model: Transformer, params, batch: AnyBatch, spec: LossSpec, with_entropy: bool = False):
+  """log π(completion tokens) under ``params`` (cast to the compute dtype), in the shape of ``batch.mask``:
+  float32[N, T], or [R, C, T] for a ``PackedBatch`` (and the entropies when ``with_entropy``, same pass)."""
+  cast = cast_params(params, model.config.dtype)
+  if isinstance(batch, PackedBatch):
+    tree = TreeMask(ends=batch.ends, window=batch.window, block=model.config.attention_chunk or 128)
+    logp, ent = policy.packed_logprobs(model, cast, batch.tokens, batch.positions, tree, batch.source,
+                                       batch.targets, spec.temperature, spec.allowed, spec.logprob_chunk,
+                                       with_entropy=with_entropy)
+    return (logp, ent) if with_entropy else logp
   input_ids = jnp.concatenate([batch.prompt_ids, batch.tokens], axis=1)
   attn = jnp.concatenate([batch.prompt_mask, batch.mask], axis=1)
-  logp, ent = policy.completion_logprobs(model, cast_params(params, model.config.dtype), input_ids, attn,
+  logp, ent = policy.completion_logprobs(model, cast, input_ids, attn,
                                          batch.tokens.shape[1], spec.temperature, spec.allowed, spec.logprob_chunk,
                                          with_entropy=with_entropy)
   return (logp, ent) if with_entropy else logp
@@ -207,12 +225,36 @@ def entropy_metrics(entropies: jax.Array, mask: jax.Array) -> dict[str, jax.Arra
   return {"entropy/mean": mean(valid), "entropy/first10": mean(first), "entropy/last10": mean(last)}
 
 
-def loss_fn(trainable, frozen, batch: Batch, old_logp, ref_logp, model: Transformer, spec: LossSpec):
+def normalizer(batch: AnyBatch, spec: LossSpec):
+  """The "constant" aggregation's normalizer: completions × T (a packed batch's empty slots do not count)."""
+  if spec.aggregation != "constant" or not isinstance(batch, PackedBatch):
+    return None
+  return jnp.sum(batch.slots).astype(jnp.float32) * batch.mask.shape[-1]
+
+
+def denominator(batch: AnyBatch, spec: LossSpec):
+  """``objectives.aggregation_denominator`` of a (packed) batch."""
+  return objectives.aggregation_denominator(batch.mask, batch.weights, spec.aggregation, normalizer(batch, spec))
+
+
+def _rows(x):
+  """[R, C, T] → [R·C, T] (a packed batch's slots as rows); [N, T] and None unchanged."""
+  return x if x is None or x.ndim == 2 else x.reshape(-1, x.shape[-1])
+
+
+def loss_fn(trainable, frozen, batch: AnyBatch, old_logp, ref_logp, model: Transformer, spec: LossSpec):
   """The policy loss of a (micro-)batch and its metrics: the objective's own, the trained policy's entropy, the
   sampler↔trainer mismatch (this pass's log-probs, which are π_old's at a step's first optimizer step, against the
-  sampler's) and, with a rollout correction, its weights (× the token weights)."""
+  sampler's) and, with a rollout correction, its weights (× the token weights).  A ``PackedBatch`` gives the same
+  loss as the ``Batch`` it packs: its slots are rows here."""
   params = lora.combine(frozen, trainable) if frozen is not None else trainable
   logp, ent = batch_logprobs(model, params, batch, spec, with_entropy=True)
+  norm = normalizer(batch, spec)
+  if isinstance(batch, PackedBatch):
+    logp, ent, old_logp, ref_logp = _rows(logp), _rows(ent), _rows(old_logp), _rows(ref_logp)
+    batch = Batch(prompt_ids=batch.tokens, prompt_mask=batch.tokens, tokens=_rows(batch.targets),
+                  mask=_rows(batch.mask), advantages=_rows(batch.advantages), weights=_rows(batch.weights),
+                  old_logp=_rows(batch.old_logp))  # (prompt fields unused from here on)
   trainer_logp = jax.lax.stop_gradient(logp)
   weights = batch.weights
   extra = mismatch.mismatch_metrics(trainer_logp, batch.old_logp, batch.mask)
@@ -230,7 +272,7 @@ def loss_fn(trainable, frozen, batch: Batch, old_logp, ref_logp, model: Transfor
   loss, metrics = objectives.policy_loss(
       logp, old_logp, ref_logp if spec.kl_beta else None, advantages, batch.mask, weights=weights,
       clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, kl_beta=spec.kl_beta,
-      aggregation=spec.aggregation, ratio_level=spec.ratio_level, kl_estimator=spec.kl_estimator,
+      aggregation=spec.aggregation, normalizer=norm, ratio_level=spec.ratio_level, kl_estimator=spec.kl_estimator,
       entropies=ent if spec.entropy_coef else None, entropy_coef=spec.entropy_coef,
   )
   return loss, {**metrics, **extra, **entropy_metrics(jax.lax.stop_gradient(ent), batch.mask)}
@@ -285,7 +327,7 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
   rows ``row_orders[i, j·N/M : (j+1)·N/M]``.
   """
   rows_sh = lambda ndim: shard_lib.batch_sharding(mesh, ndim, rules)
-  batch_sh = Batch(**{f.name: rows_sh(2) for f in dataclasses.fields(Batch)})
+  batch_sh = rows_sh(1)  # a prefix for every leaf of a Batch or a PackedBatch: rows over the batch axes
   repl = shard_lib.replicated(mesh)
   m_count = uspec.num_minibatches
   stop = uspec.nonfinite == "stop"
@@ -307,13 +349,13 @@ def make_update_step(model: Transformer, tx: optax.GradientTransformation, spec:
     slice's loss is weighted by its share of the minibatch's aggregation denominator (exact)."""
     if micro == 1:
       return grad_fn(params, frozen, mb, old, ref, model, spec)
-    total = objectives.aggregation_denominator(mb.mask, mb.weights, spec.aggregation)
+    total = denominator(mb, spec)
     split = lambda x: None if x is None else strided_slices(x, micro)
     slices = (jax.tree.map(split, mb), split(old), split(ref))
 
     def one(acc, xs):
       mbi, oi, ri = jax.tree.map(constrain, xs)
-      share = objectives.aggregation_denominator(mbi.mask, mbi.weights, spec.aggregation) / total
+      share = denominator(mbi, spec) / total
       (loss_i, m_i), g_i = grad_fn(params, frozen, mbi, oi, ri, model, spec)
       acc_g, acc_loss, acc_m = acc
       acc_g = jax.tree.map(lambda a, g: a + share * g, acc_g, g_i)

@@ -36,7 +36,7 @@ from jaxgrpo.rollout.sampler import FINISH_EOS
 from jaxgrpo.tasks import prm as prm_lib
 from jaxgrpo.tasks import rewards as rewards_lib
 from jaxgrpo.tasks import sources as data_lib
-from jaxgrpo.train import build, checkpointing, evaluation
+from jaxgrpo.train import build, checkpointing, evaluation, packing
 from jaxgrpo.train import step as ts
 from jaxgrpo.train.config import TrainConfig
 from jaxgrpo.train.metrics import MetricsWriter
@@ -77,6 +77,7 @@ class Trainer:
                        f"objective.num_minibatches ({o.num_minibatches}) × objective.micro_batches "
                        f"({o.micro_batches}) × the data-parallel mesh size ({dp})")
     self.model, params, self.tokenizer = build.build_model(cfg.model, cfg.seed, cfg.data.system_prompt)
+    self.share_prefix = self._share_prefix_mode(o, dp)
     # the sampler may compute in another dtype than training (sampling.dtype): a model of its own, same params
     self.sampler_model = self.model if not cfg.sampling.dtype else Transformer(
         self.model.config.replace(dtype=cfg.sampling.dtype))
@@ -105,6 +106,29 @@ class Trainer:
     self.rng = np.asarray(jax.random.PRNGKey(cfg.seed))
     self._state_is_step = True  # the state holds the result of a completed step (safe to save)
     self._guard = SignalGuard()  # inactive until run() enters it
+
+  def _share_prefix_mode(self, o, dp: int) -> str:
+    """What the update shares (``objective.share_prefix``): an explicit mode is checked here and refused by name
+    where it cannot run; ``auto`` falls back to ``none`` there (and with minibatches, whose composition packing
+    changes: whole groups instead of rows), else picks per step."""
+    family = self.model.config.family
+    b, rows = self.cfg.data.prompts_per_step, dp * o.num_minibatches * o.micro_batches
+    problems = []
+    if family not in models.TREE_MASK_FAMILIES:
+      problems.append(f"needs a model family that runs packed prefix trees ({', '.join(models.TREE_MASK_FAMILIES)});"
+                      f" this model is {family!r}")
+    if jax.process_count() > 1:
+      problems.append(f"packs the whole batch on one host; this run has {jax.process_count()} processes")
+    if o.num_minibatches > 1 and b % rows:
+      problems.append(f"forms minibatches from whole groups: data.prompts_per_step = {b} must be divisible by "
+                      f"objective.num_minibatches × objective.micro_batches × the data-parallel mesh size = {rows}")
+    if o.share_prefix == "none":
+      return "none"
+    if o.share_prefix == "auto":
+      return "none" if problems or o.num_minibatches > 1 else "auto"
+    if problems:
+      raise ValueError(f"objective.share_prefix = {o.share_prefix!r} {problems[0]}: use 'none'")
+    return o.share_prefix
 
   # ------------------------------------------------------------------ stages
 
@@ -197,10 +221,33 @@ class Trainer:
       scores[i, :n_seg] = s
     return self.engine.to_global(scores, rollout.num_rows)
 
+  def packed_batch(self, batch: ts.Batch, mode: str) -> tuple[ts.AnyBatch, dict[str, float]]:
+    """The update batch with each group's shared prefixes computed once (``objective.share_prefix``; "auto": the
+    mode computing the fewest positions, the plain batch when packing saves nothing), and what it computes."""
+    o = self.cfg.objective
+    host = {f.name: np.asarray(getattr(batch, f.name)) for f in dataclasses.fields(ts.Batch)}
+    plain = packing.tokens_unpacked(host["prompt_mask"], host["mask"])
+    rows = shard_lib.batch_shards(self.mesh, self.rules) * o.num_minibatches * o.micro_batches
+    options = {}
+    for m in (("prompt", "tree") if mode == "auto" else (mode,)):
+      options[m] = packing.pack(**host, group_size=self.cfg.sampling.group_size, mode=m, row_multiple=rows)
+    best = min(options, key=lambda m: options[m].tokens_computed)
+    chosen = options[best]
+    info = {"share_prefix/computed_frac": chosen.tokens_computed / plain,
+            "share_prefix/unique_frac": chosen.tokens_unique / plain, "share_prefix/tree": float(best == "tree")}
+    if mode == "auto" and chosen.tokens_computed >= plain:
+      return batch, {**info, "share_prefix/computed_frac": 1.0, "share_prefix/tree": 0.0}
+    sh = self.engine.row_sharding(chosen.batch.tokens.shape[0], 1)
+    return jax.tree.map(lambda x: jax.device_put(x, sh), chosen.batch), info
+
   def update(self, rollout: Rollout, adv: jax.Array, weights: jax.Array) -> dict[str, float]:
     """μ passes × num_minibatches optimizer steps on the rollout (one jitted call)."""
-    o, n = self.cfg.objective, rollout.num_rows
+    o = self.cfg.objective
     batch = self.batch(rollout, adv, weights)
+    packed_info = {}
+    if self.share_prefix != "none":
+      batch, packed_info = self.packed_batch(batch, self.share_prefix)
+    n = batch.tokens.shape[0]  # rows: completions, or packed rows of whole groups
     rng = np.random.default_rng([self.cfg.seed, self.step])
     orders = np.stack([rng.permutation(n) if o.num_minibatches > 1 else np.arange(n)
                        for _ in range(o.num_iterations)]).astype(np.int32)
@@ -218,7 +265,7 @@ class Trainer:
                              "Lower the learning rate, check the rewards/PRM, or set nonfinite: skip.")
       log.warning("%s: skipped", msg)
     self._state_is_step = True
-    return metrics
+    return {**metrics, **packed_info}
 
   def collect(self, key, times: dict) -> tuple[Rollout, int, dict[str, float]]:
     """The step's scored rollout, how many prompts it consumed, and dynamic-sampling metrics.
