@@ -301,3 +301,17 @@ def test_trainer_with_shared_prefixes_trains_like_the_plain_batch(tmp_path):
   for a, b in zip(runs["auto"], runs["none"], strict=True):
     assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["kl_loss"] - b["kl_loss"]) < 1e-5
     assert a["share_prefix/computed_frac"] < 1.0 and a["share_prefix/tree"] == 1.0
+
+
+def test_a_mode_that_cannot_run_is_refused_by_name_and_auto_falls_back(tmp_path):
+  """Minibatches of whole groups need prompts_per_step to divide into them: an explicit mode is refused naming the
+  keys; ``auto`` runs the plain batch (it also stays plain with minibatches, whose composition packing changes)."""
+  cfg = config_replace(presets.preset("toy"), steps=1, output_dir=str(tmp_path / "run"), progress=False,
+                       data={"prompts_per_step": 1}, objective={"num_minibatches": 2, "share_prefix": "tree"})
+  with pytest.raises(ValueError, match=r"objective.share_prefix = 'tree' forms minibatches from whole groups: "
+                                       r"data.prompts_per_step = 1 must be divisible"):
+    make_trainer(cfg)
+  assert make_trainer(config_replace(cfg, objective={"share_prefix": "auto"})).share_prefix == "none"
+  two = config_replace(cfg, data={"prompts_per_step": 2}, objective={"share_prefix": "auto"})
+  assert make_trainer(two).share_prefix == "none"  # divisible, but auto keeps row-level minibatches
+  assert make_trainer(config_replace(two, objective={"share_prefix": "prompt"})).share_prefix == "prompt"
