@@ -42,7 +42,8 @@ def test_plan_reports_the_memory_of_the_update_step_the_trainer_runs(tmp_path):
 
 
 def test_plan_shows_what_lora_and_sharding_save():
-  base = config_replace(presets.preset("lambda_grpo_paper_full"), sampling={"max_new_tokens": 64})
+  base = config_replace(presets.preset("lambda_grpo_paper_full"), sampling={"max_new_tokens": 64},
+                        objective={"share_prefix": "none"})  # the packed update's plan: the test below
   full = plan.plan(base, devices=1, prompt_len=16)
   lora = plan.plan(config_replace(base, model={"lora": {"rank": 8, "alpha": 16.0}}), devices=1, prompt_len=16)
   assert lora["bytes"]["optimizer"] < full["bytes"]["optimizer"] / 50  # adapters only
@@ -56,10 +57,11 @@ def test_plan_cli_prints_a_table_and_says_whether_it_fits(capsys):
   assert "| optimizer state |" in out and "does NOT fit in 0.001 GiB" in out and code == 3
 
 
-@pytest.mark.parametrize("mode", ["prompt", "auto"])
-def test_plan_accounts_for_shared_prefix_training(tmp_path, mode):
+def test_plan_accounts_for_shared_prefix_training(tmp_path):
   """With ``objective.share_prefix`` the plan compiles the packed update too (its worst case: no completion shares
-  a token) and counts it in the peak (``auto`` may run either program: the larger one)."""
+  a token) and counts it in the peak (``auto``, the default, may run either program: the larger one; an explicit
+  mode counts the packed one)."""
+  mode = "auto"
   cfg = config_replace(tiny_cfg(tmp_path), mesh={"data": 1, "fsdp": 1, "tensor": 1},
                        objective={"share_prefix": mode})
   report = plan.plan(cfg, devices=1, prompt_len=4)
