@@ -31,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_step import roof_gflops  # the f32 matmul roof, measured the way bench_step.py measures it
 
 from jaxgrpo.parallel import sharding
 from jaxgrpo.train import packing, presets
@@ -45,20 +46,6 @@ FEW_SHOT = "You are a careful calculator. Answer with the number only, as in the
                      (7, 30, "+"), (18, 6, "-"), (11, 23, "+"), (27, 16, "-"), (9, 12, "+"), (24, 20, "-"),
                      (1, 29, "+"), (13, 3, "-"), (16, 10, "+"), (28, 25, "-"), (2, 18, "+"), (21, 8, "-"),
                      (6, 26, "+"), (20, 19, "-"), (10, 27, "+"), (23, 1, "-")])
-
-
-def roof_gflops(n: int = 2048) -> float:
-  x = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(x).block_until_ready()
-  best = min(_time(lambda: f(x).block_until_ready()) for _ in range(5))
-  return 2 * n ** 3 / best / 1e9
-
-
-def _time(fn) -> float:
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
 
 
 def make_trainer(tmp: str, name: str, **sections) -> Trainer:

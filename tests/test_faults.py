@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from checkpoints import final_state
 
 from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.train import presets
@@ -53,16 +54,6 @@ def env(**extra):
            XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=1".strip())
   e.update({k: str(v) for k, v in extra.items()})
   return e
-
-
-def final_state(out, step=None):
-  """The newest (or given) checkpoint's params/opt_state/step, read with orbax directly."""
-  ck = Checkpointer(os.path.join(out, "checkpoints"), read_only=True)
-  try:
-    step = ck.latest_step() if step is None else step
-    return step, ck.read(step)
-  finally:
-    ck.close()
 
 
 def assert_same_state(a, b):

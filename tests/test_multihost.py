@@ -15,9 +15,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from checkpoints import final_state
 
 from jaxgrpo.train import presets
-from jaxgrpo.train.checkpointing import Checkpointer
 from jaxgrpo.train.config import replace as config_replace
 from jaxgrpo.train.trainer import Trainer
 
@@ -57,14 +57,6 @@ def wait_all(procs, timeout=400):
   return outs
 
 
-def params_at(out, step):
-  ck = Checkpointer(os.path.join(out, "checkpoints"), read_only=True)
-  try:
-    return ck.read(step)
-  finally:
-    ck.close()
-
-
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
   if jax.device_count() < 8:
@@ -72,7 +64,7 @@ def single_process(tmp_path_factory):
   out = tmp_path_factory.mktemp("one") / "run"
   cfg = config_replace(presets.preset("toy"), output_dir=str(out), **SETTINGS)
   Trainer(cfg).run(resume=False)
-  return params_at(str(out), STEPS)
+  return final_state(str(out), STEPS)[1]
 
 
 def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path, single_process):
@@ -80,7 +72,7 @@ def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path, sing
   results = wait_all(launch(out))
   for code, err in results:
     assert code == 0, err[-3000:]
-  two = params_at(out, STEPS)
+  two = final_state(out, STEPS)[1]
   assert int(two["step"]) == STEPS and int(two["data_pos"]) == int(single_process["data_pos"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), two["params"],
                single_process["params"])
@@ -103,6 +95,6 @@ def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path, sing
   assert len(os.listdir(ckdir)) >= 1
   for code, err in wait_all(launch(killed)):
     assert code == 0, err[-3000:]
-  resumed = params_at(killed, STEPS)
+  resumed = final_state(killed, STEPS)[1]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), resumed["params"],
                single_process["params"])

@@ -2,17 +2,16 @@
 and PRPO, and doing what their core functions say on real (toy) runs."""
 
 import json
-import os
 
 import jax
 import numpy as np
 import pytest
+from checkpoints import final_state
 from meshes import trainer
 
 import jaxgrpo
 from jaxgrpo.train import config as C
 from jaxgrpo.train import presets
-from jaxgrpo.train.checkpointing import Checkpointer
 from jaxgrpo.train.config import replace as config_replace
 
 
@@ -118,14 +117,6 @@ def test_normalize_then_sum_gives_gdpo_advantages(tmp_path):
   np.testing.assert_allclose(np.asarray(adv)[:, 0], want, rtol=1e-5, atol=1e-6)
 
 
-def _ckpt(out, step):
-  ck = Checkpointer(os.path.join(out, "checkpoints"), read_only=True)
-  try:
-    return ck.read(step)
-  finally:
-    ck.close()
-
-
 def test_dynamic_sampling_fills_the_step_with_informative_groups_and_resumes_exactly(tmp_path):
   dyn = dict(data={"prompts_per_step": 2, "dynamic_sampling": True, "max_sampling_rounds": 3},
              sampling={"group_size": 4}, rewards={"names": ("plugins:starts_ll",), "weights": (1.0,)},
@@ -136,11 +127,11 @@ def test_dynamic_sampling_fills_the_step_with_informative_groups_and_resumes_exa
   assert all(r["dynamic/kept_groups"] == 2 for r in rows if r["dynamic/rounds"] < 3)  # stops early only when full
   assert any(r["dynamic/rounds"] > 1 for r in rows)  # some step needed more prompts
   consumed = sum(2 * r["dynamic/rounds"] for r in rows)
-  assert int(_ckpt(str(tmp_path / "whole" / "run"), 6)["data_pos"]) == consumed
+  assert int(final_state(str(tmp_path / "whole" / "run"), 6)[1]["data_pos"]) == consumed
   # stop after 4 steps, resume to 6: the same parameters and data position as the uninterrupted run
   trainer(toy_cfg(tmp_path / "cut", steps=4, **dyn)).run(resume=False)
   trainer(toy_cfg(tmp_path / "cut", steps=6, **dyn)).run()
-  a, b = _ckpt(str(tmp_path / "whole" / "run"), 6), _ckpt(str(tmp_path / "cut" / "run"), 6)
+  a, b = final_state(str(tmp_path / "whole" / "run"), 6)[1], final_state(str(tmp_path / "cut" / "run"), 6)[1]
   assert int(a["data_pos"]) == int(b["data_pos"])
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
   metrics = [json.loads(line) for line in open(tmp_path / "cut" / "run" / "metrics.jsonl")]

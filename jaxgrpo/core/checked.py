@@ -175,20 +175,14 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, cli
                      f"got {adv.shape}")
   _finite_on(np.broadcast_to(adv[..., None] if adv.shape == logp.shape[:-1] else adv, logp.shape), valid,
              "advantages")
-  if weights is not None:
-    w = np.asarray(weights)
-    if w.shape != logp.shape:
-      raise ValueError(f"weights must have the shape of logp {logp.shape}; got {w.shape}")
-    _finite_on(w, valid, "weights")
-    if (w[valid] < 0).any():
-      raise ValueError("weights must be >= 0 on completion tokens")
-  if entropies is not None:
-    e = np.asarray(entropies)
-    if e.shape != logp.shape:
-      raise ValueError(f"entropies must have the shape of logp {logp.shape}; got {e.shape}")
-    _finite_on(e, valid, "entropies")
-    if (e[valid] < 0).any():
-      raise ValueError("entropies must be >= 0 on completion tokens")
+  for name, x in (("weights", weights), ("entropies", entropies)):
+    if x is not None:
+      x = np.asarray(x)
+      if x.shape != logp.shape:
+        raise ValueError(f"{name} must have the shape of logp {logp.shape}; got {x.shape}")
+      _finite_on(x, valid, name)
+      if (x[valid] < 0).any():
+        raise ValueError(f"{name} must be >= 0 on completion tokens")
   for name, x in (("clip_eps_low", clip_eps_low), ("clip_eps_high", clip_eps_high), ("kl_beta", kl_beta),
                   ("entropy_coef", entropy_coef)):
     if x is not None and not (np.isfinite(x) and x >= 0):

@@ -38,6 +38,17 @@ def _log_ratio(old_logp, sampler_logp, mask, level):
   return log_r, valid
 
 
+def _checked_inputs(old_logp, sampler_logp, mask):
+  """The three [..., T] arguments as arrays, their shapes checked by name."""
+  old_logp, sampler_logp, mask = (jnp.asarray(as_array(x, n)) for x, n in ((old_logp, "old_logp"),
+                                                                          (sampler_logp, "sampler_logp"),
+                                                                          (mask, "mask")))
+  if sampler_logp.shape != old_logp.shape or mask.shape != old_logp.shape:
+    raise ValueError(f"sampler_logp and mask must have the shape of old_logp {old_logp.shape}; got "
+                     f"{sampler_logp.shape} and {mask.shape}")
+  return old_logp, sampler_logp, mask
+
+
 def rollout_correction(old_logp, sampler_logp, mask, *, method: Correction = "tis",
                        level: CorrectionLevel = "token", cap=3.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Importance weights [..., T] for the sampler ↔ trainer mismatch, and their metrics.
@@ -54,12 +65,7 @@ def rollout_correction(old_logp, sampler_logp, mask, *, method: Correction = "ti
     (weights float32[..., T], 0 on padding and never differentiated; metrics: ``mismatch/weight_mean`` and
     ``mismatch/masked_frac`` (completion tokens whose weight is 0)).
   """
-  old_logp, sampler_logp, mask = (jnp.asarray(as_array(x, n)) for x, n in ((old_logp, "old_logp"),
-                                                                          (sampler_logp, "sampler_logp"),
-                                                                          (mask, "mask")))
-  if sampler_logp.shape != old_logp.shape or mask.shape != old_logp.shape:
-    raise ValueError(f"sampler_logp and mask must have the shape of old_logp {old_logp.shape}; got "
-                     f"{sampler_logp.shape} and {mask.shape}")
+  old_logp, sampler_logp, mask = _checked_inputs(old_logp, sampler_logp, mask)
   if method not in CORRECTIONS:
     raise ValueError(f"method must be one of {CORRECTIONS}; got {method!r}")
   if level not in typing.get_args(CorrectionLevel):
@@ -91,12 +97,7 @@ def mismatch_metrics(old_logp, sampler_logp, mask) -> dict[str, jax.Array]:
   ``mismatch/k3`` (the k3 estimate of KL(π_sampler ‖ π_old) with the sampler's samples: r − log r − 1,
   r = π_old/π_sampler; ≈ 0 when they agree), ``mismatch/ratio_max`` and ``mismatch/ratio_min`` (of r), and
   ``mismatch/logp_abs_diff`` (mean |log π_old − log π_sampler|)."""
-  old_logp, sampler_logp, mask = (jnp.asarray(as_array(x, n)) for x, n in ((old_logp, "old_logp"),
-                                                                          (sampler_logp, "sampler_logp"),
-                                                                          (mask, "mask")))
-  if sampler_logp.shape != old_logp.shape or mask.shape != old_logp.shape:
-    raise ValueError(f"sampler_logp and mask must have the shape of old_logp {old_logp.shape}; got "
-                     f"{sampler_logp.shape} and {mask.shape}")
+  old_logp, sampler_logp, mask = _checked_inputs(old_logp, sampler_logp, mask)
   return _mismatch_metrics(old_logp, sampler_logp, mask)
 
 

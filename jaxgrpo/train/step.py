@@ -250,32 +250,29 @@ def loss_fn(trainable, frozen, batch: AnyBatch, old_logp, ref_logp, model: Trans
   params = lora.combine(frozen, trainable) if frozen is not None else trainable
   logp, ent = batch_logprobs(model, params, batch, spec, with_entropy=True)
   norm = normalizer(batch, spec)
-  if isinstance(batch, PackedBatch):
-    logp, ent, old_logp, ref_logp = _rows(logp), _rows(ent), _rows(old_logp), _rows(ref_logp)
-    batch = Batch(prompt_ids=batch.tokens, prompt_mask=batch.tokens, tokens=_rows(batch.targets),
-                  mask=_rows(batch.mask), advantages=_rows(batch.advantages), weights=_rows(batch.weights),
-                  old_logp=_rows(batch.old_logp))  # (prompt fields unused from here on)
+  # per-completion [N, T] views (a packed batch's [R, C, T] slots as rows)
+  logp, ent, old_logp, ref_logp = _rows(logp), _rows(ent), _rows(old_logp), _rows(ref_logp)
+  mask, sampler_logp = _rows(batch.mask), _rows(batch.old_logp)
+  weights, advantages = _rows(batch.weights), _rows(batch.advantages)
   trainer_logp = jax.lax.stop_gradient(logp)
-  weights = batch.weights
-  extra = mismatch.mismatch_metrics(trainer_logp, batch.old_logp, batch.mask)
+  extra = mismatch.mismatch_metrics(trainer_logp, sampler_logp, mask)
   if spec.correction != "none":
     pi_old = trainer_logp if old_logp is None else old_logp
-    w, cm = mismatch.rollout_correction(pi_old, batch.old_logp, batch.mask, method=spec.correction,
+    w, cm = mismatch.rollout_correction(pi_old, sampler_logp, mask, method=spec.correction,
                                         level=spec.correction_level, cap=spec.correction_cap)
     weights = weights * w
     extra.update(cm)
-  advantages = batch.advantages
   if spec.ratio_level == "sequence":  # GSPO: one advantage per completion, its (per-row constant) weight folded in
-    m = batch.mask.astype(jnp.float32)
+    m = mask.astype(jnp.float32)
     advantages = jnp.sum(advantages * weights * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
     weights = None
   loss, metrics = objectives.policy_loss(
-      logp, old_logp, ref_logp if spec.kl_beta else None, advantages, batch.mask, weights=weights,
+      logp, old_logp, ref_logp if spec.kl_beta else None, advantages, mask, weights=weights,
       clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, kl_beta=spec.kl_beta,
       aggregation=spec.aggregation, normalizer=norm, ratio_level=spec.ratio_level, kl_estimator=spec.kl_estimator,
       entropies=ent if spec.entropy_coef else None, entropy_coef=spec.entropy_coef,
   )
-  return loss, {**metrics, **extra, **entropy_metrics(jax.lax.stop_gradient(ent), batch.mask)}
+  return loss, {**metrics, **extra, **entropy_metrics(jax.lax.stop_gradient(ent), mask)}
 
 
 def _combine(key: str, acc, value, share):
