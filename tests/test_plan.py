@@ -49,12 +49,18 @@ def test_plan_shows_what_lora_and_sharding_save():
   assert lora["bytes"]["optimizer"] < full["bytes"]["optimizer"] / 50  # adapters only
   assert lora["bytes"]["frozen"] > 0 and full["bytes"]["frozen"] == 0
   assert full["params_total"] > 1.5e9 and full["bytes"]["params"] == pytest.approx(4 * full["params_total"], rel=1e-6)
+  # one device: the continuous engine, one KV copy per prompt (G = 6 here) instead of one per completion
+  kv = full["bytes"]
+  assert full["engine"] == "continuous" and kv["kv_cache"] == kv["kv_cache_continuous"] < kv["kv_cache_static"]
+  g, p, t = base.sampling.group_size, 16, 64
+  assert kv["kv_cache_continuous"] / kv["kv_cache_static"] == pytest.approx((p + g * t) / (g * (p + t)))
 
 
 def test_plan_cli_prints_a_table_and_says_whether_it_fits(capsys):
   code = cli.main(["plan", "--preset", "toy", "--devices", "1", "--hbm", "0.001"])
   out = capsys.readouterr().out
   assert "| optimizer state |" in out and "does NOT fit in 0.001 GiB" in out and code == 3
+  assert "| sampler: KV cache (continuous engine; static " in out
 
 
 def test_plan_accounts_for_shared_prefix_training(tmp_path):

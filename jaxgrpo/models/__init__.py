@@ -29,6 +29,7 @@ from jaxgrpo.models.convert import CheckpointMismatchError, hf_to_params, params
 from jaxgrpo.models.transformer import (
   Output,
   Params,
+  SlotMask,
   Transformer,
   TreeMask,
   abstract_params,
@@ -52,6 +53,7 @@ __all__ = [
     "RopeScaling",
     "TREE_MASK_FAMILIES",
     "Transformer",
+    "SlotMask",
     "TreeMask",
     "UnsupportedConfigError",
     "abstract_params",

@@ -74,6 +74,9 @@ SAMPLING_OPTIONS: dict[str, Callable[[Any], bool] | None] = {
     "pad_id": None,  # written after the end; never sampled
     "prompt_multiple": None,  # left padding of the prompts (positions come from the mask)
     "trim": None,  # drops all-padding columns after sampling
+    "engine": None,  # which decode loop (static or continuous batching): the same distribution, summed in another order
+    "slots": None,  # how many samples decode at once
+    "kv_dtype": lambda d: d is not None,  # a KV cache in another dtype computes other numbers
     "dtype": lambda d: d is not None,  # a sampler in its own compute dtype (bf16 beside f32) computes other numbers
 }
 
@@ -90,7 +93,8 @@ def sampler_is_policy(options: Mapping[str, Any]) -> bool:
 OldLogp = Literal["none", "batch", "recompute"]
 
 
-def old_logp_source(optimizer_steps_per_batch: int, sampling: Mapping[str, Any], recompute: bool = False) -> OldLogp:
+def old_logp_source(optimizer_steps_per_batch: int, sampling: Mapping[str, Any], recompute: bool = False,
+                    stale: bool = False) -> OldLogp:
   """Where the PPO ratio's π_old comes from in an update of ``optimizer_steps_per_batch`` optimizer steps.
 
   * "none": one optimizer step per batch — the ratio is exactly 1 at the update (π_old = stop_gradient(π_θ));
@@ -98,7 +102,19 @@ def old_logp_source(optimizer_steps_per_batch: int, sampling: Mapping[str, Any],
     distribution: ``sampler_is_policy``);
   * "recompute": a forward pass at the start of the update, when the sampler's distribution was not the policy's
     (top-k/top-p) or when asked (``recompute``).
+
+  ``stale``: the rollouts were sampled with older params (one-step-off): π_old is the sampler's log-probs even with
+  one optimizer step per batch (the behaviour policy is not π_θ), unless asked to recompute (a rollout correction
+  then weights the sampler's tokens against the recomputed π_old).
   """
+  if stale:
+    if recompute:
+      return "recompute"
+    if not sampler_is_policy(sampling):
+      raise ValueError("async_rollouts with a sampler that does not draw from the policy (top_k, top_p, "
+                       "sampling.dtype or sampling.kv_dtype) needs objective.rollout_correction (tis or mis): "
+                       "the sampler's log-probs are not the behaviour policy's")
+    return "batch"
   if optimizer_steps_per_batch == 1:
     sampler_is_policy(sampling)  # still refuses undecided options
     return "none"

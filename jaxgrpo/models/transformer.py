@@ -77,6 +77,24 @@ class TreeMask:
   block: int = dataclasses.field(default=128, metadata={"static": True})  # query-block length
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SlotMask:
+  """The attention context of continuous-batching decode slots (S slots, one new token each; B prompts of P
+  positions).  Passed as the mask with a cache of four buffers: the prompts' KV, one copy per prompt
+  (``prompt_k``/``prompt_v`` [L, B, KV, P, Dh]), and each slot's own completion KV (``k``/``v`` [L, S, KV, T, Dh]).
+  Slot s reads its prompt's keys through ``prompt_of`` (an indirection: the G samples of a prompt share one copy)
+  and the first ``length[s]`` keys of its own completion; only the first ``read`` completion positions are read
+  (the host buckets ``read`` to the longest live completion, so decode cost follows the live length).  The new
+  token's key and value are written at completion position ``length[s]`` of each slot.
+  """
+
+  prompt_of: jax.Array  # int32[S] the prompt whose KV each slot reads
+  prompt_valid: jax.Array  # bool[B, P] real (not left-padding) prompt positions
+  length: jax.Array  # int32[S] completion tokens already in each slot's cache (the new token's write position)
+  read: int = dataclasses.field(metadata={"static": True})  # completion positions read, ≥ max(length) (≤ T)
+
+
 _INIT = nn.initializers.normal(0.02)
 LORA_A, LORA_B = "_lora_a", "_lora_b"
 
@@ -218,6 +236,32 @@ def _attend_tree(qg, k, v, tree: TreeMask, scale):
   return jnp.moveaxis(out, 0, 1).reshape(b, s + pad, *qg.shape[2:])[:, :s]
 
 
+def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
+  """One decode step of S slots under a ``SlotMask``: q [S, KV, G, Dh]; the new key/value [S, KV, Dh]; the layer's
+  cache {"prompt_k", "prompt_v": [B, KV, P, Dh], "k", "v": [S, KV, T, Dh]}.  Returns [S, KV, G, Dh].
+
+  Scores as in the static decode path (multiply-and-reduce, float32 softmax over [prompt | completion | new]).
+  """
+  neg = jnp.finfo(jnp.float32).min
+  pk = jnp.take(layer_cache["prompt_k"], slots.prompt_of, axis=0).astype(dtype)  # [S, KV, P, Dh]
+  pv = jnp.take(layer_cache["prompt_v"], slots.prompt_of, axis=0).astype(dtype)
+  ck = layer_cache["k"][:, :, :slots.read].astype(dtype)  # [S, KV, R, Dh]: the live part only
+  cv = layer_cache["v"][:, :, :slots.read].astype(dtype)
+  p_valid = jnp.take(slots.prompt_valid, slots.prompt_of, axis=0)  # [S, P]
+  c_valid = jnp.arange(slots.read)[None, :] < slots.length[:, None]  # [S, R]
+  s_p = jnp.sum(q[:, :, :, None, :] * pk[:, :, None], axis=-1)  # [S, KV, G, P]
+  s_c = jnp.sum(q[:, :, :, None, :] * ck[:, :, None], axis=-1)  # [S, KV, G, R]
+  s_n = jnp.sum(q * k_new[:, :, None, :], axis=-1)[..., None]  # [S, KV, G, 1]
+  scores = jnp.concatenate([jnp.where(p_valid[:, None, None], s_p.astype(jnp.float32) * scale, neg),
+                            jnp.where(c_valid[:, None, None], s_c.astype(jnp.float32) * scale, neg),
+                            s_n.astype(jnp.float32) * scale], axis=-1)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  p_len = pk.shape[2]
+  return (jnp.sum(probs[..., :p_len, None] * pv[:, :, None], axis=-2)
+          + jnp.sum(probs[..., p_len:-1, None] * cv[:, :, None], axis=-2)
+          + probs[..., -1:] * v_new[:, :, None, :])
+
+
 class Attention(nn.Module):
   config: ModelConfig
 
@@ -261,6 +305,13 @@ class Attention(nn.Module):
       if layer_cache is not None:
         raise ValueError("a TreeMask (packed prefix trees) is for full forward passes, not cached decoding")
       return project_out(_attend_tree(qg, k, v, mask, scale).reshape(b, t, h, dh)), None
+    if isinstance(mask, SlotMask):
+      if layer_cache is None or t != 1:
+        raise ValueError("a SlotMask (continuous-batching decode) needs the slot cache and one token per slot")
+      out = _attend_slots(qg[:, 0], k[:, 0], v[:, 0], layer_cache, mask, scale, x.dtype)
+      new_slots = {"k": k.transpose(0, 2, 1, 3).astype(layer_cache["k"].dtype),
+                   "v": v.transpose(0, 2, 1, 3).astype(layer_cache["v"].dtype)}
+      return project_out(out.reshape(b, 1, h, dh)), new_slots
     if layer_cache is None:
       if cfg.attention_chunk and t > cfg.attention_chunk:
         out = _attend_in_blocks(qg, k, v, mask, scale, cfg.attention_chunk)
@@ -380,7 +431,13 @@ class Transformer(nn.Module):
     )(cfg, name="layers")
     x, new_slots = layers(x, cache, rope, mask, cache_index)
     new_cache = None
-    if cache is not None:
+    if isinstance(mask, SlotMask):  # each slot writes its new key/value at its own completion position
+      rows = jnp.arange(input_ids.shape[0])
+      new_cache = dict(cache)
+      for name in ("k", "v"):  # new slots [L, S, KV, 1, Dh] → indexed [S, L, KV, Dh]
+        new_cache[name] = cache[name].at[:, rows, :, mask.length].set(
+            jnp.swapaxes(new_slots[name][:, :, :, 0], 0, 1), mode="promise_in_bounds")
+    elif cache is not None:
       zero = jnp.zeros((), jnp.int32)
       start = (zero, zero, zero, jnp.asarray(cache_index, jnp.int32), zero)
       new_cache = {name: jax.lax.dynamic_update_slice(cache[name], new_slots[name], start) for name in ("k", "v")}

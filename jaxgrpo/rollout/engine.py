@@ -24,12 +24,13 @@ from jaxgrpo.models import policy
 from jaxgrpo.models.transformer import Transformer
 from jaxgrpo.parallel import distributed as dist
 from jaxgrpo.parallel import sharding as shard_lib
-from jaxgrpo.rollout import sampler
+from jaxgrpo.rollout import continuous, sampler
 from jaxgrpo.tasks import rewards as rewards_lib
 from jaxgrpo.tasks.sources import Example, Source
 
 # The engine's own options (beside ``sampler.SamplingParams``); ``models.policy.SAMPLING_OPTIONS`` decides them too.
-ENGINE_OPTIONS = ("prompt_multiple", "trim")
+ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots")
+ENGINES = ("auto", "static", "continuous")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,14 +80,27 @@ class RolloutEngine:
     mesh: None for the first device alone (evaluation, analysis).
     prompt_multiple: prompts are left-padded to a multiple of this (fewer shapes, fewer compilations).
     trim: drop the all-padding tail of the completion buffer (rounded up to a bucket of T/4).
+    engine: ``static`` (``sampler``: one batch of B·G rows, the oracle) | ``continuous`` (``continuous``: decode
+      slots fed from a queue, one KV copy per prompt, live-length reads; one device and one process only) |
+      ``auto``: continuous where it can run, else static.
+    slots: the continuous engine's decode slots (0: one per sample).
   """
 
   def __init__(self, model: Transformer, tokenizer, mesh=None, rules=shard_lib.MeshRules(), *,
-               prompt_multiple: int = 8, trim: bool = True):
+               prompt_multiple: int = 8, trim: bool = True, engine: str = "auto", slots: int = 0):
     if mesh is None:
       mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     if prompt_multiple < 1:
       raise ValueError(f"prompt_multiple must be >= 1; got {prompt_multiple}")
+    if engine not in ENGINES:
+      raise ValueError(f"sampling.engine must be one of {list(ENGINES)}; got {engine!r}")
+    single = mesh.devices.size == 1 and jax.process_count() == 1
+    if engine == "continuous" and not single:
+      raise ValueError(f"sampling.engine = 'continuous' runs on one device of one process; this mesh has "
+                       f"{mesh.devices.size} devices over {jax.process_count()} process(es): use 'static' or 'auto'")
+    self.engine = "continuous" if engine == "continuous" or (engine == "auto" and single) else "static"
+    self.continuous = continuous.ContinuousParams(slots=slots)
+    self.last_stats: continuous.EngineStats | None = None  # what the last continuous call computed
     self.model, self.tokenizer, self.mesh, self.rules = model, tokenizer, mesh, rules
     self.prompt_multiple, self.trim = prompt_multiple, trim
     self.allowed_ids = policy.allowed_ids(tokenizer.allowed_ids, model.config.vocab_size, "tokenizer.allowed_ids")
@@ -121,8 +135,12 @@ class RolloutEngine:
     prompt_ids, prompt_mask = self._prompts(examples, sp.max_new_tokens)
     b, g = len(examples), sp.group_size
     n = b * g
-    out = sampler.sample_groups(self.model, params, prompt_ids, prompt_mask, key, sp, self.allowed_ids,
-                                row_sharding=self.row_sharding(n))
+    if self.engine == "continuous":
+      out, self.last_stats = continuous.sample_groups(self.model, params, prompt_ids, prompt_mask, key, sp,
+                                                      self.allowed_ids, self.continuous)
+    else:
+      out = sampler.sample_groups(self.model, params, prompt_ids, prompt_mask, key, sp, self.allowed_ids,
+                                  row_sharding=self.row_sharding(n))
     t = sp.max_new_tokens
     if self.trim:  # completions rarely use the whole buffer: drop the all-padding tail (bucketed)
       longest = int(dist.fetch(_max(out.lengths)))

@@ -64,11 +64,33 @@ class SamplingParams:
   top_p: float = 1.0  # 1 = off
   eos_ids: tuple[int, ...] = ()  # tokens that end a completion (kept in its mask)
   pad_id: int = 0  # written after a completion ends
+  kv_dtype: str | None = None  # the KV cache's dtype (None: the model's compute dtype; "bfloat16" halves it)
 
   def __post_init__(self):
     check_sampling(group_size=self.group_size, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                    top_k=self.top_k, top_p=self.top_p)
     object.__setattr__(self, "eos_ids", tuple(int(e) for e in self.eos_ids))
+    if self.kv_dtype is not None:
+      check_kv_dtype(self.kv_dtype)
+
+
+KV_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_kv_dtype(kv_dtype: str, name: str = "kv_dtype", backend: str | None = None) -> None:
+  """A KV-cache dtype this library implements and the backend can compute in (float16 is refused on CPU, where
+  XLA emulates it slowly)."""
+  if kv_dtype not in KV_DTYPES:
+    raise ValueError(f"{name} must be one of {list(KV_DTYPES)} or null (the compute dtype); got {kv_dtype!r}")
+  backend = backend or jax.default_backend()
+  if kv_dtype == "float16" and backend == "cpu":
+    raise ValueError(f"{name} 'float16' is not supported on the cpu backend (XLA:CPU has no native float16 "
+                     "arithmetic); use 'bfloat16'")
+
+
+def cache_dtype(model: Transformer, sp: "SamplingParams"):
+  """The KV cache's dtype: ``sp.kv_dtype``, else the model's compute dtype."""
+  return jnp.dtype(sp.kv_dtype) if sp.kv_dtype else jnp.dtype(model.config.dtype)
 
 
 class SampleOutput(NamedTuple):
@@ -112,8 +134,23 @@ def process_logits(
 entropy = policy.entropy
 
 
-def categorical(logits: jax.Array, key: jax.Array, block: int = 128) -> tuple[jax.Array, jax.Array]:
-  """Exact inverse-CDF sampling from softmax(logits), one uniform per row.
+def sample_keys(rng: jax.Array, n: int) -> jax.Array:
+  """One PRNG key per sample: ``fold_in(rng, i)`` for sample i = 0..n-1 (uint32[n, 2]).  A sample's tokens depend
+  on its own key and its completion position only, never on which row or decode slot computed it."""
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n, dtype=jnp.uint32))
+
+
+def row_uniforms(keys: jax.Array, position: jax.Array) -> jax.Array:
+  """float32[N]: the uniform that draws the token at completion ``position`` (int32[N] or a scalar) of each row,
+  from the rows' sample keys [N, 2]."""
+  position = jnp.broadcast_to(jnp.asarray(position, jnp.uint32), keys.shape[:1])
+  return jax.vmap(lambda k, j: jax.random.uniform(jax.random.fold_in(k, j), (), jnp.float32))(keys, position)
+
+
+def categorical(logits: jax.Array, key: jax.Array, block: int = 128, *,
+                uniforms: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Exact inverse-CDF sampling from softmax(logits), one uniform per row (drawn from ``key``, or given as
+  ``uniforms`` float32[N] in [0, 1)).
 
   Two-level (block sums, then one block) so the scans are short; 5x faster on
   XLA:CPU than ``jax.random.categorical``, whose Gumbel noise needs V random
@@ -128,7 +165,8 @@ def categorical(logits: jax.Array, key: jax.Array, block: int = 128) -> tuple[ja
   block_sums = jnp.sum(blocks, axis=-1)
   block_cdf = jnp.cumsum(block_sums, axis=-1)
   total = block_cdf[:, -1]
-  x = jax.random.uniform(key, (n,), jnp.float32) * total
+  u = jax.random.uniform(key, (n,), jnp.float32) if uniforms is None else uniforms
+  x = u * total
   nb = block_sums.shape[-1]
   j = jnp.minimum(jnp.sum(block_cdf <= x[:, None], axis=-1), nb - 1)
   before = jnp.take_along_axis(block_cdf - block_sums, j[:, None], axis=-1)[:, 0]
@@ -145,15 +183,17 @@ def categorical(logits: jax.Array, key: jax.Array, block: int = 128) -> tuple[ja
 
 
 def sample_token(
-    logits: jax.Array, rng: jax.Array, sp: SamplingParams, allowed: jax.Array | None = None
+    logits: jax.Array, rng: jax.Array | None, sp: SamplingParams, allowed: jax.Array | None = None, *,
+    uniforms: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Sample one token per row: (token int32[N], logprob float32[N], entropy float32[N])."""
+  """Sample one token per row: (token int32[N], logprob float32[N], entropy float32[N]); the randomness is ``rng``
+  (a key) or one given uniform per row (``uniforms``, see ``row_uniforms``)."""
   pol, sampling = process_logits(logits, sp, allowed)
   if sp.temperature == 0:
     token = jnp.argmax(sampling, axis=-1).astype(jnp.int32)
     logp = jnp.take_along_axis(jax.nn.log_softmax(sampling, axis=-1), token[:, None], axis=-1)[:, 0]
     return token, logp, entropy(pol)
-  token, logp, ent = categorical(sampling, rng)
+  token, logp, ent = categorical(sampling, rng, uniforms=uniforms)
   if sp.top_k or sp.top_p < 1.0:  # truncated: the policy's entropy needs its own pass
     ent = entropy(pol)
   return token, logp, ent
@@ -162,23 +202,27 @@ def sample_token(
 # ----------------------------------------------------------------------------- prefill and decode
 
 
-def init_cache(model: Transformer, batch: int, length: int) -> dict[str, jax.Array]:
-  """An empty KV cache in the compute dtype: {"k", "v"} each [L, B, KV, S, Dh]."""
+def init_cache(model: Transformer, batch: int, length: int, dtype=None) -> dict[str, jax.Array]:
+  """An empty KV cache (in ``dtype``, default the compute dtype): {"k", "v"} each [L, B, KV, S, Dh]."""
   cfg = model.config
   shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
-  return {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+  dtype = cfg.dtype if dtype is None else dtype
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "cache_len"))
-def prefill(model: Transformer, params, prompt_ids: jax.Array, prompt_mask: jax.Array, cache_len: int):
-  """Run the prompts [B, P] once; returns (last-position logits [B, V], cache with P slots filled)."""
+@functools.partial(jax.jit, static_argnames=("model", "cache_len", "kv_dtype"))
+def prefill(model: Transformer, params, prompt_ids: jax.Array, prompt_mask: jax.Array, cache_len: int,
+            kv_dtype: str | None = None):
+  """Run the prompts [B, P] once; returns (last-position logits [B, V], cache with P slots filled, in
+  ``kv_dtype`` — default the compute dtype)."""
   b, p = prompt_ids.shape
   valid = prompt_mask.astype(bool)
   slots = jnp.arange(cache_len)
   causal = slots[None, None, :] <= jnp.arange(p)[None, :, None]
   mask = causal & jnp.pad(valid, ((0, 0), (0, cache_len - p)))[:, None, :]
   out = model.apply(
-      {"params": params}, prompt_ids, positions_from_mask(prompt_mask), mask, init_cache(model, b, cache_len), 0
+      {"params": params}, prompt_ids, positions_from_mask(prompt_mask), mask,
+      init_cache(model, b, cache_len, None if kv_dtype is None else jnp.dtype(kv_dtype)), 0
   )
   return out.logits[:, -1], out.cache
 
@@ -209,7 +253,7 @@ class DecodeState:
   entropies: jax.Array  # float32[N, T] the policy's entropies where they were drawn (0 elsewhere)
   done: jax.Array  # bool[N] the row has emitted an EOS id
   length: jax.Array  # int32[N] completion tokens so far (EOS included)
-  rng: jax.Array  # PRNG key (uint32[2]), split once per step
+  keys: jax.Array  # uint32[N, 2] each row's sample key (``sample_keys``): the token at step j uses fold_in(key, j)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sp", "allowed"), donate_argnames=("state",))
@@ -223,8 +267,8 @@ def _decode(model: Transformer, params, state: DecodeState, prompt_len: jax.Arra
     return (s.step < sp.max_new_tokens) & ~jnp.all(s.done)
 
   def body(s: DecodeState):
-    rng, key = jax.random.split(s.rng)
-    tok, logp, ent = sample_token(s.logits, key, sp, allowed_mask)
+    u = None if sp.temperature == 0 else row_uniforms(s.keys, s.step)
+    tok, logp, ent = sample_token(s.logits, None, sp, allowed_mask, uniforms=u)
     live = ~s.done
     tok = jnp.where(live, tok, sp.pad_id)
     col = lambda buf, v: jax.lax.dynamic_update_slice_in_dim(buf, v[:, None], s.step, axis=1)
@@ -237,7 +281,7 @@ def _decode(model: Transformer, params, state: DecodeState, prompt_len: jax.Arra
     kv_valid = jax.lax.dynamic_update_slice_in_dim(s.kv_valid, jnp.ones((tok.shape[0], 1), bool), index, axis=1)
     logits, cache = decode_step(model, params, s.cache, tok, prompt_len + s.step, kv_valid, index)
     return DecodeState(step=s.step + 1, cache=cache, logits=logits, kv_valid=kv_valid, tokens=tokens,
-                       logprobs=logprobs, entropies=entropies, done=done, length=length, rng=rng)
+                       logprobs=logprobs, entropies=entropies, done=done, length=length, keys=s.keys)
 
   return jax.lax.while_loop(cond, body, state)
 
@@ -336,8 +380,8 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
         f"prompt length ({p}) + max_new_tokens ({t}) = {cache_len} exceeds the model's "
         f"max_position_embeddings ({cfg.max_position_embeddings}): the KV cache cannot hold it"
     )
-  last_logits, cache = prefill(model, params, prompt_ids, prompt_mask, cache_len)
-  state = _expand(last_logits, cache, prompt_mask, jnp.array(rng, copy=True), sp, row_sharding)
+  last_logits, cache = prefill(model, params, prompt_ids, prompt_mask, cache_len, sp.kv_dtype)
+  state = _expand(last_logits, cache, prompt_mask, rng, sp, row_sharding)
   prompt_len = _rows(jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), sp.group_size, row_sharding)
   out = _decode(model, params, state, prompt_len, sp, allowed)
   mask = (jnp.arange(t)[None, :] < out.length[:, None]).astype(jnp.int32)
@@ -380,7 +424,7 @@ def _expand(last_logits, cache, prompt_mask, rng, sp: SamplingParams, row_shardi
       entropies=constrain(jnp.zeros((n, t), jnp.float32)),
       done=constrain(jnp.zeros((n,), bool)),
       length=constrain(jnp.zeros((n,), jnp.int32)),
-      rng=rng,
+      keys=constrain(sample_keys(rng, n)),
   )
 
 
@@ -406,16 +450,16 @@ def lower(model: Transformer, params, prompt_ids: jax.ShapeDtypeStruct, sp: Samp
   b, p = prompt_ids.shape
   n, t = b * sp.group_size, sp.max_new_tokens
   cfg = model.config
-  pre = prefill.lower(model, params, prompt_ids, prompt_ids, p + t)
+  pre = prefill.lower(model, params, prompt_ids, prompt_ids, p + t, sp.kv_dtype)
   rows = (lambda ndim, axis=0: None) if row_sharding is None else (lambda ndim, axis=0: _on_axis(row_sharding, ndim,
                                                                                                   axis))
   spec = lambda shape, dtype, axis=0: jax.ShapeDtypeStruct(shape, dtype, sharding=rows(len(shape), axis))
-  cache = jax.eval_shape(lambda: init_cache(model, n, p + t))
+  cache = jax.eval_shape(lambda: init_cache(model, n, p + t, cache_dtype(model, sp)))
   cache = jax.tree.map(lambda c: spec(c.shape, c.dtype, 1), cache)
   state = DecodeState(step=jax.ShapeDtypeStruct((), jnp.int32), cache=cache,
                       logits=spec((n, cfg.vocab_size), jnp.float32), kv_valid=spec((n, p + t), bool),
                       tokens=spec((n, t), jnp.int32), logprobs=spec((n, t), jnp.float32),
                       entropies=spec((n, t), jnp.float32), done=spec((n,), bool), length=spec((n,), jnp.int32),
-                      rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+                      keys=spec((n, 2), jnp.uint32))
   dec = _decode.lower(model, params, state, spec((n,), jnp.int32), sp, allowed)
   return pre, dec, cache

@@ -91,4 +91,4 @@ def sampling_params(spec: SamplingSpec, eos_ids, pad_id: int) -> SamplingParams:
   a model config's) EOS and pad ids.  ``prompt_multiple`` and ``trim`` are the rollout engine's options."""
   return SamplingParams(group_size=spec.group_size, max_new_tokens=spec.max_new_tokens,
                         temperature=float(spec.temperature), top_k=spec.top_k, top_p=float(spec.top_p),
-                        eos_ids=tuple(eos_ids), pad_id=int(pad_id))
+                        eos_ids=tuple(eos_ids), pad_id=int(pad_id), kv_dtype=spec.kv_dtype)

@@ -40,19 +40,25 @@ from jaxgrpo.parallel import distributed as dist
 log = logging.getLogger("jaxgrpo")
 
 
-def training_state(*, params, opt_state, step: int, rng, data_pos: int) -> dict[str, Any]:
-  """The one checkpoint layout: {"params", "opt_state", "step" int64[], "rng" uint32[2], "data_pos" int64[]}.
+def training_state(*, params, opt_state, step: int, rng, data_pos: int, sampler_params=None) -> dict[str, Any]:
+  """The one checkpoint layout: {"params", "opt_state", "step" int64[], "rng" uint32[2], "data_pos" int64[]}, and
+  "sampler_params" with one-step-off rollouts (the previous step's params, which sample the next step).
 
   ``params``/``opt_state`` may be arrays or ``jax.ShapeDtypeStruct`` s (a restore template); ``params`` are the
   trainable ones (the adapters under LoRA)."""
-  return {"params": params, "opt_state": opt_state, "step": np.asarray(step, np.int64), "rng": np.asarray(rng),
+  tree = {"params": params, "opt_state": opt_state, "step": np.asarray(step, np.int64), "rng": np.asarray(rng),
           "data_pos": np.asarray(data_pos, np.int64)}
+  if sampler_params is not None:
+    tree["sampler_params"] = sampler_params
+  return tree
 
 
 def unpack_training_state(tree: dict[str, Any]) -> dict[str, Any]:
-  """The fields of a restored ``training_state`` tree: params, opt_state, step (int), rng (numpy), data_pos (int)."""
+  """The fields of a restored ``training_state`` tree: params, opt_state, step (int), rng (numpy), data_pos (int),
+  sampler_params (None without one-step-off rollouts)."""
   return {"params": tree["params"], "opt_state": tree["opt_state"], "step": int(tree["step"]),
-          "rng": np.asarray(tree["rng"]), "data_pos": int(tree["data_pos"])}
+          "rng": np.asarray(tree["rng"]), "data_pos": int(tree["data_pos"]),
+          "sampler_params": tree.get("sampler_params")}
 
 
 class CheckpointSaveError(RuntimeError):

@@ -29,8 +29,9 @@ from jaxgrpo.core.mismatch import Correction, CorrectionLevel
 from jaxgrpo.core.objectives import Aggregation, KLEstimator, RatioLevel
 from jaxgrpo.core.prpo import Normalization, Outcome
 from jaxgrpo.core.shaping import RewardNormalization
+from jaxgrpo.models import policy
 from jaxgrpo.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES, Family
-from jaxgrpo.rollout.sampler import check_sampling
+from jaxgrpo.rollout.sampler import check_kv_dtype, check_sampling
 from jaxgrpo.tasks.sources import SourceName
 from jaxgrpo.train.packing import SharePrefix
 
@@ -38,6 +39,7 @@ Objective = Literal["grpo", "lambda_grpo", "prpo"]
 Schedule = Literal["constant", "cosine", "linear"]
 Optimizer = Literal["adamw", "sgd"]
 NonFinite = Literal["stop", "skip"]
+SamplerEngine = Literal["auto", "static", "continuous"]
 
 
 def _require(ok: bool, key: str, expected: str, value) -> None:
@@ -121,8 +123,15 @@ class SamplingSpec:
   prompt_multiple: int = 8  # prompts left-padded to a multiple of this (fewer shapes: fewer compilations)
   trim: bool = True  # drop the all-padding tail of the completion buffer before the update
   dtype: str | None = None  # the sampler's compute dtype (None: model.dtype); bfloat16 beside f32 training = mismatch
+  engine: SamplerEngine = "auto"  # static (one batch) | continuous (slots + queue) | auto: continuous on 1 device
+  slots: int = 0  # continuous engine's decode slots (0: one per sample, data.prompts_per_step × group_size)
+  kv_dtype: str | None = None  # the KV cache's dtype (None: the sampler's compute dtype); bfloat16 halves the cache
 
   def __post_init__(self):
+    _check_literals(self, "sampling.")
+    _require(self.slots >= 0, "sampling.slots", ">= 0 (0 = one per sample)", self.slots)
+    if self.kv_dtype is not None:
+      check_kv_dtype(self.kv_dtype, "config key 'sampling.kv_dtype'")
     if self.dtype is not None:
       _require(self.dtype in DTYPES, "sampling.dtype", f"one of {list(DTYPES)} or null (the model's)", self.dtype)
     check_sampling(group_size=self.group_size, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -361,6 +370,7 @@ class TrainConfig:
   log_every: int = 1  # write metrics every this many steps
   progress: bool = True  # a progress bar (plain lines when stdout is not a terminal)
   nonfinite: NonFinite = "stop"  # a non-finite loss/gradient/parameter: stop the run, or skip that update
+  async_rollouts: bool = False  # one-step-off: step k+1's rollouts sampled with step k's params during its update
   model: ModelSpec = ModelSpec()
   sampling: SamplingSpec = SamplingSpec()
   objective: ObjectiveSpec = ObjectiveSpec()
@@ -386,8 +396,21 @@ class TrainConfig:
       _require(self.objective.name != "prpo", "rewards.normalization",
                "'sum_then_normalize' for objective.name = prpo (PRPO's outcome shift β is the centred total reward)",
                self.rewards.normalization)
+    samples = self.data.prompts_per_step * self.sampling.group_size
+    _require(self.sampling.slots <= samples, "sampling.slots",
+             f"<= data.prompts_per_step × sampling.group_size = {samples} (the samples of a step; 0 = one per sample)",
+             self.sampling.slots)
+    m = self.mesh
+    if self.sampling.engine == "continuous" and max(m.data, 1) * m.fsdp * m.tensor > 1:
+      raise ValueError(f"config key 'sampling.engine' = 'continuous' runs on one device; this mesh asks for "
+                       f"data={m.data} × fsdp={m.fsdp} × tensor={m.tensor}: use 'static' or 'auto'")
     o = self.objective
-    if o.rollout_correction != "none" and (self.sampling.dtype or self.model.dtype) == self.model.dtype:
+    if self.async_rollouts:  # π_old is the sampler's: it must be the behaviour policy's, or corrected
+      policy.old_logp_source(o.optimizer_steps_per_batch, dataclasses.asdict(self.sampling),
+                             o.recompute_old_logp or o.rollout_correction != "none", stale=True)
+    same_dtype = (self.sampling.dtype or self.model.dtype) == self.model.dtype and self.sampling.kv_dtype in (
+        None, self.model.dtype)
+    if o.rollout_correction != "none" and same_dtype and not self.async_rollouts:
       warnings.warn(f"objective.rollout_correction = {o.rollout_correction} with the sampler in the training dtype "
                     f"({self.model.dtype}): the sampler's and the trainer's log-probs agree to rounding, so the "
                     "correction is (close to) a no-op; set sampling.dtype (e.g. bfloat16) to sample differently",

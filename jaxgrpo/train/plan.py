@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxgrpo.models import lora
 from jaxgrpo.models.transformer import Transformer, abstract_params
 from jaxgrpo.parallel import sharding as shard_lib
-from jaxgrpo.rollout import sampler
+from jaxgrpo.rollout import continuous, sampler
 from jaxgrpo.train import build, packing
 from jaxgrpo.train import step as ts
 
@@ -111,6 +111,7 @@ def plan(cfg, devices: int | None = None, hbm_gib: float = 80.0, prompt_len: int
     out["share_prefix"] = cfg.objective.share_prefix
     b["update_peak"] = packed_mem if cfg.objective.share_prefix != "auto" else max(b["update_peak"], packed_mem)
   b.update(_sampler_bytes(cfg, model, mesh, rules, full, sh["full"], n, p, t, allowed))
+  out["engine"] = b.pop("engine")
   resident = b["params"] + b["optimizer"] + b["frozen"] + b["reference"]
   b["sampling_peak"] = resident + b["sampler_weights"] + b["kv_cache"] + b["sampler_temporaries"]
   b["peak"] = max(b["update_peak"], b["sampling_peak"])
@@ -148,8 +149,17 @@ def _sampler_bytes(cfg, model, mesh, rules, full, full_sh, n, p, t, allowed) -> 
   pre, dec, cache = sampler.lower(model, _abstract(cast, full_sh), prompts, sp,
                                   shard_lib.batch_sharding(mesh, 1, rules, rows=n), allowed)
   temps = [x.compile().memory_analysis().temp_size_in_bytes for x in (pre, dec)]
+  static_kv = _per_device_bytes(cache, jax.tree.map(lambda c: c.sharding, cache))
+  # the engine the trainer picks (RolloutEngine): continuous on one device unless sampling.engine says static; its
+  # KV is one copy per prompt plus T positions per slot (counted, not lowered: the static loop's temporaries stand
+  # for both engines')
+  one_device = mesh.devices.size == 1 and jax.process_count() == 1
+  engine = "continuous" if cfg.sampling.engine == "continuous" or (cfg.sampling.engine == "auto" and one_device) \
+      else "static"
+  kv = continuous.kv_bytes(model, sp, b, p, cfg.sampling.slots)
   return {"sampler_weights": _per_device_bytes(cast, full_sh),
-          "kv_cache": _per_device_bytes(cache, jax.tree.map(lambda c: c.sharding, cache)),
+          "kv_cache": kv["continuous"] if engine == "continuous" else static_kv,
+          "kv_cache_static": static_kv, "kv_cache_continuous": kv["continuous"], "engine": engine,
           "sampler_temporaries": int(max(temps))}
 
 
@@ -170,7 +180,8 @@ def format_report(r: dict[str, Any]) -> str:
          f"{g(b['update_packed_peak'])} |"] if "update_packed_peak" in b else []),
       f"| update: peak | {g(b['update_peak'])} |",
       f"| sampler: weights in {r['dtype']} | {g(b['sampler_weights'])} |",
-      f"| sampler: KV cache | {g(b['kv_cache'])} |",
+      f"| sampler: KV cache ({r['engine']} engine; static {g(b['kv_cache_static'])}, continuous "
+      f"{g(b['kv_cache_continuous'])}) | {g(b['kv_cache'])} |",
       f"| sampler: temporaries | {g(b['sampler_temporaries'])} |", f"| sampling: peak | {g(b['sampling_peak'])} |",
       f"| **peak** | **{g(b['peak'])}** |", "",
       f"{'fits' if r['fits'] else 'does NOT fit'} in {r['hbm_gib']:g} GiB per device",

@@ -112,17 +112,19 @@ class UpdateSpec:
   nonfinite: NonFinite = "stop"  # a non-finite update: stop applying updates, or skip that one
 
 
-def update_spec(objective: ObjectiveSpec, sampling: SamplingSpec, lora_enabled: bool, nonfinite: str) -> UpdateSpec:
+def update_spec(objective: ObjectiveSpec, sampling: SamplingSpec, lora_enabled: bool, nonfinite: str,
+                stale: bool = False) -> UpdateSpec:
   """The ``UpdateSpec`` for an ``ObjectiveSpec`` and a ``SamplingSpec``.
 
   π_old for the PPO ratio is decided beside the policy's distribution (``models.policy.old_logp_source``): none
   with one optimizer step per batch, the sampler's log-probs when it drew from the policy, else a forward pass.
-  The KL reference is the base model with adapters off under LoRA, else a kept copy.
+  The KL reference is the base model with adapters off under LoRA, else a kept copy.  ``stale``: one-step-off
+  rollouts (``async_rollouts``), sampled with the previous step's params.
   """
   o = objective
   # a rollout correction needs the trainer's own π_old for every row (not the sampler's log-probs)
   recompute = o.recompute_old_logp or o.rollout_correction != "none"
-  old = policy.old_logp_source(o.optimizer_steps_per_batch, dataclasses.asdict(sampling), recompute)
+  old = policy.old_logp_source(o.optimizer_steps_per_batch, dataclasses.asdict(sampling), recompute, stale)
   reference = "none" if not o.kl_beta or o.kl_in_reward else ("base" if lora_enabled else "params")
   return UpdateSpec(num_iterations=o.num_iterations, num_minibatches=o.num_minibatches, micro_batches=o.micro_batches,
                     old_logp=old, reference=reference, nonfinite=nonfinite)

@@ -15,6 +15,7 @@ non-finite loss, gradient or parameter stops the run (or skips the update:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -82,14 +83,19 @@ class Trainer:
     self.sampler_model = self.model if not cfg.sampling.dtype else Transformer(
         self.model.config.replace(dtype=cfg.sampling.dtype))
     self.engine = RolloutEngine(self.sampler_model, self.tokenizer, self.mesh, rules,
-                                prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim)
+                                prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
+                                engine=cfg.sampling.engine, slots=cfg.sampling.slots)
     self.source = data_lib.make_source(cfg.data)
     self.eval_set = data_lib.make_eval_source(cfg.data, cfg.eval) if cfg.eval.enabled else None
     self.rewards = rewards if rewards is not None else rewards_lib.make_rewards(cfg.rewards, cfg.data)
     self.reward_names = None if rewards is not None else list(cfg.rewards.names)
     self.prm = prm if prm is not None or o.name != "prpo" else prm_lib.make_prm(o)
     self.loss_spec = ts.loss_spec(o, cfg.sampling.temperature, self.engine.allowed_ids)
-    self.update_spec = ts.update_spec(o, cfg.sampling, self.model.config.lora is not None, cfg.nonfinite)
+    if cfg.async_rollouts and jax.process_count() > 1:
+      raise ValueError(f"async_rollouts samples in a background thread on one host; this run has "
+                       f"{jax.process_count()} processes: set async_rollouts: false")
+    self.update_spec = ts.update_spec(o, cfg.sampling, self.model.config.lora is not None, cfg.nonfinite,
+                                      stale=cfg.async_rollouts)
     program = ts.make_update_program(self.model, cfg.optim, cfg.steps, self.loss_spec, self.update_spec,
                                      self.mesh, rules)
     self.update_fn, self.shardings, self.tx = program.update, program.shardings, program.tx
@@ -106,6 +112,13 @@ class Trainer:
     self.rng = np.asarray(jax.random.PRNGKey(cfg.seed))
     self._state_is_step = True  # the state holds the result of a completed step (safe to save)
     self._guard = SignalGuard()  # inactive until run() enters it
+    # one-step-off rollouts (cfg.async_rollouts): the trainable params that sample the next step (a copy of the
+    # previous step's, checkpointed), the next step's collection in flight, and whether it runs in a thread
+    # (overlap_rollouts=False runs the same schedule sequentially: the oracle of the threaded one)
+    self._sampler_params = None
+    self._pending: concurrent.futures.Future | None = None
+    self.overlap_rollouts = True
+    self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
   def _share_prefix_mode(self, o, dp: int) -> str:
     """What the update shares (``objective.share_prefix``): an explicit mode is checked here and refused by name
@@ -141,8 +154,14 @@ class Trainer:
     """The sampler's settings for this run (the config's sampling section, the tokenizer's EOS and pad ids)."""
     return build.sampling_params(self.cfg.sampling, self.tokenizer.eos_ids, self.tokenizer.pad_id)
 
-  def sample(self, examples: list[data_lib.Example], key) -> Rollout:
-    return self.engine.generate(self.policy_params(), examples, key, self.sampling_params())
+  def sample(self, examples: list[data_lib.Example], key, params=None) -> Rollout:
+    """Rollouts of ``examples`` sampled with the current policy, or with ``params`` (trainable params, as in the
+    state: one-step-off rollouts sample with the previous step's)."""
+    if params is None:
+      return self.engine.generate(self.policy_params(), examples, key, self.sampling_params())
+    full = lora.combine(self.frozen, params) if self.frozen is not None else params
+    return self.engine.generate(models.cast_params(full, self.sampler_model.config.dtype), examples, key,
+                                self.sampling_params())
 
   def score(self, rollout: Rollout) -> Rollout:
     """Rewards (with DAPO's soft overlong punishment when ``rewards.overlong_buffer`` > 0) and correctness."""
@@ -267,7 +286,8 @@ class Trainer:
     self._state_is_step = True
     return {**metrics, **packed_info}
 
-  def collect(self, key, times: dict) -> tuple[Rollout, int, dict[str, float]]:
+  def collect(self, key, times: dict, params=None, data_pos: int | None = None
+              ) -> tuple[Rollout, int, dict[str, float]]:
     """The step's scored rollout, how many prompts it consumed, and dynamic-sampling metrics.
 
     With ``data.dynamic_sampling`` (DAPO), groups whose rewards are all equal carry no signal: they are dropped
@@ -277,17 +297,19 @@ class Trainer:
     The data position advances by every prompt sampled, so a resumed run continues exactly."""
     cfg = self.cfg
     b = cfg.data.prompts_per_step
+    pos = self.data_pos if data_pos is None else data_pos
     examples = lambda start: [self.source[start + i] for i in range(b)]
     if not cfg.data.dynamic_sampling:
       with _timed(times, "sample"):
-        ro = self.sample(examples(self.data_pos), key)
+        ro = self.sample(examples(pos), key, params)
       with _timed(times, "score"):
         ro = self.score(ro)
-      return ro, b, {}
-    rounds, picks, spare, informative = [], [], [], 0
+      return ro, b, self._engine_metrics([self.engine.last_stats])
+    rounds, picks, spare, informative, stats = [], [], [], 0, []
     for r in range(cfg.data.max_sampling_rounds):
       with _timed(times, "sample"):
-        ro = self.sample(examples(self.data_pos + r * b), jax.random.fold_in(key, r))
+        ro = self.sample(examples(pos + r * b), jax.random.fold_in(key, r), params)
+        stats.append(self.engine.last_stats)
       with _timed(times, "score"):
         ro = self.score(ro)
       rounds.append(ro)
@@ -302,14 +324,77 @@ class Trainer:
       ro = self.engine.select_groups(rounds, picks + spare[:b - len(picks)], keep)
     sampled = len(rounds) * b
     return ro, sampled, {"dynamic/rounds": float(len(rounds)), "dynamic/filtered_frac": 1.0 - informative / sampled,
-                         "dynamic/kept_groups": float(len(picks))}
+                         "dynamic/kept_groups": float(len(picks)), **self._engine_metrics(stats)}
+
+  def _engine_metrics(self, stats) -> dict[str, float]:
+    """What the continuous engine computed for this step's sampler calls (none with the static engine)."""
+    if self.engine.engine != "continuous" or not stats or any(s is None for s in stats):
+      return {}
+    useful, computed = sum(s.useful_tokens for s in stats), sum(s.slot_steps for s in stats)
+    return {"sampling/useful_frac": useful / max(computed, 1), "sampling/slot_steps": float(computed),
+            "sampling/host_calls": float(sum(s.host_calls for s in stats))}
+
+  def _step_key(self, step: int):
+    return jax.random.fold_in(jnp.asarray(self.rng), step)
+
+  def _collect_async(self, times: dict) -> tuple[Rollout, int, dict[str, float]]:
+    """One-step-off: this step's rollouts (sampled with the previous step's params — in flight since the previous
+    update began, or sampled now after a start or resume), and the next step's sampling started with this step's
+    params while this step's update runs."""
+    t0 = time.perf_counter()
+    if self._pending is not None:
+      (ro, consumed, sampling_metrics), sample_times = self._pending.result()
+      self._pending = None
+      times.update(sample_times)
+      sampling_metrics = {**sampling_metrics, "async/wait_s": time.perf_counter() - t0}
+    else:  # the first step of a start (θ_0 samples steps 0 and 1) or of a resume (the checkpointed params)
+      params = self._sampler_params if self._sampler_params is not None else self._snapshot()
+      ro, consumed, sampling_metrics = self.collect(self._step_key(self.step), times, params)
+      sampling_metrics = {**sampling_metrics, "async/wait_s": time.perf_counter() - t0}
+    self._sampler_params = self._snapshot()  # this step's params: they sample the next step
+    if self.step + 1 < self.cfg.steps:
+      key, params, pos = self._step_key(self.step + 1), self._sampler_params, self.data_pos + consumed
+
+      def job():
+        t = {}
+        return self.collect(key, t, params, pos), t
+
+      if self.overlap_rollouts:
+        if self._executor is None:
+          self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxgrpo-rollouts")
+        self._pending = self._executor.submit(job)
+      else:
+        self._pending = concurrent.futures.Future()
+        self._pending.set_result(job())
+    return ro, consumed, {**sampling_metrics, "async/staleness": 1.0}
+
+  def _stop_rollouts(self) -> None:
+    """Wait for a one-step-off collection in flight (its result is dropped: a resume samples it again from the
+    checkpointed params) and stop the thread."""
+    if self._pending is not None:
+      try:
+        self._pending.result()
+      except Exception:  # noqa: BLE001 - the run is ending; a resume recomputes it
+        pass
+      self._pending = None
+    if self._executor is not None:
+      self._executor.shutdown(wait=True)
+      self._executor = None
+
+  def _snapshot(self):
+    """A copy of the trainable params (the update donates the state's buffers)."""
+    return jax.tree.map(jnp.copy, self.state["params"])
 
   def train_step(self) -> dict[str, float]:
     """One step: sample → score → advantages → update; returns the step's metrics."""
     times = {}
-    key = jax.random.fold_in(jnp.asarray(self.rng), self.step)
+    t_start = time.perf_counter()
+    key = self._step_key(self.step)
     with self._guard.interruptible():  # these stages only read the state (a signal may stop them)
-      ro, consumed, sampling_metrics = self.collect(key, times)
+      if self.cfg.async_rollouts:
+        ro, consumed, sampling_metrics = self._collect_async(times)
+      else:
+        ro, consumed, sampling_metrics = self.collect(key, times)
       with _timed(times, "score"):
         adv, weights, group_metrics = self.advantages(ro)
         group_metrics = dist.fetch_tree(group_metrics)
@@ -322,7 +407,7 @@ class Trainer:
     metrics.update({k: float(v) for k, v in dist.fetch_tree(_rollout_metrics(ro.tokens, ro.mask, ro.entropies,
                                                                              ro.lengths, ro.finish_reason, ro.correct,
                                                                              ro.reward_parts)).items()})
-    total = sum(times.values())
+    total = time.perf_counter() - t_start if self.cfg.async_rollouts else sum(times.values())
     metrics.update({f"time_{k}": v for k, v in times.items()}, time_step=total,
                    tokens_per_s=metrics["completion_tokens"] / max(total, 1e-9))
     return metrics
@@ -338,13 +423,17 @@ class Trainer:
   # ------------------------------------------------------------------ checkpoint state
 
   def _ckpt_state(self) -> dict[str, Any]:
+    sampler = None
+    if self.cfg.async_rollouts:  # the params that sample the next step (before any step: the current ones)
+      sampler = self._sampler_params if self._sampler_params is not None else self.state["params"]
     return checkpointing.training_state(params=self.state["params"], opt_state=self.state["opt_state"],
-                                        step=self.step, rng=self.rng, data_pos=self.data_pos)
+                                        step=self.step, rng=self.rng, data_pos=self.data_pos, sampler_params=sampler)
 
   def _load_ckpt_state(self, restored: dict[str, Any]) -> None:
     fields = checkpointing.unpack_training_state(restored)
     self.state = {"params": fields["params"], "opt_state": fields["opt_state"]}
     self.step, self.rng, self.data_pos = fields["step"], fields["rng"], fields["data_pos"]
+    self._sampler_params, self._pending = fields["sampler_params"], None
 
   # ------------------------------------------------------------------ the loop
 
@@ -384,6 +473,7 @@ class Trainer:
         self._save_on_exit(ckpt, e)
       raise
     finally:
+      self._stop_rollouts()
       if writer is not None:
         writer.close()
       if ckpt is not None:

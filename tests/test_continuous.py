@@ -1,0 +1,212 @@
+"""The continuous-batching engine: the static sampler and a teacher-forced forward are its oracles.
+
+Greedy output is token-identical to the static engine, sampled output identical for the same key whatever the slot
+count (so a sample does not depend on the slot that ran it), log-probs and entropies equal a teacher-forced forward,
+refills and compaction happen, reads follow the live length, a bf16 KV cache is what it says, and bad settings are
+refused by name."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hf_tiny import TINY, make_tiny
+from meshes import trainer
+
+import jaxgrpo.models as M
+from jaxgrpo.models import policy
+from jaxgrpo.rollout import RolloutEngine, continuous, sampler
+from jaxgrpo.train import config as C
+from jaxgrpo.train import presets
+from jaxgrpo.train.config import replace as config_replace
+
+EOS = 7
+
+
+def _load(family, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp(family))
+  make_tiny(family).save_pretrained(path)
+  return M.from_pretrained(path)
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def tiny(request, tmp_path_factory):
+  """Every family (the engine's attention path is the model's)."""
+  return _load(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+  """One family for the claims that do not depend on it (each run compiles a few loop programs)."""
+  return _load("llama_gqa_llama3rope", tmp_path_factory)
+
+
+def prompts(vocab, seed=0, b=3, p=6):
+  """Left-padded prompts of different lengths (rows 0 and 2 padded)."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1, vocab, size=(b, p)).astype(np.int32)
+  mask = np.ones((b, p), np.int32)
+  ids[0, :2], mask[0, :2] = 0, 0
+  ids[2, :1], mask[2, :1] = 0, 0
+  return ids, mask
+
+
+# short calls and read buckets so one run crosses buckets, refills and compactions (T = 16: two read buckets)
+SMALL = dict(steps_per_call=4, read_block=8, min_slots=2)
+T = 16
+
+
+def run(model, params, ids, mask, key, sp, **cp):
+  return continuous.sample_groups(model, params, ids, mask, key, sp, cp=continuous.ContinuousParams(**cp))
+
+
+def assert_same_samples(a: sampler.SampleOutput, b: sampler.SampleOutput):
+  np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+  np.testing.assert_array_equal(np.asarray(a.mask), np.asarray(b.mask))
+  np.testing.assert_array_equal(np.asarray(a.lengths), np.asarray(b.lengths))
+  np.testing.assert_array_equal(np.asarray(a.finish_reason), np.asarray(b.finish_reason))
+  np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=2e-5)
+  np.testing.assert_allclose(np.asarray(a.entropies), np.asarray(b.entropies), atol=2e-5)
+
+
+def test_sampled_output_equals_the_static_engine_for_any_slot_count(tiny):
+  model, params = tiny
+  ids, mask = prompts(model.config.vocab_size, seed=1)
+  sp = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
+  key = jax.random.PRNGKey(5)
+  ref = sampler.sample_groups(model, params, ids, mask, key, sp)
+  for slots in (0, 2):
+    out, stats = run(model, params, ids, mask, key, sp, slots=slots, **SMALL)
+    assert_same_samples(out, ref)
+    assert stats.useful_tokens == int(np.asarray(ref.lengths).sum())
+    assert stats.host_calls > 1 and min(stats.reads) < sp.max_new_tokens  # reads followed the live length
+    if slots == 2:  # 12 samples through 2 slots: refilled from the queue
+      assert max(stats.slot_counts) == 2 and stats.slot_steps >= stats.useful_tokens
+
+
+def test_greedy_output_is_token_identical_to_the_static_engine(llama):
+  model, params = llama
+  ids, mask = prompts(model.config.vocab_size, seed=7)
+  sp = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=0.0, eos_ids=(EOS,), pad_id=0)
+  ref = sampler.sample_groups(model, params, ids, mask, jax.random.PRNGKey(0), sp)
+  out, _ = run(model, params, ids, mask, jax.random.PRNGKey(1), sp, slots=5, **SMALL)  # greedy: no key matters
+  assert_same_samples(out, ref)
+
+
+def test_a_sample_does_not_depend_on_its_slot_or_on_the_others(llama):
+  """Sample i's tokens come from its own key: the same samples with the prompts' order kept but different
+  neighbours in the queue (fewer prompts), or through one slot, are identical."""
+  model, params = llama
+  ids, mask = prompts(model.config.vocab_size, seed=2)
+  sp = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
+  key = jax.random.PRNGKey(9)
+  full, _ = run(model, params, ids, mask, key, sp, slots=5, **SMALL)
+  one, stats = run(model, params, ids, mask, key, sp, slots=1, **SMALL)
+  assert_same_samples(one, full)
+  assert stats.slot_counts == (1,) * stats.host_calls
+  first, _ = run(model, params, ids[:1], mask[:1], key, sp, slots=2, **SMALL)  # prompt 0 alone: samples 0..3
+  np.testing.assert_array_equal(np.asarray(first.tokens[0]), np.asarray(full.tokens[0]))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.8, 5, 1.0), (1.2, 0, 0.7)])
+def test_logprobs_and_entropies_equal_a_teacher_forced_forward(llama, temperature, top_k, top_p):
+  model, params = llama
+  ids, mask = prompts(model.config.vocab_size, seed=3)
+  sp = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=temperature, top_k=top_k, top_p=top_p,
+                              eos_ids=(EOS,), pad_id=0)
+  out, _ = run(model, params, ids, mask, jax.random.PRNGKey(1), sp, slots=5, **SMALL)
+  for g in range(4):
+    comp, cmask = np.asarray(out.tokens[:, g]), np.asarray(out.mask[:, g])
+    logits = M.logits(model, params, jnp.asarray(np.concatenate([ids, comp], 1)),
+                      jnp.asarray(np.concatenate([mask, cmask], 1)))[:, ids.shape[1] - 1:-1]
+    pol, samp = sampler.process_logits(logits.reshape(-1, logits.shape[-1]), sp)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(samp), comp.reshape(-1, 1), -1).reshape(comp.shape)
+    ent = sampler.entropy(pol).reshape(comp.shape)
+    valid = cmask.astype(bool)
+    assert valid.sum() > 0
+    np.testing.assert_allclose(np.asarray(out.logprobs[:, g])[valid], np.asarray(logp)[valid], atol=2e-4)
+    np.testing.assert_allclose(np.asarray(out.entropies[:, g])[valid], np.asarray(ent)[valid], atol=2e-4)
+    assert (np.asarray(out.logprobs[:, g])[~valid] == 0).all()
+
+
+def test_compaction_computes_fewer_rows_than_the_static_batch(llama):
+  """With EOS the lengths are ragged: the static batch decodes N rows until the longest ends; continuous slots
+  drop finished rows (useful / computed closer to 1)."""
+  model, params = llama
+  ids, mask = prompts(model.config.vocab_size, seed=4)
+  sp = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=1.0, eos_ids=tuple(range(3, 13)),
+                              pad_id=0)
+  key = jax.random.PRNGKey(2)
+  ref = sampler.sample_groups(model, params, ids, mask, key, sp)
+  lengths = np.asarray(ref.lengths)
+  static_rows = lengths.size * lengths.max()
+  out, stats = run(model, params, ids, mask, key, sp, **SMALL)
+  assert_same_samples(out, ref)
+  assert lengths.min() < lengths.max()  # ragged, as the test needs
+  assert stats.slot_steps < static_rows
+  assert stats.useful_frac > lengths.sum() / static_rows
+  assert list(stats.slot_counts) == sorted(stats.slot_counts, reverse=True) and stats.slot_counts[-1] < 12
+
+
+def test_a_bf16_kv_cache_is_bf16_half_the_bytes_and_close_to_f32(llama):
+  model, params = llama
+  ids, mask = prompts(model.config.vocab_size, seed=6)
+  sp32 = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
+  sp16 = dataclasses.replace(sp32, kv_dtype="bfloat16")
+  ctx = continuous._prefill(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.PRNGKey(0), 12, "bfloat16")
+  assert ctx.cache["prompt_k"].dtype == jnp.bfloat16
+  b32 = continuous.kv_bytes(model, sp32, 3, 6, 0)
+  b16 = continuous.kv_bytes(model, sp16, 3, 6, 0)
+  assert b16["continuous"] * 2 == b32["continuous"] and b16["static"] * 2 == b32["static"]
+  assert b32["continuous"] < b32["static"]  # one prompt copy instead of G
+  key = jax.random.PRNGKey(4)
+  a, _ = run(model, params, ids, mask, key, sp32, **SMALL)
+  b, _ = run(model, params, ids, mask, key, sp16, **SMALL)
+  st16 = sampler.sample_groups(model, params, ids, mask, key, sp16)
+  same = np.asarray(a.tokens) == np.asarray(b.tokens)
+  valid = (np.asarray(a.mask) * np.asarray(b.mask)).astype(bool) & np.cumprod(same, -1).astype(bool)
+  gap = np.abs(np.asarray(a.logprobs) - np.asarray(b.logprobs))[valid]
+  assert 0 < gap.max() < 0.1  # rounded KV: other numbers, not another model
+  np.testing.assert_array_equal(np.asarray(st16.tokens)[:, :, 0], np.asarray(b.tokens)[:, :, 0])
+  assert not policy.sampler_is_policy({"kv_dtype": "bfloat16"}) and policy.sampler_is_policy({"kv_dtype": None})
+
+
+def test_the_rollout_engine_uses_continuous_on_one_device_and_static_on_a_mesh():
+  from jaxgrpo.parallel import sharding
+  from jaxgrpo.train import build
+  model, _, tok = build.build_model(presets.preset("toy").model, 0, None)
+  assert RolloutEngine(model, tok).engine == "continuous"
+  assert RolloutEngine(model, tok, engine="static").engine == "static"
+  mesh = sharding.make_mesh(-1, 1, 1)
+  if mesh.devices.size > 1:
+    assert RolloutEngine(model, tok, mesh).engine == "static"
+    with pytest.raises(ValueError, match="sampling.engine = 'continuous' runs on one device"):
+      RolloutEngine(model, tok, mesh, engine="continuous")
+
+
+@pytest.mark.parametrize("override, match", [
+    ("sampling.engine=paged", r"'sampling.engine' must be one of \['auto', 'static', 'continuous'\]"),
+    ("sampling.slots=-1", r"'sampling.slots' must be >= 0"),
+    ("sampling.slots=100000", r"'sampling.slots' must be <= data.prompts_per_step × sampling.group_size"),
+    ("sampling.kv_dtype=int8", r"'sampling.kv_dtype' must be one of \['float32', 'bfloat16', 'float16'\]"),
+    ("sampling.kv_dtype=float16", r"'sampling.kv_dtype' 'float16' is not supported on the cpu backend"),
+    ("mesh.data=2", r"'sampling.engine' = 'continuous' runs on one device"),
+])
+def test_bad_engine_settings_are_refused_when_loaded_naming_the_key(override, match):
+  overrides = [override] + (["sampling.engine=continuous"] if override.startswith("mesh") else [])
+  with pytest.raises(ValueError, match=match):
+    C.apply_overrides(presets.preset("toy"), overrides)
+  with pytest.raises(ValueError, match="slots must be an integer >= 0"):
+    continuous.ContinuousParams(slots=-2)
+
+
+def test_training_with_the_continuous_engine_equals_the_static_engine(tmp_path):
+  cfg = config_replace(presets.preset("toy"), progress=False, steps=2, checkpoint_every=0)
+  a = trainer(config_replace(cfg, output_dir=str(tmp_path / "a"), sampling={"engine": "static"})).run(resume=False)
+  b = trainer(config_replace(cfg, output_dir=str(tmp_path / "b"), sampling={"engine": "continuous", "slots": 16})
+              ).run(resume=False)
+  for sa, sb in zip(a, b):
+    for k in ("loss", "reward_mean", "completion_tokens", "grad_norm"):
+      np.testing.assert_allclose(sb[k], sa[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert 0 < sb["sampling/useful_frac"] <= 1 and "sampling/useful_frac" not in sa
