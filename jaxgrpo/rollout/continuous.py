@@ -12,8 +12,8 @@ preallocated cache (P + T slots), and copies each prompt's KV G times.  This eng
   prompt's keys through an index (``models.SlotMask.prompt_of``), so the G samples of a prompt share one copy.  A
   slot's own cache holds its completion only: [L, S, KV, T, Dh];
 * **live-length reads** — each host call reads only the first ``read`` completion positions, ``read`` being the
-  longest live completion plus the call's steps, rounded up to ``read_block``: decode attention follows the live
-  length (one compilation per bucket and slot count, reused across calls and steps).
+  longest live completion plus the call's steps, rounded up to ``read_block`` or the next power of two: decode
+  attention follows the live length (one compilation per bucket and slot count, reused across calls and steps).
 
 Randomness is per sample (``sampler.sample_keys``: the token at completion position j of sample i is drawn with
 ``fold_in(fold_in(rng, i), j)``), exactly as in the static sampler, so a sample's tokens do not depend on the
@@ -42,9 +42,9 @@ class ContinuousParams:
 
   slots: int = 0  # decode slots (0: one per sample, B·G; more than B·G are never used)
   steps_per_call: int = 32  # decode steps per host call: the on-device loop between host checks
-  read_block: int = 64  # completion-cache reads are rounded up to a multiple of this (one compilation per bucket)
+  read_block: int = 64  # the smallest completion-cache read; larger reads are powers of two (one compilation each)
   compact: bool = True  # queue empty and ≤ half the slots live: move the live samples to half as many slots
-  min_slots: int = 8  # compaction stops here (below, a decode step costs about the same: it reads the weights)
+  min_slots: int = 16  # compaction stops here (below, a decode step costs about the same: it reads the weights)
 
   def __post_init__(self):
     for field, low in (("slots", 0), ("steps_per_call", 1), ("read_block", 1), ("min_slots", 1)):
@@ -103,7 +103,8 @@ class SlotState:
 
 
 def _bucket(n: int, block: int, cap: int) -> int:
-  return min(cap, max(block, -(-n // block) * block))
+  """The read length for ``n`` positions: ``block``, then powers of two (few buckets: few compilations), ≤ cap."""
+  return min(cap, max(block, 1 << (max(n, 1) - 1).bit_length()))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "n", "kv_dtype"))
