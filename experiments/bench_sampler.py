@@ -29,6 +29,7 @@ import time
 
 import jax
 import numpy as np
+from bench_step import roof_gflops  # the f32 matmul roof, measured the way bench_step.py measures it
 
 CHAT = [
     "What is 17 * 23?", "Name three prime numbers.", "Explain gravity in one sentence.",
@@ -176,13 +177,7 @@ def main():
       if engine == "transformers":
         del hf
 
-  x = np.ones((2048, 2048), np.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(x).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(5):
-    f(x).block_until_ready()
-  roof = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9
+  roof = roof_gflops()
   machine = (f"{platform.machine()}, {os.cpu_count()} cores, f32 matmul roof {roof:.0f} GFLOP/s (measured in this "
              f"run), jax {jax.__version__}, torch {torch.__version__}")
   result = {"machine": machine, "model": "SmolLM2-135M-Instruct (dequantised Q4_1)", "group": g,

@@ -200,15 +200,12 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
                   cp: ContinuousParams = ContinuousParams()) -> tuple[SampleOutput, EngineStats]:
   """``sampler.sample_groups`` with continuous batching: the same ``SampleOutput`` (for inputs already checked:
   ``sampler.validate_prompts``), and what was computed.  Runs on one device (params and prompts there)."""
-  cfg = model.config
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
   b, p = prompt_ids.shape
   g, t = sp.group_size, sp.max_new_tokens
   n = b * g
-  if p + t > cfg.max_position_embeddings:
-    raise ValueError(f"prompt length ({p}) + max_new_tokens ({t}) = {p + t} exceeds the model's "
-                     f"max_position_embeddings ({cfg.max_position_embeddings})")
+  sampler.check_positions(model, p, t)
   slots = min(cp.slots or n, n)
   ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, n, sp.kv_dtype)
   state = _start(model, ctx, slots, sp)

@@ -33,6 +33,18 @@ ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots")
 ENGINES = ("auto", "static", "continuous")
 
 
+def resolve_engine(engine: str, mesh) -> str:
+  """The engine that runs for ``sampling.engine`` on ``mesh``: ``auto`` is continuous on one device of one process,
+  static otherwise; an explicit ``continuous`` elsewhere is refused."""
+  if engine not in ENGINES:
+    raise ValueError(f"sampling.engine must be one of {list(ENGINES)}; got {engine!r}")
+  single = mesh.devices.size == 1 and jax.process_count() == 1
+  if engine == "continuous" and not single:
+    raise ValueError(f"sampling.engine = 'continuous' runs on one device of one process; this mesh has "
+                     f"{mesh.devices.size} devices over {jax.process_count()} process(es): use 'static' or 'auto'")
+  return "continuous" if engine == "continuous" or (engine == "auto" and single) else "static"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Rollout:
   """One batch of samples: B prompts × G completions = N rows (row r belongs to prompt r // G, prompt-major).
@@ -92,13 +104,7 @@ class RolloutEngine:
       mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     if prompt_multiple < 1:
       raise ValueError(f"prompt_multiple must be >= 1; got {prompt_multiple}")
-    if engine not in ENGINES:
-      raise ValueError(f"sampling.engine must be one of {list(ENGINES)}; got {engine!r}")
-    single = mesh.devices.size == 1 and jax.process_count() == 1
-    if engine == "continuous" and not single:
-      raise ValueError(f"sampling.engine = 'continuous' runs on one device of one process; this mesh has "
-                       f"{mesh.devices.size} devices over {jax.process_count()} process(es): use 'static' or 'auto'")
-    self.engine = "continuous" if engine == "continuous" or (engine == "auto" and single) else "static"
+    self.engine = resolve_engine(engine, mesh)
     self.continuous = continuous.ContinuousParams(slots=slots)
     self.last_stats: continuous.EngineStats | None = None  # what the last continuous call computed
     self.model, self.tokenizer, self.mesh, self.rules = model, tokenizer, mesh, rules

@@ -365,21 +365,24 @@ def sample(
   return sample_groups(model, params, prompt_ids, prompt_mask, rng, sp, allowed, row_sharding)
 
 
+def check_positions(model: Transformer, p: int, t: int) -> None:
+  """Prompts of ``p`` positions and ``t`` new tokens must fit the model's positions (either engine)."""
+  limit = model.config.max_position_embeddings
+  if p + t > limit:
+    raise ValueError(f"prompt length ({p}) + max_new_tokens ({t}) = {p + t} exceeds the model's "
+                     f"max_position_embeddings ({limit}): the KV cache cannot hold it")
+
+
 def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.Array, sp: SamplingParams,
                   allowed: policy.AllowedIds = None,
                   row_sharding: jax.sharding.Sharding | None = None) -> SampleOutput:
   """``sample`` for inputs already checked (``validate_prompts``; ``allowed`` in ``models.policy``'s form)."""
-  cfg = model.config
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
   b, p = prompt_ids.shape
   t = sp.max_new_tokens
   cache_len = p + t
-  if cache_len > cfg.max_position_embeddings:
-    raise ValueError(
-        f"prompt length ({p}) + max_new_tokens ({t}) = {cache_len} exceeds the model's "
-        f"max_position_embeddings ({cfg.max_position_embeddings}): the KV cache cannot hold it"
-    )
+  check_positions(model, p, t)
   last_logits, cache = prefill(model, params, prompt_ids, prompt_mask, cache_len, sp.kv_dtype)
   state = _expand(last_logits, cache, prompt_mask, rng, sp, row_sharding)
   prompt_len = _rows(jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), sp.group_size, row_sharding)

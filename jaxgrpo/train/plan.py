@@ -26,6 +26,7 @@ from jaxgrpo.models import lora
 from jaxgrpo.models.transformer import Transformer, abstract_params
 from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.rollout import continuous, sampler
+from jaxgrpo.rollout import engine as rollout_engine
 from jaxgrpo.train import build, packing
 from jaxgrpo.train import step as ts
 
@@ -150,12 +151,9 @@ def _sampler_bytes(cfg, model, mesh, rules, full, full_sh, n, p, t, allowed) -> 
                                   shard_lib.batch_sharding(mesh, 1, rules, rows=n), allowed)
   temps = [x.compile().memory_analysis().temp_size_in_bytes for x in (pre, dec)]
   static_kv = _per_device_bytes(cache, jax.tree.map(lambda c: c.sharding, cache))
-  # the engine the trainer picks (RolloutEngine): continuous on one device unless sampling.engine says static; its
-  # KV is one copy per prompt plus T positions per slot (counted, not lowered: the static loop's temporaries stand
-  # for both engines')
-  one_device = mesh.devices.size == 1 and jax.process_count() == 1
-  engine = "continuous" if cfg.sampling.engine == "continuous" or (cfg.sampling.engine == "auto" and one_device) \
-      else "static"
+  # the engine the trainer picks; the continuous engine's KV is one copy per prompt plus T positions per slot
+  # (counted, not lowered: the static loop's temporaries stand for both engines')
+  engine = rollout_engine.resolve_engine(cfg.sampling.engine, mesh)
   kv = continuous.kv_bytes(model, sp, b, p, cfg.sampling.slots)
   return {"sampler_weights": _per_device_bytes(cast, full_sh),
           "kv_cache": kv["continuous"] if engine == "continuous" else static_kv,

@@ -145,9 +145,11 @@ class Trainer:
 
   # ------------------------------------------------------------------ stages
 
-  def policy_params(self):
-    """Every param (base + adapters), cast once to the sampler's compute dtype: what the sampler runs."""
-    full = lora.combine(self.frozen, self.state["params"]) if self.frozen is not None else self.state["params"]
+  def policy_params(self, params=None):
+    """Every param (base + adapters), cast once to the sampler's compute dtype: what the sampler runs; of the
+    current state, or of ``params`` (trainable params in the state's form)."""
+    params = self.state["params"] if params is None else params
+    full = lora.combine(self.frozen, params) if self.frozen is not None else params
     return models.cast_params(full, self.sampler_model.config.dtype)
 
   def sampling_params(self):
@@ -157,11 +159,7 @@ class Trainer:
   def sample(self, examples: list[data_lib.Example], key, params=None) -> Rollout:
     """Rollouts of ``examples`` sampled with the current policy, or with ``params`` (trainable params, as in the
     state: one-step-off rollouts sample with the previous step's)."""
-    if params is None:
-      return self.engine.generate(self.policy_params(), examples, key, self.sampling_params())
-    full = lora.combine(self.frozen, params) if self.frozen is not None else params
-    return self.engine.generate(models.cast_params(full, self.sampler_model.config.dtype), examples, key,
-                                self.sampling_params())
+    return self.engine.generate(self.policy_params(params), examples, key, self.sampling_params())
 
   def score(self, rollout: Rollout) -> Rollout:
     """Rewards (with DAPO's soft overlong punishment when ``rewards.overlong_buffer`` > 0) and correctness."""
@@ -346,11 +344,10 @@ class Trainer:
       (ro, consumed, sampling_metrics), sample_times = self._pending.result()
       self._pending = None
       times.update(sample_times)
-      sampling_metrics = {**sampling_metrics, "async/wait_s": time.perf_counter() - t0}
     else:  # the first step of a start (θ_0 samples steps 0 and 1) or of a resume (the checkpointed params)
       params = self._sampler_params if self._sampler_params is not None else self._snapshot()
       ro, consumed, sampling_metrics = self.collect(self._step_key(self.step), times, params)
-      sampling_metrics = {**sampling_metrics, "async/wait_s": time.perf_counter() - t0}
+    sampling_metrics = {**sampling_metrics, "async/wait_s": time.perf_counter() - t0}
     self._sampler_params = self._snapshot()  # this step's params: they sample the next step
     if self.step + 1 < self.cfg.steps:
       key, params, pos = self._step_key(self.step + 1), self._sampler_params, self.data_pos + consumed
