@@ -12,6 +12,7 @@ The package, bottom layer first (a module imports only from its own layer or bel
     tasks/     prompt sources, answer grading, reward functions, PRMs
     rollout/   the sampler and the rollout engine (sample → decode → score)
     train/     config and presets, the sharded update step, the trainer, checkpoints, eval, export, plan
+    analysis/  run directories in notebooks: metrics and rollout dumps as tables, curves, a group's prefix tree
     cli.py     the ``jaxgrpo`` command
 """
 

@@ -2,7 +2,18 @@
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+  Gemma3ForCausalLM,
+  Gemma3TextConfig,
+  GPT2Config,
+  GPT2LMHeadModel,
+  LlamaConfig,
+  LlamaForCausalLM,
+  Qwen2Config,
+  Qwen2ForCausalLM,
+  Qwen3Config,
+  Qwen3ForCausalLM,
+)
 
 TINY = {
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=64,
@@ -19,6 +30,21 @@ TINY = {
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(
         vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)),
+    # Qwen3: per-head q/k RMSNorm, no biases, head_dim set apart from hidden/heads, untied head (the tied variant is
+    # in tests/test_models.py's logits test)
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, tie_word_embeddings=False)),
+    # Gemma 3 text: a sliding window of 4 on layers 0 and 2 (11-token test rows cross it), a global layer 1 with
+    # linearly scaled RoPE, query_pre_attn_scalar ≠ head_dim, (1 + w) norms before and after attention and MLP,
+    # √D embeddings, a final-logit softcap
+    "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"], query_pre_attn_scalar=12,
+        final_logit_softcapping=5.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})),
 }
 
 

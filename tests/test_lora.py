@@ -23,7 +23,7 @@ def _random_adapters(params, seed=0):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama_tied_biases", "qwen2"])
+@pytest.fixture(scope="module", params=["gpt2", "llama_tied_biases", "qwen2", "qwen3", "gemma3"])
 def tiny_lora(request, tmp_path_factory):
   name = request.param
   hf = make_tiny(name)

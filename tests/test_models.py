@@ -34,6 +34,27 @@ def test_logits_parity_f32_with_padding(tiny_checkpoint):
   np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-4, rtol=0)
 
 
+def test_qwen3_with_tied_embeddings_and_attention_bias_matches_transformers(tmp_path):
+  """The other Qwen3 variants: tied embeddings (Qwen3-0.6B … 4B) and attention_bias (q/k/v and o biased)."""
+  from transformers import Qwen3Config, Qwen3ForCausalLM
+
+  torch.manual_seed(1)
+  hf = Qwen3ForCausalLM(Qwen3Config(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=1, head_dim=8, tie_word_embeddings=True,
+                                    attention_bias=True, max_position_embeddings=32)).eval()
+  with torch.no_grad():
+    for p in hf.parameters():
+      p.normal_(1.0 if p.ndim == 1 else 0.0, 0.3)
+  hf.save_pretrained(str(tmp_path))
+  model, params = M.from_pretrained(str(tmp_path))
+  assert model.config.tie_word_embeddings and model.config.qk_norm and model.config.out_bias
+  ids, mask = padded_batch(50, seed=5)
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(M.logits(model, params, ids, mask))[valid], hf_logits(hf, ids, mask)[valid],
+                             atol=1e-4, rtol=0)
+  assert M.to_hf_config(model.config)["attention_bias"] is True
+
+
 def test_logits_bf16_error_comparable_to_transformers_bf16(tiny_checkpoint):
   import copy
 
@@ -202,3 +223,23 @@ def test_init_params_from_config_runs_and_matches_axes():
   assert out.shape == (2, 5, 11) and bool(jnp.isfinite(out).all())
   with pytest.raises(ValueError, match="attention_mask must have the shape of input_ids"):
     M.logits(model, params, jnp.ones((2, 5), jnp.int32), jnp.ones((2, 4), jnp.int32))
+
+
+@pytest.mark.parametrize("name, size", [("Qwen/Qwen3-1.7B", (1.7e9, 1.75e9)),
+                                        ("google/gemma-3-1b-it", (0.99e9, 1.01e9))])
+def test_known_architectures_have_the_parameter_count_of_transformers(name, size):
+  """``jaxgrpo plan`` with ``model.checkpoint`` = a known hub id sizes the real architecture: our shape-only params
+  count what transformers' own model of that config.json counts (built on the meta device: no memory)."""
+  from transformers import AutoConfig, AutoModelForCausalLM
+
+  from jaxgrpo.models import known
+
+  hf_cfg = dict(known.CONFIGS[name])
+  with torch.device("meta"):
+    config = AutoConfig.for_model(**hf_cfg)
+    theirs = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+  ours = sum(x.size for x in jax.tree.leaves(M.abstract_params(M.from_config(M.from_hf_config(hf_cfg)))))
+  assert ours == theirs and size[0] < ours < size[1]
+  if name.startswith("google"):
+    cfg = M.from_hf_config(hf_cfg)
+    assert cfg.local_layers == tuple((i + 1) % 6 != 0 for i in range(26)) and cfg.sliding_window == 512

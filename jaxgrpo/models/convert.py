@@ -56,13 +56,24 @@ QD = lambda c: c.num_heads * c.head_dim
 KD = lambda c: c.num_kv_heads * c.head_dim
 
 
+def _block_norms(cfg: ModelConfig) -> list[Row]:
+  """The norms after the input norm: Llama/Qwen's post_attention_layernorm is the MLP's pre-norm; Gemma 3 has a
+  norm after attention, one before the MLP and one after it."""
+  L = ("layers",)
+  if not cfg.gemma_norms:
+    return [_vec(L + ("mlp_norm", "scale"), D)("model.layers.{i}.post_attention_layernorm.weight")]
+  return [_vec(L + ("post_attn_norm", "scale"), D)("model.layers.{i}.post_attention_layernorm.weight"),
+          _vec(L + ("mlp_norm", "scale"), D)("model.layers.{i}.pre_feedforward_layernorm.weight"),
+          _vec(L + ("post_mlp_norm", "scale"), D)("model.layers.{i}.post_feedforward_layernorm.weight")]
+
+
 def _llama_rows(cfg: ModelConfig, lm_head: bool = True) -> list[Row]:
   L = ("layers",)
   rows = [
       Row("model.embed_tokens.weight", (("embed",),), lambda c: (V(c), D(c)), lambda a, c: [a], lambda xs, c: xs[0]),
       _vec(("final_norm", "scale"), D)("model.norm.weight"),
       _vec(L + ("attn_norm", "scale"), D)("model.layers.{i}.input_layernorm.weight"),
-      _vec(L + ("mlp_norm", "scale"), D)("model.layers.{i}.post_attention_layernorm.weight"),
+      *_block_norms(cfg),
       _linear(L + ("attn", "q_kernel"), QD, D, lambda c: (D(c), c.num_heads, c.head_dim))(
           "model.layers.{i}.self_attn.q_proj.weight"),
       _linear(L + ("attn", "k_kernel"), KD, D, lambda c: (D(c), c.num_kv_heads, c.head_dim))(
@@ -87,6 +98,9 @@ def _llama_rows(cfg: ModelConfig, lm_head: bool = True) -> list[Row]:
     ]
   if cfg.out_bias:
     rows.append(_vec(L + ("attn", "o_bias"), D)("model.layers.{i}.self_attn.o_proj.bias"))
+  if cfg.qk_norm:
+    rows += [_vec(L + ("attn", "q_norm_scale"), lambda c: c.head_dim)("model.layers.{i}.self_attn.q_norm.weight"),
+             _vec(L + ("attn", "k_norm_scale"), lambda c: c.head_dim)("model.layers.{i}.self_attn.k_norm.weight")]
   if cfg.mlp_bias:
     rows += [
         _vec(L + ("mlp", "gate_bias"), F)("model.layers.{i}.mlp.gate_proj.bias"),

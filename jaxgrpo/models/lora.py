@@ -29,7 +29,7 @@ SUFFIXES = ("_lora_a", "_lora_b")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-# target → (HF module path under a layer, family) for Llama/Qwen2, and GPT-2's modules.
+# target → HF module path under a layer for Llama/Qwen2/Qwen3, and GPT-2's modules.
 _LLAMA_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
                   "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 _GPT2_MODULES = {"o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"}

@@ -40,7 +40,8 @@ def hf_checkpoint_dir(out_dir: str | None = None) -> str:
   try:
     from transformers import AutoModelForCausalLM, AutoTokenizer
   except ImportError as e:  # pragma: no cover
-    raise ImportError("converting the GGUF file needs transformers, torch, gguf and accelerate") from e
+    raise ImportError("converting the GGUF file needs transformers, torch, gguf and accelerate: "
+                      "pip install 'jaxgrpo[smollm2]'") from e
   src = gguf_path()
   folder, name = os.path.split(src)
   tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

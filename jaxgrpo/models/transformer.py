@@ -1,4 +1,4 @@
-"""A decoder-only transformer covering GPT-2, Llama and Qwen2, in Flax linen.
+"""A decoder-only transformer covering GPT-2, Llama, Qwen2, Qwen3 and Gemma 3 (text), in Flax linen.
 
 Parameters are a plain nested dict of arrays (layers stacked on a leading axis,
 scanned with ``nn.scan``); every parameter is created with logical axis names
@@ -120,11 +120,17 @@ def _lora(mod: nn.Module, target: str, name: str, in_shape, out_shape, in_axes, 
   return a, b * jnp.asarray(cfg.lora.scale, cfg.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-  """Rotary inverse frequencies (float32, like transformers), with Llama-3 scaling."""
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+  """Rotary inverse frequencies (float32, like transformers), with Llama-3 scaling; Gemma 3: the local layers' own
+  base (``local``), the global layers' linear scaling."""
   d = cfg.head_dim
   exponents = np.arange(0, d, 2, dtype=np.float32) / np.float32(d)
-  inv = (1.0 / (np.float32(cfg.rope_theta) ** exponents)).astype(np.float32)
+  theta = cfg.rope_local_theta if local and cfg.rope_local_theta else cfg.rope_theta
+  inv = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+  if local:
+    return inv
+  if cfg.rope_linear_factor != 1.0:
+    inv = (inv / np.float32(cfg.rope_linear_factor)).astype(np.float32)
   s = cfg.rope_scaling
   if s is None:
     return inv
@@ -138,9 +144,9 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rope_tables(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """cos, sin: float32[B, T, head_dim] for integer positions [B, T]."""
-  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+def rope_tables(cfg: ModelConfig, positions: jax.Array, local: bool = False) -> tuple[jax.Array, jax.Array]:
+  """cos, sin: float32[B, T, head_dim] for integer positions [B, T] (``local``: of the sliding-window layers)."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg, local))
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
 
@@ -153,23 +159,37 @@ def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return x * cos + rotated * sin
 
 
+def _rms(x, scale, eps, offset: bool = False):
+  """RMSNorm over the last axis, statistics in float32; the scale applied in x's dtype (Llama, Qwen), or
+  ``offset`` (Gemma): (1 + scale) applied in float32, then cast (as transformers does for each)."""
+  h = x.astype(jnp.float32)
+  h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + eps)
+  if offset:
+    return (h * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+  return scale * h.astype(x.dtype)
+
+
+def _norm_init(cfg: ModelConfig):
+  """Norm scales start at the identity: 1, or 0 for Gemma's (1 + w)."""
+  return nn.initializers.zeros if cfg.gemma_norms else nn.initializers.ones
+
+
 class Norm(nn.Module):
-  """RMSNorm (Llama/Qwen2) or LayerNorm (GPT-2), statistics in float32."""
+  """RMSNorm (Llama/Qwen; Gemma's (1 + w)) or LayerNorm (GPT-2), statistics in float32."""
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    scale = _param(self, "scale", (cfg.hidden_size,), ("embed",), nn.initializers.ones)
+    scale = _param(self, "scale", (cfg.hidden_size,), ("embed",), _norm_init(cfg))
     h = x.astype(jnp.float32)
     if cfg.is_gpt2:
       bias = _param(self, "bias", (cfg.hidden_size,), ("embed",), nn.initializers.zeros)
       h = h - jnp.mean(h, axis=-1, keepdims=True)
       h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + cfg.norm_eps)
       return (h * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
-    h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + cfg.norm_eps)
-    return scale * h.astype(x.dtype)
+    return _rms(x, scale, cfg.norm_eps, cfg.gemma_norms)
 
 
 def _attend(qg, k, v, mask, scale):
@@ -284,6 +304,10 @@ class Attention(nn.Module):
     q = project_in("q", h, "heads")
     k = project_in("k", kv, "kv_heads")
     v = project_in("v", kv, "kv_heads")
+    if cfg.qk_norm:  # Qwen3, Gemma 3: each query/key head RMS-normalized over head_dim, before RoPE
+      init = _norm_init(cfg)
+      q = _rms(q, _param(self, "q_norm_scale", (dh,), ("head_dim",), init), cfg.norm_eps, cfg.gemma_norms)
+      k = _rms(k, _param(self, "k_norm_scale", (dh,), ("head_dim",), init), cfg.norm_eps, cfg.gemma_norms)
     if rope is not None:
       q = _apply_rope(q, *rope)
       k = _apply_rope(k, *rope)
@@ -300,7 +324,10 @@ class Attention(nn.Module):
     b, t = x.shape[:2]
     qg = q.reshape(b, t, kv, h // kv, dh)
     neg = jnp.finfo(jnp.float32).min
-    scale = 1.0 / math.sqrt(dh)
+    scale = 1.0 / math.sqrt(cfg.query_pre_attn_scalar or dh)
+    if cfg.windowed and isinstance(mask, (TreeMask, SlotMask)):
+      raise ValueError(f"{type(mask).__name__} does not express sliding-window attention ({cfg.family}): use the "
+                       "plain causal mask (objective.share_prefix: none) and the static sampling engine")
     if isinstance(mask, TreeMask):
       if layer_cache is not None:
         raise ValueError("a TreeMask (packed prefix trees) is for full forward passes, not cached decoding")
@@ -374,24 +401,37 @@ class MLP(nn.Module):
     up = dense("up", x, d, f, ("embed", "mlp"))
     if cfg.activation == "silu":
       hidden = jax.nn.silu(dense("gate", x, d, f, ("embed", "mlp"))) * up
+    elif cfg.activation == "gelu_pytorch_tanh":  # Gemma: gated, tanh-approximated GELU
+      hidden = jax.nn.gelu(dense("gate", x, d, f, ("embed", "mlp")), approximate=True) * up
     else:
       hidden = jax.nn.gelu(up, approximate=True)  # GPT-2's gelu_new
     return dense("down", hidden, f, d, ("mlp", "embed")).reshape(shape)
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; the unit scanned over layers."""
+  """Pre-norm residual block (Gemma: with post-attention and post-MLP norms too); the unit scanned over layers.
+
+  ``layer_in``: (this layer's cache or None, whether it is a sliding-window layer or None).  A model with local
+  layers passes ``rope`` and ``mask`` as (global, local) pairs and each layer picks its own."""
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, rope, mask, cache_index):
-    attn_out, new_slots = Attention(self.config, name="attn")(
-        Norm(self.config, name="attn_norm")(x), rope, mask, layer_cache, cache_index
-    )
+  def __call__(self, x, layer_in, rope, mask, cache_index):
+    cfg = self.config
+    layer_cache, local = layer_in
+    if local is not None:
+      pick = lambda pair: jax.tree.map(lambda g, loc: jnp.where(local, loc, g), pair[0], pair[1])
+      rope, mask = pick(rope), pick(mask)
+    attn_out, new_slots = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x), rope, mask, layer_cache,
+                                                      cache_index)
+    if cfg.gemma_norms:
+      attn_out = Norm(cfg, name="post_attn_norm")(attn_out)
     x = x + attn_out
-    x = x + MLP(self.config, name="mlp")(Norm(self.config, name="mlp_norm")(x))
-    return x, new_slots
+    mlp_out = MLP(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+    if cfg.gemma_norms:
+      mlp_out = Norm(cfg, name="post_mlp_norm")(mlp_out)
+    return x + mlp_out, new_slots
 
 
 class Transformer(nn.Module):
@@ -412,12 +452,22 @@ class Transformer(nn.Module):
     cfg = self.config
     embed = _param(self, "embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
     x = jnp.take(embed, input_ids, axis=0)
+    if cfg.embed_scale:  # Gemma: × √D, the factor in the embeddings' dtype (as transformers)
+      x = x * jnp.asarray(math.sqrt(cfg.hidden_size), x.dtype)
     rope = None
     if cfg.is_gpt2:
       pos_embed = _param(self, "pos_embed", (cfg.max_position_embeddings, cfg.hidden_size), (None, "embed"))
       x = x + jnp.take(pos_embed, positions, axis=0)
     else:
       rope = rope_tables(cfg, positions)
+    local = None
+    if cfg.windowed:  # each layer picks (global, local) RoPE tables and masks
+      if isinstance(mask, (TreeMask, SlotMask)):
+        raise ValueError(f"{type(mask).__name__} does not express sliding-window attention ({cfg.family}): use the "
+                         "plain causal mask (objective.share_prefix: none) and the static sampling engine")
+      local = jnp.asarray(cfg.local_layers)
+      rope = (rope, rope_tables(cfg, positions, local=True))
+      mask = (mask, _window(mask, positions, cache, cache_index, cfg.sliding_window))
     block = Block
     if cfg.remat != "none" and cache is None:
       block = nn.remat(Block, policy=remat_policy(cfg.remat), prevent_cse=False)
@@ -429,7 +479,9 @@ class Transformer(nn.Module):
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, name="layers")
-    x, new_slots = layers(x, cache, rope, mask, cache_index)
+    x, new_slots = layers(x, (cache, local), rope, mask, cache_index)
+    if cfg.windowed:
+      mask = mask[0]
     new_cache = None
     if isinstance(mask, SlotMask):  # each slot writes its new key/value at its own completion position
       rows = jnp.arange(input_ids.shape[0])
@@ -452,7 +504,21 @@ class Transformer(nn.Module):
     cfg = self.config
     params = self.variables["params"]
     w = nn.meta.unbox(params["embed"]).T if cfg.tie_word_embeddings else nn.meta.unbox(params["lm_head"])
-    return (hidden @ w.astype(cfg.dtype)).astype(jnp.float32)
+    logits = (hidden @ w.astype(cfg.dtype)).astype(jnp.float32)
+    if cfg.final_logit_softcap:
+      logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
+    return logits
+
+
+def _window(mask, positions, cache, cache_index, window: int):
+  """The mask of the sliding-window layers: also require that the key is fewer than ``window`` positions back.
+  Without a cache, positions come from ``positions`` (S = T); with the static cache, slot indices (the prompt's
+  slots and the new tokens' are contiguous, so slot distance = position distance for every unmasked key)."""
+  if cache is None:
+    return mask & (positions[:, :, None] - positions[:, None, :] < window)
+  t, s = mask.shape[1], mask.shape[2]
+  q = jnp.asarray(cache_index, jnp.int32) + jnp.arange(t)
+  return mask & ((q[:, None] - jnp.arange(s)[None, :]) < window)[None]
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

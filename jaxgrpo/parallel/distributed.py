@@ -84,6 +84,15 @@ def fetch(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def gather(x) -> np.ndarray:
+  """A global array (sharded over processes or not) as numpy on every process; every process must call it."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def fetch_tree(tree):
   """``fetch`` on every leaf of a pytree of replicated arrays."""
   return jax.tree.map(fetch, tree)

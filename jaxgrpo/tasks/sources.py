@@ -8,7 +8,8 @@ evaluation), so the training loop needs no task-specific code.
 Sources: the λ-GRPO toy binary tree, synthetic arithmetic (difficulty set by the
 number of operations, the operand range and the operators; a train split and a
 held-out eval split that are disjoint by construction), JSONL files and TFDS
-datasets (gsm8k, math_dataset) read from a local ``data_dir``.  The toy task also
+datasets (gsm8k, math_dataset) read from a local ``data_dir``, and local Hugging Face ``datasets`` (parquet, arrow,
+JSON lines, CSV, or a ``save_to_disk`` directory; nothing from a hub).  The toy task also
 brings its tokenizer (``ToyTokenizer``: BOS, L, R; only L and R may be sampled).
 """
 
@@ -28,7 +29,11 @@ import numpy as np
 
 from jaxgrpo.tasks.answers import answer_matches, last_boxed
 
-SourceName = Literal["toy_tree", "arithmetic", "jsonl", "tfds"]  # the prompt sources ``make_source`` builds
+SourceName = Literal["toy_tree", "arithmetic", "jsonl", "tfds", "hf"]  # the prompt sources ``make_source`` builds
+AnswerFormat = Literal["auto", "plain", "gsm8k", "boxed"]  # how a dataset's answer field holds the reference
+ANSWER_FORMATS: tuple[str, ...] = typing.get_args(AnswerFormat)
+# ``datasets`` packaged builders that read local files (``data.path`` = the builder, ``data.data_files`` = the files)
+HF_BUILDERS = {"parquet": (".parquet",), "json": (".jsonl", ".json"), "arrow": (".arrow",), "csv": (".csv",)}
 SOURCES: tuple[str, ...] = typing.get_args(SourceName)
 
 
@@ -81,6 +86,9 @@ class ToyTokenizer:
 
   def encode_prompt(self, prompt: str) -> list[int]:
     return [0]
+
+  def render_prompt(self, prompt: str) -> str:
+    return "<bos>"
 
   def decode(self, ids: Sequence[int]) -> str:
     return "".join({1: "L", 2: "R"}.get(int(i), "?") for i in ids)
@@ -254,6 +262,130 @@ def tfds_source(name: str, data_dir: str, split: str = "train", seed: int = 0, l
   return _Shuffled(tfds_examples(name, data_dir, split, limit), seed, name=f"TFDS {name} split {split}")
 
 
+# ----------------------------------------------------------------------------- HF datasets (local files only)
+
+
+def reference_answer(text: str, answer_format: str = "auto", where: str = "answer") -> str:
+  """The reference answer held in a dataset's answer field: GSM8K's ``solution #### 42`` → ``42`` (thousands
+  commas removed), MATH's solution → its last ``\\boxed{}``, ``plain`` → the stripped text; ``auto`` picks by what
+  the text contains.  ``where`` names the row in errors."""
+  if answer_format not in ANSWER_FORMATS:
+    raise ValueError(f"data.answer_format must be one of {list(ANSWER_FORMATS)}; got {answer_format!r}")
+  fmt = answer_format
+  if fmt == "auto":
+    fmt = "gsm8k" if "####" in text else "boxed" if "\\boxed{" in text else "plain"
+  if fmt == "gsm8k":
+    if "####" not in text:
+      raise ValueError(f"{where}: data.answer_format = gsm8k but the answer has no '#### <answer>' line: {text[:80]!r}")
+    return text.split("####")[-1].strip().replace(",", "")
+  if fmt == "boxed":
+    boxed = last_boxed(text)
+    if boxed is None:
+      raise ValueError(f"{where}: data.answer_format = boxed but the answer has no \\boxed{{}}: {text[:80]!r}")
+    return boxed
+  return text.strip()
+
+
+def load_hf_dataset(path: str, data_files: Sequence[str] = (), split: str = "train", key: str = "data"):
+  """A ``datasets.Dataset`` from local files through ``datasets.load_dataset`` (``save_to_disk`` directories through
+  ``load_from_disk``).  ``path``: a file (its builder from the extension), a directory (its files' format inferred,
+  or a saved dataset), or a packaged builder name (``parquet``/``json``/``arrow``/``csv``) with ``data_files``.
+  Nothing is read from a hub: any other ``path`` is refused.  ``key`` names the config section in errors."""
+  try:
+    import datasets
+  except ImportError:
+    raise ImportError(f"{key}.source = hf needs the `datasets` package: pip install 'jaxgrpo[hf]'") from None
+  files = [os.path.expanduser(f) for f in data_files]
+  if path in HF_BUILDERS:
+    if not files:
+      raise ValueError(f"config key '{key}.data_files' must name the local files for {key}.path = {path!r}")
+    matched = [m for f in files for m in (glob.glob(f) or [None]) if m]
+    if not matched:
+      raise FileNotFoundError(f"config key '{key}.data_files': no file matches {files}")
+    builder, files = path, matched
+  elif os.path.isfile(path):
+    ext = os.path.splitext(path)[1]
+    builder = next((b for b, exts in HF_BUILDERS.items() if ext in exts), None)
+    if builder is None:
+      raise ValueError(f"config key '{key}.path' = {path!r}: unknown file type {ext!r} (known: "
+                       f"{sorted(e for exts in HF_BUILDERS.values() for e in exts)})")
+    files = [path]
+  elif os.path.isdir(path):
+    saved = [os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "dataset_info.json", "state.json")]
+    if saved[0] or (saved[1] and saved[2]):  # a DatasetDict or a Dataset written by save_to_disk
+      ds = datasets.load_from_disk(path)
+      if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+          raise ValueError(f"{path}: no split {split!r} (config key '{key}.split'); it has {sorted(ds)}")
+        ds = ds[split]
+      return ds
+    builder = path
+  else:
+    raise FileNotFoundError(f"config key '{key}.path' = {path!r} is not a local file, directory or one of "
+                            f"{sorted(HF_BUILDERS)} (jaxgrpo downloads nothing)")
+  kwargs = {"data_files": files} if files else {}
+  try:
+    return datasets.load_dataset(builder, split=split, **kwargs)
+  except ValueError as e:  # an unknown split names the ones there are
+    if "corresponds to no data" in str(e):
+      raise ValueError(f"{path}: split {split!r} is empty (config key '{key}.split')") from None
+    raise ValueError(f"{path}: cannot load split {split!r} (config key '{key}.split'): {e}") from None
+
+
+class HFSource(MathTask):
+  """A ``datasets.Dataset`` as a prompt stream: row ``order[i]`` of a seeded permutation per epoch (the dataset stays
+  memory-mapped; an example is built when it is asked for), so a run resumes at its data position exactly.  Every
+  other column of the row goes to ``Example.meta`` (with ``row``: the row index)."""
+
+  def __init__(self, ds, prompt_field: str = "prompt", answer_field: str = "answer", answer_format: str = "auto",
+               seed: int = 0, shuffle: bool = True, name: str = "dataset", key: str = "data"):
+    if len(ds) == 0:
+      raise ValueError(f"{name} is empty (no rows in the split)")
+    missing = [f"'{key}.{k}' = {v!r}" for k, v in (("prompt_field", prompt_field), ("answer_field", answer_field))
+               if v not in ds.column_names]
+    if missing:
+      raise ValueError(f"{name} has no column for config key(s) {', '.join(missing)}; its columns: {ds.column_names}")
+    if answer_format not in ANSWER_FORMATS:
+      raise ValueError(f"config key '{key}.answer_format' must be one of {list(ANSWER_FORMATS)}; got {answer_format!r}")
+    self.ds, self.prompt_field, self.answer_field, self.answer_format = ds, prompt_field, answer_field, answer_format
+    self.seed, self.shuffle, self.name = seed, shuffle, name
+
+  def __len__(self) -> int:
+    return len(self.ds)
+
+  @functools.lru_cache(maxsize=2)
+  def _order(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.ds))
+
+  def row(self, r: int) -> Example:
+    """The example of row ``r`` (in the dataset's own order)."""
+    row = self.ds[int(r)]
+    prompt, answer = row[self.prompt_field], row[self.answer_field]
+    where = f"{self.name} row {r}"
+    if not isinstance(prompt, str) or not prompt:
+      kind = "a list of chat messages" if isinstance(prompt, list) else repr(prompt)[:40]
+      raise ValueError(f"{where}: field '{self.prompt_field}' must be non-empty text (the user turn); got {kind}")
+    if answer is None:
+      raise ValueError(f"{where}: field '{self.answer_field}' is null")
+    meta = {k: v for k, v in row.items() if k not in (self.prompt_field, self.answer_field)}
+    return Example(prompt, reference_answer(str(answer), self.answer_format, where),
+                   {**meta, "solution": str(answer), "row": int(r)})
+
+  def __getitem__(self, index: int) -> Example:
+    epoch, i = divmod(index, len(self.ds))
+    return self.row(self._order(epoch)[i] if self.shuffle else i)
+
+
+def hf_source(spec, split: str | None = None, key: str = "data", shuffle: bool = True, path=None,
+              data_files=None) -> HFSource:
+  """The ``HFSource`` a ``DataSpec`` names (``split``/``path``/``data_files`` override it: the eval split)."""
+  path = path or spec.path
+  split = split or spec.split
+  ds = load_hf_dataset(path, data_files if data_files is not None else spec.data_files, split, key)
+  return HFSource(ds, spec.prompt_field, spec.answer_field, spec.answer_format, spec.seed, shuffle,
+                  name=f"dataset {path} split {split!r}", key=key)
+
+
 class FixedExamples(MathTask):
   """A finite list of examples (an eval set), indexable in order."""
 
@@ -303,6 +435,8 @@ def make_source(spec) -> Source:
     return jsonl_source(spec.path, spec.seed)
   if spec.source == "tfds":
     return tfds_source(spec.tfds_name, spec.path, spec.tfds_split, spec.seed)
+  if spec.source == "hf":
+    return hf_source(spec)
   raise ValueError(f"data.source must be {' | '.join(SOURCES)}; got {spec.source!r}")
 
 
@@ -332,6 +466,14 @@ def make_eval_source(data, ev) -> FixedExamples:
     if ev.tfds_split == data.tfds_split and (ev.source is None or ev.source == data.source):
       raise ValueError(f"config key 'eval.tfds_split' = {ev.tfds_split!r} is the training split: use a held-out one")
     examples = tfds_examples(data.tfds_name, ev.path or data.path, ev.tfds_split, limit=n)
+  elif kind == "hf":
+    path = ev.path or data.path
+    files = tuple(ev.data_files) or (data.data_files if path == data.path else ())
+    if data.source == "hf" and path == data.path and tuple(files) == tuple(data.data_files) and ev.split == data.split:
+      raise ValueError(f"config key 'eval.split' = {ev.split!r} is the training split of {path}: use a held-out one "
+                       "(or eval.path / eval.data_files naming held-out files)")
+    src = hf_source(data, split=ev.split, key="eval", shuffle=False, path=path, data_files=files)
+    examples = [src.row(i) for i in range(min(n, len(src)))]
   else:
     raise ValueError(f"eval.source must be {' | '.join(SOURCES)}; got {kind!r}")
   if len(examples) < n:

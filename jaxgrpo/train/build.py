@@ -28,12 +28,22 @@ def config_from_spec(spec: ModelSpec) -> ModelConfig:
   """The architecture a ``ModelSpec`` makes when it names no checkpoint."""
   heads = spec.num_heads
   gpt2 = spec.family == "gpt2"
+  if spec.family == "gemma3":  # Gemma 3's pieces, with every other layer local (a window of a quarter context)
+    gemma = dict(activation="gelu_pytorch_tanh", qk_norm=True, gemma_norms=True, embed_scale=True,
+                 sliding_window=max(spec.max_position_embeddings // 4, 1),
+                 local_layers=tuple(i % 2 == 0 for i in range(spec.num_layers)))
+    return ModelConfig(
+        family="gemma3", vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+        num_heads=heads, num_kv_heads=heads, head_dim=spec.hidden_size // heads,
+        intermediate_size=spec.intermediate_size, max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True, dtype=spec.dtype, **gemma, **model_options(spec))
   return ModelConfig(
       family=spec.family, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
       num_heads=heads, num_kv_heads=heads, head_dim=spec.hidden_size // heads,
       intermediate_size=spec.intermediate_size, max_position_embeddings=spec.max_position_embeddings,
-      activation="gelu_new" if gpt2 else "silu", tie_word_embeddings=gpt2, qkv_bias=spec.family != "llama",
-      out_bias=gpt2, mlp_bias=gpt2, dtype=spec.dtype, **model_options(spec),
+      activation="gelu_new" if gpt2 else "silu", tie_word_embeddings=gpt2,
+      qkv_bias=spec.family in ("gpt2", "qwen2"), out_bias=gpt2, mlp_bias=gpt2, qk_norm=spec.family == "qwen3",
+      dtype=spec.dtype, **model_options(spec),
   )
 
 
@@ -69,17 +79,22 @@ def init_adapters(model: Transformer, rng: jax.Array) -> Params:
   return jax.jit(lambda k: lora_lib.split(init_params(model, k))[0])(rng)
 
 
-def build_model(spec: ModelSpec, seed: int = 0, system_prompt: str | None = None):
+def build_model(spec: ModelSpec, seed: int = 0, system_prompt: str | None = None,
+                chat_template_kwargs: dict | None = None):
   """(model, params, tokenizer) from a ``ModelSpec``; with LoRA the params hold fresh adapters.
 
-  ``system_prompt``: the chat system turn of every prompt (``data.system_prompt``; HF tokenizers only)."""
+  ``system_prompt``: the chat system turn of every prompt (``data.system_prompt``; HF tokenizers only);
+  ``chat_template_kwargs``: the chat template's extra variables (``data.chat_template_kwargs``)."""
   if spec.checkpoint is None:
+    if chat_template_kwargs:
+      raise ValueError("config key 'data.chat_template_kwargs' needs an HF tokenizer with a chat template; a model "
+                       "made from a config uses the toy task's tokenizer")
     if spec.vocab_size != ToyTokenizer.vocab_size:
       raise ValueError("a model made from a config is only wired to the toy task's tokenizer (model.vocab_size=3)")
     model = Transformer(config_from_spec(spec))
     return model, init_params(model, jax.random.PRNGKey(seed)), ToyTokenizer()
   path = checkpoint_dir(spec)
-  tokenizer = HFTokenizer(path, system_prompt)
+  tokenizer = HFTokenizer(path, system_prompt, chat_template_kwargs)
   model, params = from_pretrained(path, spec.dtype, **model_options(spec))
   if model.config.lora is not None:
     params = lora_lib.combine(params, init_adapters(model, jax.random.PRNGKey(seed)))

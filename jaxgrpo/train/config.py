@@ -31,8 +31,9 @@ from jaxgrpo.core.prpo import Normalization, Outcome
 from jaxgrpo.core.shaping import RewardNormalization
 from jaxgrpo.models import policy
 from jaxgrpo.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES, Family
+from jaxgrpo.models.tokenizers import RESERVED_TEMPLATE_KWARGS
 from jaxgrpo.rollout.sampler import check_kv_dtype, check_sampling
-from jaxgrpo.tasks.sources import SourceName
+from jaxgrpo.tasks.sources import AnswerFormat, SourceName
 from jaxgrpo.train.packing import SharePrefix
 
 Objective = Literal["grpo", "lambda_grpo", "prpo"]
@@ -251,13 +252,20 @@ class OptimSpec:
 class DataSpec:
   """Where the prompts come from (``tasks.sources``), and the synthetic tasks' parameters."""
 
-  source: SourceName = "toy_tree"  # toy_tree | arithmetic | jsonl | tfds
+  source: SourceName = "toy_tree"  # toy_tree | arithmetic | jsonl | tfds | hf (local HF `datasets` files)
   prompts_per_step: int = 1  # B prompts per step (B × G completions)
-  seed: int = 0  # the stream's seed (arithmetic problems, JSONL/TFDS epoch shuffles)
-  path: str | None = None  # jsonl file, or TFDS data_dir
+  seed: int = 0  # the stream's seed (arithmetic problems, JSONL/TFDS/HF epoch shuffles)
+  path: str | None = None  # jsonl file; TFDS data_dir; hf: a local file or directory, or parquet|json|arrow|csv
   tfds_name: str | None = None  # e.g. gsm8k
   tfds_split: str = "train"  # the TFDS split trained on
-  system_prompt: str | None = None  # chat system turn (None: the tokenizer's template default)
+  data_files: tuple[str, ...] = ()  # hf: the local files (globs) for a builder path (datasets' data_files)
+  split: str = "train"  # hf: the split trained on
+  prompt_field: str = "prompt"  # hf: the column holding the user turn (text)
+  answer_field: str = "answer"  # hf: the column holding the reference answer
+  answer_format: AnswerFormat = "auto"  # hf: plain | gsm8k ("#### 42") | boxed (MATH's \boxed{}) | auto (by content)
+  system_prompt: str | None = None  # chat system turn (None or "": no system turn, the template's own default)
+  chat_template_kwargs: dict = dataclasses.field(default_factory=dict)  # extra variables of the chat template
+  #   (e.g. {enable_thinking: false} for Qwen3); each must be a variable the template reads
   dynamic_sampling: bool = False  # DAPO: drop zero-variance groups, sample more prompts to fill the step
   max_sampling_rounds: int = 4  # sampler calls per step at most (each takes prompts_per_step new prompts)
   # toy tree task
@@ -284,6 +292,14 @@ class DataSpec:
     _require(bool(self.ops) and not set(self.ops) - set("+-*"), "data.ops", "a non-empty subset of '+-*'", self.ops)
     if self.source == "jsonl":
       _require(bool(self.path), "data.path", "a JSONL file for data.source = jsonl", self.path)
+    if self.source == "hf":
+      _require(bool(self.path), "data.path", "a local dataset file or directory, or parquet|json|arrow|csv with "
+               "data.data_files, for data.source = hf", self.path)
+    _require(isinstance(self.chat_template_kwargs, dict) and all(isinstance(k, str) for k in self.chat_template_kwargs),
+             "data.chat_template_kwargs", "a mapping of template variable names to values", self.chat_template_kwargs)
+    reserved = sorted(set(self.chat_template_kwargs) & RESERVED_TEMPLATE_KWARGS)
+    _require(not reserved, "data.chat_template_kwargs",
+             f"no key of apply_chat_template's own ({sorted(RESERVED_TEMPLATE_KWARGS)})", reserved)
     if self.source == "tfds":
       _require(bool(self.path and self.tfds_name), "data.path and data.tfds_name",
                "set (a prepared TFDS data_dir and a dataset name) for data.source = tfds", (self.path, self.tfds_name))
@@ -298,6 +314,8 @@ class EvalSpec:
   source: SourceName | None = None  # None: the training source's held-out split
   path: str | None = None  # eval JSONL file (or TFDS data_dir); required for file sources
   tfds_split: str = "test"  # the TFDS split evaluated on (never the training split)
+  split: str = "test"  # hf: the split evaluated on (never the training split of the same files)
+  data_files: tuple[str, ...] = ()  # hf: held-out files (default: data.data_files, when eval.path is data.path)
   greedy: bool = True  # greedy pass@1
   num_samples: int = 0  # n sampled completions per problem for pass@k (0 = off)
   pass_k: tuple[int, ...] = (1,)  # the k of pass@k (each ≤ num_samples)
@@ -356,6 +374,26 @@ class MeshSpec:
       _require(v == -1 or v >= 1, f"mesh.{k}", ">= 1, or -1 for the remaining devices", v)
 
 
+RolloutFormat = Literal["parquet", "jsonl"]
+WandbMode = Literal["offline", "online"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSpec:
+  """Where metrics and rollout dumps go besides metrics.jsonl (``train.metrics``, ``train.rollout_log``)."""
+
+  tensorboard: bool = True  # TensorBoard event files under output_dir/tb
+  wandb_project: str | None = None  # a Weights & Biases project: every metrics row goes there too (None: off)
+  wandb_mode: WandbMode = "offline"  # offline: written under output_dir/wandb (`wandb sync` uploads) | online
+  wandb_name: str | None = None  # the W&B run's display name (None: W&B's own)
+  rollouts_format: RolloutFormat = "parquet"  # the rollout dumps' file format (log_rollouts_every)
+
+  def __post_init__(self):
+    _check_literals(self, "logging.")
+    _require(self.wandb_project is None or bool(self.wandb_project), "logging.wandb_project",
+             "a W&B project name, or null for no W&B", self.wandb_project)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """A whole run: the sections above plus the loop's bookkeeping."""
@@ -368,6 +406,7 @@ class TrainConfig:
   keep_checkpoints: int = 2  # the newest this many checkpoints are kept
   checkpoint_async: bool = False  # write checkpoints in the background (failures surface at the next save)
   log_every: int = 1  # write metrics every this many steps
+  log_rollouts_every: int = 0  # dump every completion of every this many steps to rollouts/step_N (0 = never)
   progress: bool = True  # a progress bar (plain lines when stdout is not a terminal)
   nonfinite: NonFinite = "stop"  # a non-finite loss/gradient/parameter: stop the run, or skip that update
   async_rollouts: bool = False  # one-step-off: step k+1's rollouts sampled with step k's params during its update
@@ -379,6 +418,7 @@ class TrainConfig:
   eval: EvalSpec = EvalSpec()
   rewards: RewardSpec = RewardSpec()
   mesh: MeshSpec = MeshSpec()
+  logging: LoggingSpec = LoggingSpec()
 
   def __post_init__(self):
     object.__setattr__(self, "output_dir", _expand(self.output_dir))
@@ -387,6 +427,7 @@ class TrainConfig:
     _require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0 = only at exit)", self.checkpoint_every)
     _require(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", self.keep_checkpoints)
     _require(self.log_every >= 1, "log_every", ">= 1", self.log_every)
+    _require(self.log_rollouts_every >= 0, "log_rollouts_every", ">= 0 (0 = never)", self.log_rollouts_every)
     _require(bool(self.output_dir), "output_dir", "a directory", self.output_dir)
     t = self.sampling.max_new_tokens
     _require(self.rewards.overlong_buffer < t, "rewards.overlong_buffer",
@@ -568,7 +609,7 @@ def read_config(path: str) -> TrainConfig:
 
 # Keys a resumed run may change: they do not alter what has been trained or how training continues.
 RESUME_SAFE_KEYS = ("name", "checkpoint_every", "keep_checkpoints", "checkpoint_async", "log_every", "progress",
-                    "nonfinite", "output_dir")
+                    "nonfinite", "output_dir", "log_rollouts_every")
 
 
 def resume_changes(saved: TrainConfig, new: TrainConfig) -> tuple[list[str], list[str]]:
@@ -577,7 +618,7 @@ def resume_changes(saved: TrainConfig, new: TrainConfig) -> tuple[list[str], lis
   ``steps`` is safe with a constant learning rate; with a schedule it changes the schedule."""
   a, b = flatten(to_dict(saved)), flatten(to_dict(new))
   changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-  safe = [k for k in changed if k in RESUME_SAFE_KEYS or k.startswith("eval.")]
+  safe = [k for k in changed if k in RESUME_SAFE_KEYS or k.startswith(("eval.", "logging."))]
   if "steps" in changed and new.optim.schedule == "constant":
     safe.append("steps")
   return [k for k in changed if k not in safe], safe

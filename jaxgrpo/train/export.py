@@ -30,7 +30,8 @@ def load_run(run_dir: str, step: int | None = None, mesh=None) -> tuple[Any, dic
     raise FileNotFoundError(f"{run_dir}: no {CONFIG_FILE} (not a jaxgrpo run directory)")
   cfg = config_lib.read_config(cfg_path)
   mesh = mesh if mesh is not None else shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  model, params, tokenizer = build.build_model(cfg.model, cfg.seed, cfg.data.system_prompt)
+  model, params, tokenizer = build.build_model(cfg.model, cfg.seed, cfg.data.system_prompt,
+                                              cfg.data.chat_template_kwargs)
   tx = ts.make_optimizer(cfg.optim, cfg.steps)
   sh = ts.state_shardings(model, tx, mesh)
   trainable, base = lora.split(params) if model.config.lora is not None else (params, None)

@@ -150,12 +150,15 @@ def _assign(lengths: np.ndarray, rows: int, per_row: int) -> list[list[int]]:
 
 
 def pack(prompt_ids, prompt_mask, tokens, mask, advantages, weights, old_logp, *, group_size: int, mode: str,
-         row_multiple: int = 1, length_multiple: int = 64) -> Packing:
+         row_multiple: int = 1, length_multiple: int = 64, window_multiple: int = 128) -> Packing:
   """Pack an update batch (numpy [N, ·] arrays, ``Batch``'s fields; rows of a group contiguous) as prefix trees.
 
   ``row_multiple``: the number of packed rows is a multiple of it (data-parallel devices × minibatches ×
   micro-batches); among the numbers of groups per row that divide B and allow it, the one computing the fewest
-  positions is chosen.  ``length_multiple``: S is rounded up to it.
+  positions is chosen.  ``length_multiple``: S is rounded up to it.  ``window_multiple``: the longest tree's size
+  (``PackedBatch.window``, a static bound) is rounded up to it, capped at S — pass the tree attention's query block,
+  within which every window computes the same thing — so a run compiles one update per few shapes, not one per
+  step.
   """
   if mode not in ("prompt", "tree"):
     raise ValueError(f"pack mode must be 'prompt' or 'tree'; got {mode!r}")
@@ -216,7 +219,8 @@ def pack(prompt_ids, prompt_mask, tokens, mask, advantages, weights, old_logp, *
   packed = PackedBatch(tokens=out["tokens"], positions=out["positions"], ends=out["ends"], source=src,
                        targets=place(tokens, np.int32), mask=place(mask, np.int32),
                        advantages=place(advantages, np.float32), weights=place(weights, np.float32),
-                       old_logp=place(old_logp, np.float32), slots=slots, window=window)
+                       old_logp=place(old_logp, np.float32), slots=slots,
+                       window=min(_round_up(window, window_multiple), s))
   return Packing(batch=packed, row_slot=row_slot, tokens_computed=computed, tokens_unique=int(sizes.sum()))
 
 

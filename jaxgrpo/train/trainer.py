@@ -37,7 +37,8 @@ from jaxgrpo.rollout.sampler import FINISH_EOS
 from jaxgrpo.tasks import prm as prm_lib
 from jaxgrpo.tasks import rewards as rewards_lib
 from jaxgrpo.tasks import sources as data_lib
-from jaxgrpo.train import build, checkpointing, evaluation, packing
+from jaxgrpo.train import build, checkpointing, evaluation, packing, rollout_log
+from jaxgrpo.train import config as config_lib
 from jaxgrpo.train import step as ts
 from jaxgrpo.train.config import TrainConfig
 from jaxgrpo.train.metrics import MetricsWriter
@@ -77,7 +78,8 @@ class Trainer:
       raise ValueError(f"data.prompts_per_step × sampling.group_size = {n} must be divisible by "
                        f"objective.num_minibatches ({o.num_minibatches}) × objective.micro_batches "
                        f"({o.micro_batches}) × the data-parallel mesh size ({dp})")
-    self.model, params, self.tokenizer = build.build_model(cfg.model, cfg.seed, cfg.data.system_prompt)
+    self.model, params, self.tokenizer = build.build_model(cfg.model, cfg.seed, cfg.data.system_prompt,
+                                                           cfg.data.chat_template_kwargs)
     self.share_prefix = self._share_prefix_mode(o, dp)
     # the sampler may compute in another dtype than training (sampling.dtype): a model of its own, same params
     self.sampler_model = self.model if not cfg.sampling.dtype else Transformer(
@@ -86,6 +88,8 @@ class Trainer:
                                 prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
                                 engine=cfg.sampling.engine, slots=cfg.sampling.slots)
     self.source = data_lib.make_source(cfg.data)
+    # the exact text of the first prompt, as the model sees it (chat template, system turn, template kwargs)
+    self.first_prompt = self.tokenizer.render_prompt(self.source[0].prompt)
     self.eval_set = data_lib.make_eval_source(cfg.data, cfg.eval) if cfg.eval.enabled else None
     self.rewards = rewards if rewards is not None else rewards_lib.make_rewards(cfg.rewards, cfg.data)
     self.reward_names = None if rewards is not None else list(cfg.rewards.names)
@@ -116,6 +120,7 @@ class Trainer:
     # previous step's, checkpointed), the next step's collection in flight, and whether it runs in a thread
     # (overlap_rollouts=False runs the same schedule sequentially: the oracle of the threaded one)
     self._sampler_params = None
+    self._prpo_last = None  # the last step's PRPO (segments, scores), for the rollout dump
     self._pending: concurrent.futures.Future | None = None
     self.overlap_rollouts = True
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -209,6 +214,7 @@ class Trainer:
     if o.name == "prpo":
       seg = _segments(rollout.entropies, rollout.mask, o.prpo_k, o.prpo_min_gap)
       scores = self._prm_scores(rollout, seg)
+      self._prpo_last = (seg, scores)  # for the rollout dump
       adv, weights, m = _prpo_advantages(rollout.tokens, rollout.mask, rewards, seg, scores, g, o, sh)
       return adv, weights, {**m, **extra}
     parts = None
@@ -247,7 +253,8 @@ class Trainer:
     rows = shard_lib.batch_shards(self.mesh, self.rules) * o.num_minibatches * o.micro_batches
     options = {}
     for m in (("prompt", "tree") if mode == "auto" else (mode,)):
-      options[m] = packing.pack(**host, group_size=self.cfg.sampling.group_size, mode=m, row_multiple=rows)
+      options[m] = packing.pack(**host, group_size=self.cfg.sampling.group_size, mode=m, row_multiple=rows,
+                                window_multiple=self.model.config.attention_chunk or 128)
     best = min(options, key=lambda m: options[m].tokens_computed)
     chosen = options[best]
     info = {"share_prefix/computed_frac": chosen.tokens_computed / plain,
@@ -395,6 +402,10 @@ class Trainer:
       with _timed(times, "score"):
         adv, weights, group_metrics = self.advantages(ro)
         group_metrics = dist.fetch_tree(group_metrics)
+      every = self.cfg.log_rollouts_every
+      if every and (self.step + 1) % every == 0:
+        with _timed(times, "dump"):
+          self.dump_rollouts(self.step + 1, ro, adv, weights)
     with _timed(times, "update"):  # not interruptible: the state, step and data position move together
       metrics = self.update(ro, adv, weights)
       self.data_pos += consumed
@@ -408,6 +419,27 @@ class Trainer:
     metrics.update({f"time_{k}": v for k, v in times.items()}, time_step=total,
                    tokens_per_s=metrics["completion_tokens"] / max(total, 1e-9))
     return metrics
+
+  def dump_rollouts(self, step: int, ro: Rollout, adv: jax.Array, weights: jax.Array) -> str | None:
+    """Write ``rollouts/step_<step>`` (``train.rollout_log``): every completion of the step with its rewards,
+    advantages, |λ| and weights per token (and PRPO's segments).  Every process gathers; process 0 writes."""
+    g = ro.group_size
+    host = lambda x: None if x is None else dist.gather(x)
+    tokens, mask = host(ro.tokens), host(ro.mask)
+    counts = np.asarray(core.prefix_counts(tokens.reshape(-1, g, tokens.shape[1]), mask.reshape(-1, g, mask.shape[1])))
+    seg = scores = None
+    if self.cfg.objective.name == "prpo":
+      seg, scores = (host(x) for x in self._prpo_last)
+    rows = rollout_log.rollout_rows(
+        step=step, prompts=[ex.prompt for ex in ro.examples], group_size=g, prompt_ids=host(ro.prompt_ids),
+        prompt_mask=host(ro.prompt_mask), tokens=tokens, mask=mask, rewards=host(ro.rewards),
+        reward_parts={k: host(v) for k, v in ro.reward_parts.items()}, correct=host(ro.correct), keep=host(ro.keep),
+        advantages=host(adv), weights=host(weights), counts=counts.reshape(tokens.shape), logprobs=host(ro.logprobs),
+        entropies=host(ro.entropies), finish_reason=host(ro.finish_reason), decode=self.tokenizer.decode,
+        segments=seg, segment_scores=scores)
+    if not dist.is_primary():
+      return None
+    return rollout_log.write_rollouts(self.cfg.output_dir, step, rows, self.cfg.logging.rollouts_format)
 
   def evaluate(self) -> dict[str, float]:
     """Held-out metrics of the current policy (``eval/`` prefix)."""
@@ -459,7 +491,14 @@ class Trainer:
         restored = ckpt.restore(self._ckpt_state())
         if restored is not None:
           self._load_ckpt_state(restored[0])
-      writer = MetricsWriter(cfg.output_dir, keep_until=self.step) if primary else None
+      lg = cfg.logging
+      writer = MetricsWriter(cfg.output_dir, tensorboard=lg.tensorboard, keep_until=self.step,
+                             wandb_project=lg.wandb_project, wandb_mode=lg.wandb_mode, wandb_name=lg.wandb_name,
+                             config=config_lib.to_dict(cfg)) if primary else None
+      if primary:
+        rollout_log.drop_after(cfg.output_dir, self.step)
+      if primary:
+        log.info("first prompt, exactly as the model sees it:\n%s", self.first_prompt)
       self._loop(ckpt, writer, history)
       self._save(ckpt, force=True)
     except (Preempted, KeyboardInterrupt, Exception) as e:
