@@ -243,7 +243,73 @@ fig.savefig(os.path.join(OUT, 'prpo_segments.png'), dpi=90)
 """),
 ]
 
-BOOKS = {"toy_tree_lambda_grpo.ipynb": TOY, "overlap_analysis.ipynb": OVERLAP, "prpo_segments.ipynb": SEGMENTS}
+RUN_ANALYSIS = [
+    ("markdown", """
+# Analysing a training run from its rollout dumps
+
+`jaxgrpo train` with `log_rollouts_every: N` writes every completion of every N-th step to
+`rollouts/step_N.parquet`: prompt, completion (text and ids), each reward part, the advantage and |λ| of every
+token, the loss weights, finish reason. `jaxgrpo.analysis.load_run` reads a run directory back as tables. The run
+read here is a real one: SmolLM2-135M-Instruct (dequantised Q4_1 GGUF) trained with GRPO on the
+`smollm2_arithmetic` preset (one seed: an anecdote, not a result), committed under
+`experiments/results/smollm2_run/` by `experiments/smollm2_run.sh`. Set `NB_RUN` to read another run directory.
+"""),
+    ("code", """
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from jaxgrpo import analysis
+
+ROOT = '..' if os.path.exists('../experiments') else '.'
+RUN = os.environ.get('NB_RUN', os.path.join(ROOT, 'experiments', 'results', 'smollm2_run'))
+OUT = os.environ.get('NB_OUT', 'runs/notebooks')
+os.makedirs(OUT, exist_ok=True)
+run = analysis.load_run(RUN)
+print(run.config['model']['checkpoint'], run.config['objective']['name'], 'G =', run.config['sampling']['group_size'])
+print('steps with metrics:', len(run.metrics), ' dumped steps:', run.steps, ' dumped completions:', len(run.rollouts))
+run.metrics[['reward_mean', 'accuracy', 'completion_len_mean', 'intermediate_prop', 'lambda_mean']].tail()
+"""),
+    ("code", """
+axes = analysis.plot_curves(run, keys=('reward_mean', 'accuracy', 'intermediate_prop', 'entropy_mean'), smooth=3)
+plt.gcf().tight_layout()
+plt.gcf().savefig(os.path.join(OUT, 'run_curves.png'), dpi=90)
+"""),
+    ("code", """
+# The last dumped step: its best and worst completions, with their reward parts
+last = run.rollouts[run.rollouts['step'] == run.steps[-1]]
+parts = [c for c in last.columns if c.startswith('reward/')]
+cols = ['group', 'sample', 'reward', *parts, 'advantage', 'length', 'finish_reason', 'completion']
+table = last.sort_values('reward')[cols]
+print(last['prompt'].iloc[0])
+table.iloc[np.r_[0:3, -3:0]]
+"""),
+    ("code", """
+# The group of the last dump whose completions share the most: drawn as its prefix tree (node size and number:
+# |λ|, colour: the mean advantage of the completions through the node, GRPO's implicit process reward)
+shared = last.groupby('group')['lambda'].apply(lambda ls: np.mean([np.mean(x) for x in ls]))
+group = int(shared.idxmax())
+ax = analysis.plot_group_tree(run, run.steps[-1], group, max_depth=20)
+ax.figure.tight_layout()
+ax.figure.savefig(os.path.join(OUT, 'run_group_tree.png'), dpi=90)
+"""),
+    ("code", """
+# How much the group shares as training goes on: mean |λ| by token position, one line per dumped step
+fig, ax = plt.subplots(figsize=(7, 3.4))
+for step in run.steps:
+    lam = run.rollouts[run.rollouts['step'] == step]['lambda']
+    width = max(len(x) for x in lam)
+    by_pos = [np.mean([x[t] for x in lam if len(x) > t]) for t in range(width)]
+    ax.plot(by_pos, label=f'step {step}')
+ax.set_yscale('log'); ax.set_xlabel('token position'); ax.set_ylabel('mean |λ|'); ax.legend(fontsize=7)
+fig.tight_layout()
+fig.savefig(os.path.join(OUT, 'run_lambda_by_position.png'), dpi=90)
+"""),
+]
+
+BOOKS = {"toy_tree_lambda_grpo.ipynb": TOY, "overlap_analysis.ipynb": OVERLAP, "prpo_segments.ipynb": SEGMENTS,
+         "run_analysis.ipynb": RUN_ANALYSIS}
 
 if __name__ == "__main__":
   for name, cells in BOOKS.items():

@@ -30,7 +30,8 @@ def _load(family, tmp_path_factory):
   return M.from_pretrained(path)
 
 
-@pytest.fixture(scope="module", params=sorted(set(TINY) - {"llama_gqa_llama3rope"}))
+# Gemma 3 is left out: its sliding window runs on the static engine only (test_auto_picks_the_engine_...)
+@pytest.fixture(scope="module", params=sorted(set(TINY) - {"llama_gqa_llama3rope", "gemma3"}))
 def tiny(request, tmp_path_factory):
   """Every family (the engine's attention path is the model's); GQA Llama is the ``llama`` fixture below."""
   return _load(request.param, tmp_path_factory)
