@@ -253,6 +253,10 @@ token, the loss weights, finish reason. `jaxgrpo.analysis.load_run` reads a run 
 read here is a real one: SmolLM2-135M-Instruct (dequantised Q4_1 GGUF) trained with GRPO on the
 `smollm2_arithmetic` preset (one seed: an anecdote, not a result), committed under
 `experiments/results/smollm2_run/` by `experiments/smollm2_run.sh`. Set `NB_RUN` to read another run directory.
+
+This run is a cautionary one: the training reward rises while held-out greedy accuracy falls (0.29 → 0.04) and
+greedy answers get longer. The dumps show why — the policy learns the 0.1 format bonus and writes several
+`\\boxed{}`s, of which the grader takes the last — which the curves alone would not tell you.
 """),
     ("code", """
 import os
@@ -272,9 +276,20 @@ print('steps with metrics:', len(run.metrics), ' dumped steps:', run.steps, ' du
 run.metrics[['reward_mean', 'accuracy', 'completion_len_mean', 'intermediate_prop', 'lambda_mean']].tail()
 """),
     ("code", """
-axes = analysis.plot_curves(run, keys=('reward_mean', 'accuracy', 'intermediate_prop', 'entropy_mean'), smooth=3)
+# training curves (3-step rolling mean), then the held-out greedy evaluation (100 problems)
+analysis.plot_curves(run, keys=('reward_mean', 'accuracy', 'intermediate_prop', 'entropy_mean'), smooth=3)
 plt.gcf().tight_layout()
 plt.gcf().savefig(os.path.join(OUT, 'run_curves.png'), dpi=90)
+for ax in analysis.plot_curves(run, keys=('eval/greedy_accuracy', 'eval/greedy_length')):
+    ax.lines[0].set_marker('o')
+plt.gcf().tight_layout()
+plt.gcf().savefig(os.path.join(OUT, 'run_eval.png'), dpi=90)
+"""),
+    ("code", """
+# What the policy learned: per dumped step, the reward parts and how many \\boxed{} a completion writes
+d = run.rollouts.assign(boxes=run.rollouts['completion'].str.count(r'\\\\boxed\\{'))
+d.groupby('step').agg(format=('reward/format', 'mean'), math=('reward/math', 'mean'),
+                      two_or_more_boxes=('boxes', lambda b: (b >= 2).mean()), length=('length', 'mean'))
 """),
     ("code", """
 # The last dumped step: its best and worst completions, with their reward parts
@@ -286,9 +301,12 @@ print(last['prompt'].iloc[0])
 table.iloc[np.r_[0:3, -3:0]]
 """),
     ("code", """
-# The group of the last dump whose completions share the most: drawn as its prefix tree (node size and number:
-# |λ|, colour: the mean advantage of the completions through the node, GRPO's implicit process reward)
-shared = last.groupby('group')['lambda'].apply(lambda ls: np.mean([np.mean(x) for x in ls]))
+# Of the last dump's groups with a learning signal (rewards not all equal), the one whose completions share the
+# most, drawn as its prefix tree (node size and number: |λ|; colour: the mean advantage of the completions through
+# the node, GRPO's implicit process reward)
+spread = last.groupby('group')['reward'].std()
+informative = last[last['group'].isin(spread[spread > 0].index if (spread > 0).any() else spread.index)]
+shared = informative.groupby('group')['lambda'].apply(lambda ls: np.mean([np.mean(x) for x in ls]))
 group = int(shared.idxmax())
 ax = analysis.plot_group_tree(run, run.steps[-1], group, max_depth=20)
 ax.figure.tight_layout()
