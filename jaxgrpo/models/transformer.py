@@ -325,9 +325,6 @@ class Attention(nn.Module):
     qg = q.reshape(b, t, kv, h // kv, dh)
     neg = jnp.finfo(jnp.float32).min
     scale = 1.0 / math.sqrt(cfg.query_pre_attn_scalar or dh)
-    if cfg.windowed and isinstance(mask, (TreeMask, SlotMask)):
-      raise ValueError(f"{type(mask).__name__} does not express sliding-window attention ({cfg.family}): use the "
-                       "plain causal mask (objective.share_prefix: none) and the static sampling engine")
     if isinstance(mask, TreeMask):
       if layer_cache is not None:
         raise ValueError("a TreeMask (packed prefix trees) is for full forward passes, not cached decoding")

@@ -238,7 +238,7 @@ def jsonl_source(path: str, seed: int = 0, prompt_key: str = "prompt", answer_ke
 def _tfds_example(name: str, row: dict[str, Any]) -> Example:
   text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
   if name.startswith("gsm8k"):
-    answer = text(row["answer"]).split("####")[-1].strip().replace(",", "")
+    answer = reference_answer(text(row["answer"]), "gsm8k", f"TFDS {name}")
     return Example(text(row["question"]), answer, {"solution": text(row["answer"])})
   if name.startswith("math_dataset"):
     return Example(text(row["question"]), text(row["answer"]).strip())

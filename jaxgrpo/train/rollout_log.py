@@ -123,7 +123,7 @@ def dumped_steps(run_dir: str) -> dict[int, str]:
 
 def drop_after(run_dir: str, step: int) -> list[int]:
   """Remove the dumps of steps after ``step`` (a resume runs them again) and return those steps."""
-  gone = [s for s in dumped_steps(run_dir) if s > step]
-  for s in gone:
-    os.remove(dumped_steps(run_dir)[s])
-  return gone
+  gone = {s: path for s, path in dumped_steps(run_dir).items() if s > step}
+  for path in gone.values():
+    os.remove(path)
+  return list(gone)
