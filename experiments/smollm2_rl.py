@@ -7,6 +7,14 @@ lives in its own output_dir and an interrupted sweep continues where it stopped 
 
     python experiments/smollm2_rl.py                                   # the experiment (≈ 90 min on 2 cores)
     python experiments/smollm2_rl.py --methods grpo --lrs 3e-6,1e-5,3e-5 --steps 12 --out runs/smollm2_lr_sweep
+
+The issue-23 protocol (commuted forms on one side of the split, the lr chosen on the validation split, then
+the test split with paired seeds; per-problem outputs land in each run's eval/ directory):
+
+    python experiments/smollm2_rl.py --split-by commuted --max-operand 50 --eval-split validation \
+        --methods grpo,lambda_grpo --lrs 3e-6,1e-5,3e-5 --seeds 100,101 --out runs/smollm2_val
+    python experiments/smollm2_rl.py --split-by commuted --max-operand 50 --methods grpo,lambda_grpo \
+        --lrs <chosen> --seeds 0,1,2,3,4,5 --out runs/smollm2_test --results experiments/results/smollm2_seeds.json
 """
 
 from __future__ import annotations
@@ -40,8 +48,11 @@ def config(method: str, lr: float, args, seed: int):
   return tag, config_replace(
       base, name=tag, steps=args.steps, seed=seed, output_dir=os.path.join(args.out, tag),
       checkpoint_every=args.checkpoint_every, progress=False, objective=METHODS[method],
-      optim={"learning_rate": lr}, eval={"num_examples": args.eval_examples, "every": args.eval_every},
-      data={"prompts_per_step": args.prompts})
+      optim={"learning_rate": lr},
+      eval={"num_examples": args.eval_examples, "every": args.eval_every, "split": args.eval_split},
+      data={"prompts_per_step": args.prompts, "split_by": args.split_by,
+            "max_operand": args.max_operand or base.data.max_operand},
+      model={"lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank}} if args.lora_rank else {})
 
 
 def summarize(run_dir: str) -> dict:
@@ -57,6 +68,39 @@ def summarize(run_dir: str) -> dict:
       "zero_std_group_frac": pick("zero_std_group_frac"), "completion_len_mean": pick("completion_len_mean"),
       "time_step": pick("time_step"), "prm_score_mean": pick("prm_score_mean"),
   }
+
+
+def final_outputs(run_dir: str) -> list[dict] | None:
+  """The per-problem eval outputs of the run's last evaluation (None if it saved none)."""
+  d = os.path.join(run_dir, "eval")
+  files = sorted(f for f in os.listdir(d) if f.endswith(".jsonl")) if os.path.isdir(d) else []
+  return [json.loads(line) for line in open(os.path.join(d, files[-1]))] if files else None
+
+
+def paired_report(results: dict, args) -> dict:
+  """Each method against GRPO at the same lr, paired by seed and problem (jaxgrpo.analysis.paired_difference)."""
+  from jaxgrpo.analysis import paired_difference
+
+  out = {}
+  by = {(r["method"], r["lr"], r["seed"]): r for r in results["runs"].values()}
+  for (method, lr) in sorted({(m, l) for m, l, _ in by} - {(m, l) for m, l, _ in by if m == "grpo"}):
+    seeds = sorted(s for m, l, s in by if (m, l) == (method, lr) and ("grpo", lr, s) in by)
+    mats = {}
+    for name in ("grpo", method):
+      outs = [final_outputs(os.path.join(args.out, f"{name}_lr{lr:g}_s{s}")) for s in seeds]
+      if not seeds or any(o is None for o in outs):
+        break
+      mats[name] = np.array([[r["greedy_correct"] for r in o] for o in outs], float)
+    if len(mats) < 2 or mats["grpo"].shape != mats[method].shape:
+      continue
+    r = paired_difference(mats["grpo"], mats[method])
+    out[f"{method}_vs_grpo_lr{lr:g}"] = {"seeds": seeds, "diff": r.diff, "ci95": r.ci, "per_seed": r.per_seed,
+                                         "seed_sign_flip_p": r.seed_sign_flip_p,
+                                         "problem_sign_flip_p": r.problem_sign_flip_p, "problems": r.problems}
+    print(f"{LABELS[method]} − GRPO (lr {lr:g}, {len(seeds)} seeds × {r.problems} problems, {args.eval_split} "
+          f"split): {100 * r.diff:+.1f} points, 95% CI [{100 * r.ci[0]:+.1f}, {100 * r.ci[1]:+.1f}], "
+          f"seed sign-flip p = {r.seed_sign_flip_p:.3f}, problem sign-flip p = {r.problem_sign_flip_p:.4f}")
+  return out
 
 
 def plot(results: dict, path: str) -> None:
@@ -103,6 +147,12 @@ def main() -> int:
   p.add_argument("--checkpoint-every", type=int, default=5)
   p.add_argument("--out", default="runs/smollm2_rl")
   p.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "smollm2_rl.json"))
+  p.add_argument("--split-by", choices=("expression", "commuted"), default="expression",
+                 help="arithmetic split: by expression text (old runs) or commuted form (b + a on a's side)")
+  p.add_argument("--eval-split", choices=("test", "validation"), default="test",
+                 help="validation (needs --split-by commuted) to choose the learning rate; test to compare")
+  p.add_argument("--max-operand", type=int, default=0, help="default: the preset's (30)")
+  p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0: full fine-tuning; alpha = 2 × rank)")
   p.add_argument("--report-only", action="store_true",
                  help="no training: summarize the runs that exist under --out (e.g. an unfinished sweep)")
   args = p.parse_args()
@@ -146,6 +196,11 @@ def main() -> int:
     print(f"| {LABELS[r['method']]} | {r['lr']:g} | {r['seed']} | {r['steps_done']} | {acc[0]:.3f} | {acc[-1]:.3f} | "
           f"{100 * (acc[-1] - acc[0]):+.1f} | {max(acc):.3f} | {np.mean(tr[:5]):.3f} → {np.mean(tr[-5:]):.3f} | "
           f"{np.mean(r['time_step']):.1f} |")
+  paired = paired_report(results, args)
+  if paired:
+    results["paired"] = paired
+    with open(args.results, "w") as f:
+      json.dump(results, f, indent=1)
   print(f"\nplot: {args.results.replace('.json', '.png')}; {results['seconds']:.0f} s ({results['machine']})")
   return 0
 

@@ -121,8 +121,11 @@ def _eval(args: argparse.Namespace) -> int:
   engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
                          engine=cfg.sampling.engine, slots=cfg.sampling.slots)
   sp = build.sampling_params(cfg.sampling, tokenizer.eos_ids, tokenizer.pad_id)
+  records = [] if args.outputs else None
   out = evaluation.evaluate(engine, models.cast_params(params, model.config.dtype), task, task.examples, ev,
-                            jax.random.PRNGKey(cfg.seed), sp)
+                            jax.random.PRNGKey(cfg.seed), sp, records=records)
+  if records is not None:
+    evaluation.write_records(os.path.abspath(args.outputs), records)
   print(f"\n{label} on {ev.source or cfg.data.source} (held-out, {len(task)} problems)\n")
   print("| metric | value |\n|---|---|")
   for k, v in out.items():
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--run", help="a run's output_dir (its config names the task)")
   ev.add_argument("--step", type=int, help="checkpoint step (default: the newest good one)")
   ev.add_argument("--hf", help="an HF checkpoint directory (the task comes from --preset/--config/--set)")
+  ev.add_argument("--outputs", help="write each problem's outcome and greedy completion to this JSONL file")
   _add_config_args(ev)
   ev.set_defaults(func=_eval)
 

@@ -59,6 +59,17 @@ def test_run_evaluates_then_export_loads_in_transformers_with_equal_logits(tiny_
   assert all(0 <= h["eval/pass_at_1"] <= h["eval/pass_at_2"] <= 1 for h in evals)
   rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
   assert sum("eval/greedy_accuracy" in r for r in rows) == 2
+  # per-problem outputs: one line per problem, their mean is the logged accuracy, graded by the task itself
+  eval_set = data_lib.make_eval_source(small_cfg(tiny_dir, run).data, small_cfg(tiny_dir, run).eval)
+  for h in evals:
+    recs = [json.loads(line) for line in open(run / "eval" / f"step_{h['step']:06d}.jsonl")]
+    assert [r["index"] for r in recs] == [0, 1, 2, 3]
+    assert [r["prompt"] for r in recs] == [e.prompt for e in eval_set.examples]
+    assert np.mean([r["greedy_correct"] for r in recs]) == pytest.approx(h["eval/greedy_accuracy"])
+    assert [r["greedy_correct"] for r in recs] == [
+        int(eval_set.is_correct(e, r["greedy_completion"])) for e, r in zip(eval_set.examples, recs)]
+    assert all(0 <= r["sample_correct"] <= 2 for r in recs)
+    assert np.mean([r["sample_correct"] for r in recs]) / 2 == pytest.approx(h["eval/sample_accuracy"])
 
   out = tmp_path / "hf"
   assert cli.main(["export", str(run), str(out)]) == 0
@@ -80,9 +91,13 @@ def test_run_evaluates_then_export_loads_in_transformers_with_equal_logits(tiny_
     theirs = hf(input_ids=torch.tensor(x)).logits.numpy()
   np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
-  assert cli.main(["eval", "--run", str(run), "--step", "1", "--set", "eval.num_examples=4"]) == 0
+  assert cli.main(["eval", "--run", str(run), "--step", "1", "--set", "eval.num_examples=4",
+                   "--outputs", str(tmp_path / "outs.jsonl")]) == 0
   printed = capsys.readouterr().out
   assert "| greedy_accuracy |" in printed and "(step 1)" in printed
+  outs = [json.loads(line) for line in open(tmp_path / "outs.jsonl")]
+  acc = float(printed.split("| greedy_accuracy |")[1].split("|")[0])
+  assert len(outs) == 4 and np.mean([r["greedy_correct"] for r in outs]) == pytest.approx(acc, abs=1e-4)
   assert cli.main(["eval", "--hf", str(out), "--preset", "smollm2_arithmetic", "--set", "eval.num_examples=4",
                    "--set", "sampling.max_new_tokens=8"]) == 0
   assert "| greedy_accuracy |" in capsys.readouterr().out

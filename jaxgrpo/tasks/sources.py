@@ -96,11 +96,44 @@ class ToyTokenizer:
 
 # ----------------------------------------------------------------------------- arithmetic
 
-EVAL_PERCENT = 20  # share of the arithmetic problem space reserved for evaluation
+EVAL_PERCENT = 20  # share of the arithmetic problem space reserved for evaluation (the test split)
+VALIDATION_PERCENT = 10  # split_by="commuted" only: the next share, for choosing hyperparameters
+SPLIT_BY = ("expression", "commuted")
 
 
-def _bucket(expression: str) -> int:
-  return int(hashlib.sha256(expression.encode()).hexdigest()[:8], 16) % 100
+def commuted_key(expression: str) -> str:
+  """One key for an arithmetic problem and its commuted forms (``b + a`` for ``a + b``).
+
+  Problems are left-to-right chains ``a op b op c ...`` (parentheses only force that order).  A chain of
+  ``+``/``-`` only is keyed by its multiset of signed terms (``7 - 2 + 5`` = ``7 + 5 - 2`` = ``5 + 7 - 2``), a
+  chain of ``*`` only by its multiset of factors; a mixed chain by its first pair sorted when that operator
+  commutes, the rest kept in order.
+  """
+  tokens = expression.replace("(", " ").replace(")", " ").split()
+  operands, ops = tokens[0::2], tokens[1::2]
+  if len(operands) != len(ops) + 1 or not set(ops) <= set("+-*"):
+    raise ValueError(f"not an arithmetic chain 'a op b [op c ...]': {expression!r}")
+  if set(ops) <= set("+-"):
+    terms = [("+", operands[0])] + list(zip(ops, operands[1:]))
+    return "+-:" + " ".join(sorted(f"{o}{int(x)}" for o, x in terms))
+  if set(ops) == {"*"}:
+    return "*:" + " ".join(sorted(str(int(x)) for x in operands))
+  first = sorted((int(operands[0]), int(operands[1]))) if ops[0] in "+*" else [int(operands[0]), int(operands[1])]
+  rest = " ".join(f"{o} {int(x)}" for o, x in zip(ops[1:], operands[2:]))
+  return f"mixed:{first[0]} {ops[0]} {first[1]} {rest}".strip()
+
+
+def _bucket(expression: str, split_by: str = "expression") -> int:
+  key = commuted_key(expression) if split_by == "commuted" else expression
+  return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
+
+
+def _split_of(bucket: int, split_by: str) -> str:
+  if bucket < EVAL_PERCENT:
+    return "eval"
+  if split_by == "commuted" and bucket < EVAL_PERCENT + VALIDATION_PERCENT:
+    return "validation"
+  return "train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,20 +143,32 @@ class ArithmeticSource(MathTask):
   Difficulty: ``num_ops`` operations, operands in [1, max_operand], operators
   from ``ops`` (subset of "+-*"); results are never negative.  The problem
   space is split by a hash of the expression: EVAL_PERCENT% of all problems
-  belong to the ``eval`` split and never appear in ``train``.  The eval split
-  yields distinct problems (``len`` tells how many exist).
+  belong to the ``eval`` (test) split and never appear in ``train``.  The eval
+  split yields distinct problems (``len`` tells how many exist).
+
+  ``split_by="expression"`` hashes the expression text (commuted forms such as
+  ``b + a`` may fall on the other side); ``"commuted"`` hashes ``commuted_key``
+  so a problem and its commuted forms share a side, and reserves a further
+  VALIDATION_PERCENT% as a ``validation`` split (for choosing hyperparameters
+  apart from the test split), disjoint from both.
   """
 
   seed: int = 0
-  split: str = "train"  # train | eval
+  split: str = "train"  # train | eval | validation (split_by="commuted" only)
   num_ops: int = 1
   max_operand: int = 30
   ops: str = "+-"
   instruction: str = "Put the final answer in \\boxed{}."
+  split_by: str = "expression"  # expression | commuted: what the split hashes
 
   def __post_init__(self):
-    if self.split not in ("train", "eval"):
-      raise ValueError(f"split must be 'train' or 'eval'; got {self.split!r}")
+    if self.split_by not in SPLIT_BY:
+      raise ValueError(f"split_by must be one of {list(SPLIT_BY)}; got {self.split_by!r}")
+    if self.split not in ("train", "eval", "validation"):
+      raise ValueError(f"split must be 'train', 'eval' or 'validation'; got {self.split!r}")
+    if self.split == "validation" and self.split_by != "commuted":
+      raise ValueError("the arithmetic validation split exists only with split_by='commuted' (config key "
+                       "'data.split_by'); with 'expression' it would overlap the training problems")
 
   def _candidate(self, rng: random.Random) -> tuple[str, int, list[str]] | None:
     value = rng.randint(1, self.max_operand)
@@ -140,7 +185,6 @@ class ArithmeticSource(MathTask):
     return text, value, steps
 
   def _draw(self, index: int, attempt_start: int = 0) -> tuple[Example, int]:
-    want_eval = self.split == "eval"
     attempt = attempt_start
     while True:
       if attempt - attempt_start > 10_000:
@@ -149,7 +193,7 @@ class ArithmeticSource(MathTask):
       rng = random.Random(f"{self.seed}/{self.split}/{index}/{attempt}")
       attempt += 1
       cand = self._candidate(rng)
-      if cand is None or (_bucket(cand[0]) < EVAL_PERCENT) != want_eval:
+      if cand is None or _split_of(_bucket(cand[0], self.split_by), self.split_by) != self.split:
         continue
       text, value, steps = cand
       prompt = f"What is {text}? {self.instruction}".strip()
@@ -157,25 +201,29 @@ class ArithmeticSource(MathTask):
       return Example(prompt=prompt, answer=str(value), meta=meta), attempt
 
   def __getitem__(self, index: int) -> Example:
-    if self.split == "eval":
+    if self.split != "train":
       return self.eval_examples(index + 1)[index]
     return self._draw(index)[0]
 
   @functools.lru_cache(maxsize=4)
   def eval_examples(self, n: int) -> tuple[Example, ...]:
-    """The first n distinct eval problems (raises if the eval split has fewer)."""
+    """The first n distinct problems of this (held-out) split (raises if it has fewer).
+
+    Distinct by expression; with split_by="commuted" also by ``commuted_key`` (no two commuted forms).
+    """
     out, seen, index, misses = [], set(), 0, 0
     while len(out) < n:
       ex, _ = self._draw(index)
       index += 1
-      if ex.meta["expression"] in seen:
+      key = commuted_key(ex.meta["expression"]) if self.split_by == "commuted" else ex.meta["expression"]
+      if key in seen:
         misses += 1
         if misses > 50 * n + 1000:
-          raise ValueError(f"the arithmetic eval split has only {len(out)} distinct problems at this difficulty "
+          raise ValueError(f"the arithmetic {self.split} split has only {len(out)} distinct problems at this difficulty "
                            f"(num_ops={self.num_ops}, max_operand={self.max_operand}, ops={self.ops!r}); "
                            f"ask for fewer eval examples or a harder task")
         continue
-      seen.add(ex.meta["expression"])
+      seen.add(key)
       out.append(dataclasses.replace(ex, meta={**ex.meta, "index": len(out)}))
     return tuple(out)
 
@@ -430,7 +478,8 @@ def make_source(spec) -> Source:
   if spec.source == "toy_tree":
     return ToyTreeSource(spec.target)
   if spec.source == "arithmetic":
-    return ArithmeticSource(spec.seed, "train", spec.num_ops, spec.max_operand, spec.ops, spec.instruction)
+    return ArithmeticSource(spec.seed, "train", spec.num_ops, spec.max_operand, spec.ops, spec.instruction,
+                            split_by=spec.split_by)
   if spec.source == "jsonl":
     return jsonl_source(spec.path, spec.seed)
   if spec.source == "tfds":
@@ -453,7 +502,11 @@ def make_eval_source(data, ev) -> FixedExamples:
     task = ToyTreeSource(data.target)
     return FixedExamples([task[i] for i in range(n)], task)
   if kind == "arithmetic":
-    src = ArithmeticSource(data.seed, "eval", data.num_ops, data.max_operand, data.ops, data.instruction)
+    if ev.split not in ("test", "validation"):
+      raise ValueError(f"config key 'eval.split' must be 'test' or 'validation' for the arithmetic task; "
+                       f"got {ev.split!r}")
+    src = ArithmeticSource(data.seed, "eval" if ev.split == "test" else "validation", data.num_ops,
+                           data.max_operand, data.ops, data.instruction, split_by=data.split_by)
     return FixedExamples(src.eval_examples(n), src)
   if kind == "jsonl":
     if not ev.path:

@@ -41,6 +41,7 @@ Schedule = Literal["constant", "cosine", "linear"]
 Optimizer = Literal["adamw", "sgd"]
 NonFinite = Literal["stop", "skip"]
 SamplerEngine = Literal["auto", "static", "continuous"]
+ArithmeticSplit = Literal["expression", "commuted"]
 
 
 def _require(ok: bool, key: str, expected: str, value) -> None:
@@ -278,6 +279,8 @@ class DataSpec:
   max_operand: int = 30  # operands drawn from [1, max_operand]
   ops: str = "+-"  # operators drawn from this set (subset of "+-*")
   instruction: str = "Put the final answer in \\boxed{}."  # appended to every arithmetic prompt
+  split_by: ArithmeticSplit = "expression"  # arithmetic: what the train/test split hashes — the expression text,
+  #   or "commuted": commuted forms (b + a) on one side, and a validation split (eval.split: validation)
 
   def __post_init__(self):
     object.__setattr__(self, "path", _expand(self.path))
@@ -314,7 +317,8 @@ class EvalSpec:
   source: SourceName | None = None  # None: the training source's held-out split
   path: str | None = None  # eval JSONL file (or TFDS data_dir); required for file sources
   tfds_split: str = "test"  # the TFDS split evaluated on (never the training split)
-  split: str = "test"  # hf: the split evaluated on (never the training split of the same files)
+  split: str = "test"  # hf: the split evaluated on (never the training split of the same files); arithmetic:
+  #   test | validation (validation needs data.split_by: commuted)
   data_files: tuple[str, ...] = ()  # hf: held-out files (default: data.data_files, when eval.path is data.path)
   greedy: bool = True  # greedy pass@1
   num_samples: int = 0  # n sampled completions per problem for pass@k (0 = off)
@@ -322,6 +326,7 @@ class EvalSpec:
   temperature: float = 1.0  # temperature of the pass@k samples
   max_new_tokens: int = 0  # 0: sampling.max_new_tokens
   batch_size: int = 64  # prompts per sampler call
+  save_outputs: bool = True  # per-problem outputs (correct, greedy completion) to output_dir/eval/step_N.jsonl
 
   def __post_init__(self):
     object.__setattr__(self, "path", _expand(self.path))
@@ -441,6 +446,12 @@ class TrainConfig:
     _require(self.sampling.slots <= samples, "sampling.slots",
              f"<= data.prompts_per_step × sampling.group_size = {samples} (the samples of a step; 0 = one per sample)",
              self.sampling.slots)
+    if (self.eval.source or self.data.source) == "arithmetic":
+      _require(self.eval.split in ("test", "validation"), "eval.split",
+               "'test' or 'validation' for the arithmetic task", self.eval.split)
+      _require(self.eval.split == "test" or self.data.split_by == "commuted", "eval.split",
+               "'test' unless data.split_by = 'commuted' (only that split reserves validation problems apart "
+               "from the training ones)", self.eval.split)
     m = self.mesh
     if self.sampling.engine == "continuous" and max(m.data, 1) * m.fsdp * m.tensor > 1:
       raise ValueError(f"config key 'sampling.engine' = 'continuous' runs on one device; this mesh asks for "

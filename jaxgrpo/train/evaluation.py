@@ -7,7 +7,9 @@ pass@k for one problem with n samples of which c are correct is
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from typing import Any, Sequence
 
 import jax
@@ -19,6 +21,15 @@ from jaxgrpo.rollout.sampler import SamplingParams
 from jaxgrpo.tasks.sources import Example, Source
 from jaxgrpo.train.config import EvalSpec
 from jaxgrpo.train.progress import Progress
+
+
+def write_records(path: str, records: Sequence[dict]) -> None:
+  """Per-problem eval outputs as JSONL (written whole, then renamed: a crash leaves the old file or none)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  os.replace(path + ".tmp", path)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -39,7 +50,9 @@ def _batches(examples: Sequence[Example], size: int):
 
 
 def _correct_counts(engine: RolloutEngine, params, task: Source, examples, key, sampling, batch_size,
-                    progress: Progress):
+                    progress: Progress, texts: list | None = None):
+  """Correct completions and mean length per example; ``texts`` (greedy, G = 1) collects each example's
+  completion where this process holds it (None elsewhere)."""
   counts, lengths = [], []
   for b, (chunk, real) in enumerate(_batches(examples, batch_size)):
     ro = engine.grade(engine.generate(params, chunk, jax.random.fold_in(key, b), sampling), task)
@@ -47,25 +60,35 @@ def _correct_counts(engine: RolloutEngine, params, task: Source, examples, key, 
     mean_len = engine.group_sums(ro.lengths, sampling.group_size)[:real] / sampling.group_size
     counts.extend(per_prompt.tolist())
     lengths.extend(mean_len.tolist())
+    if texts is not None:
+      held = dict(zip(ro.rows, ro.texts))
+      texts.extend(held.get(r) for r in range(real))
     progress.update(1)
   return np.asarray(counts), np.asarray(lengths)
 
 
 def evaluate(engine: RolloutEngine, params, task: Source, examples: Sequence[Example], spec: EvalSpec, key,
-             sampling: SamplingParams, show_progress: bool = True) -> dict[str, Any]:
+             sampling: SamplingParams, show_progress: bool = True, records: list | None = None) -> dict[str, Any]:
   """Metrics of ``params`` on ``examples`` for an ``EvalSpec``: ``greedy_accuracy`` (pass@1),
   ``pass_at_k`` for each k in ``spec.pass_k`` over ``spec.num_samples`` samples, mean completion length.
 
-  ``sampling``: the run's sampler settings (its EOS/pad ids; its length unless ``spec.max_new_tokens``)."""
+  ``sampling``: the run's sampler settings (its EOS/pad ids; its length unless ``spec.max_new_tokens``).
+  ``records``: a list to receive one dict per example (``index``, ``prompt``, ``answer``, and where measured
+  ``greedy_correct``, ``greedy_completion``, ``sample_correct`` — correct samples of ``num_samples``): the
+  per-problem outputs a paired test across problems needs."""
   base = dataclasses.replace(sampling, top_k=0, top_p=1.0, max_new_tokens=spec.max_new_tokens or
                              sampling.max_new_tokens)
   n_batches = math.ceil(len(examples) / spec.batch_size) * ((1 if spec.greedy else 0) + (spec.num_samples > 0))
   progress = Progress(n_batches, desc="eval", enabled=show_progress and dist.is_primary())
   out: dict[str, Any] = {"num_examples": float(len(examples))}
+  per: dict[str, list] = {}
   try:
     if spec.greedy:
       greedy = dataclasses.replace(base, group_size=1, temperature=0.0)
-      c, lens = _correct_counts(engine, params, task, examples, key, greedy, spec.batch_size, progress)
+      texts = [] if records is not None else None
+      c, lens = _correct_counts(engine, params, task, examples, key, greedy, spec.batch_size, progress, texts)
+      if records is not None:
+        per["greedy_correct"], per["greedy_completion"] = [int(x) for x in c], texts
       out["greedy_accuracy"] = float(np.mean(c))
       out["greedy_length"] = float(np.mean(lens))
     if spec.num_samples:
@@ -73,10 +96,14 @@ def evaluate(engine: RolloutEngine, params, task: Source, examples: Sequence[Exa
       sampled = dataclasses.replace(base, group_size=n, temperature=spec.temperature)
       c, lens = _correct_counts(engine, params, task, examples, jax.random.fold_in(key, 1 << 20), sampled,
                                 max(1, spec.batch_size // n), progress)
+      per["sample_correct"] = [int(x) for x in c]
       for k in spec.pass_k:
         out[f"pass_at_{k}"] = float(np.mean([pass_at_k(n, int(ci), k) for ci in c]))
       out["sample_accuracy"] = float(np.mean(c) / n)
       out["sample_length"] = float(np.mean(lens))
   finally:
     progress.close()
+  if records is not None:
+    for i, ex in enumerate(examples):
+      records.append({"index": i, "prompt": ex.prompt, "answer": ex.answer, **{k: v[i] for k, v in per.items()}})
   return out

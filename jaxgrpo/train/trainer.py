@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -445,8 +446,11 @@ class Trainer:
     """Held-out metrics of the current policy (``eval/`` prefix)."""
     ev = self.cfg.eval
     key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), 0x5EED)
+    records = [] if ev.save_outputs else None
     out = evaluation.evaluate(self.engine, self.policy_params(), self.eval_set, self.eval_set.examples, ev, key,
-                              self.sampling_params(), show_progress=self.cfg.progress)
+                              self.sampling_params(), show_progress=self.cfg.progress, records=records)
+    if records is not None and dist.is_primary():
+      evaluation.write_records(os.path.join(self.cfg.output_dir, "eval", f"step_{self.step:06d}.jsonl"), records)
     return {f"eval/{k}": v for k, v in out.items()}
 
   # ------------------------------------------------------------------ checkpoint state
