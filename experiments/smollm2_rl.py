@@ -38,8 +38,13 @@ METHODS = {  # name → objective overrides
     "lambda_grpo": {"name": "lambda_grpo"},
     "prpo": {"name": "prpo", "prm": "arithmetic"},
     "prpo_lambda": {"name": "prpo", "prm": "arithmetic", "lambda_weights": True},
+    # issue 23's PRPO controls: the same PRM and prior, cuts not placed by entropy; the GRPO-advantage outcome
+    "prpo_random": {"name": "prpo", "prm": "arithmetic", "prpo_cuts": "random"},
+    "prpo_uniform": {"name": "prpo", "prm": "arithmetic", "prpo_cuts": "uniform"},
+    "prpo_std": {"name": "prpo", "prm": "arithmetic", "prpo_outcome": "std"},
 }
-LABELS = {"grpo": "GRPO", "lambda_grpo": "λ-GRPO", "prpo": "PRPO (rule PRM)", "prpo_lambda": "PRPO + λ"}
+LABELS = {"grpo": "GRPO", "lambda_grpo": "λ-GRPO", "prpo": "PRPO (rule PRM)", "prpo_lambda": "PRPO + λ",
+          "prpo_random": "PRPO, random cuts", "prpo_uniform": "PRPO, uniform cuts", "prpo_std": "PRPO, std outcome"}
 
 
 def config(method: str, lr: float, args, seed: int):
@@ -78,28 +83,33 @@ def final_outputs(run_dir: str) -> list[dict] | None:
 
 
 def paired_report(results: dict, args) -> dict:
-  """Each method against GRPO at the same lr, paired by seed and problem (jaxgrpo.analysis.paired_difference)."""
+  """Each method against its baseline at the same lr — GRPO, or PRPO for PRPO's controls — paired by seed and
+  problem (jaxgrpo.analysis.paired_difference)."""
   from jaxgrpo.analysis import paired_difference
 
   out = {}
   by = {(r["method"], r["lr"], r["seed"]): r for r in results["runs"].values()}
-  for (method, lr) in sorted({(m, l) for m, l, _ in by} - {(m, l) for m, l, _ in by if m == "grpo"}):
-    seeds = sorted(s for m, l, s in by if (m, l) == (method, lr) and ("grpo", lr, s) in by)
+  for (method, lr) in sorted({(m, l) for m, l, _ in by}):
+    base = "prpo" if method.startswith("prpo_") else "grpo"
+    if method == base:
+      continue
+    seeds = sorted(s for m, l, s in by if (m, l) == (method, lr) and (base, lr, s) in by)
     mats = {}
-    for name in ("grpo", method):
+    for name in (base, method):
       outs = [final_outputs(os.path.join(args.out, f"{name}_lr{lr:g}_s{s}")) for s in seeds]
       if not seeds or any(o is None for o in outs):
         break
       mats[name] = np.array([[r["greedy_correct"] for r in o] for o in outs], float)
-    if len(mats) < 2 or mats["grpo"].shape != mats[method].shape:
+    if len(mats) < 2 or mats[base].shape != mats[method].shape:
       continue
-    r = paired_difference(mats["grpo"], mats[method])
-    out[f"{method}_vs_grpo_lr{lr:g}"] = {"seeds": seeds, "diff": r.diff, "ci95": r.ci, "per_seed": r.per_seed,
-                                         "seed_sign_flip_p": r.seed_sign_flip_p,
-                                         "problem_sign_flip_p": r.problem_sign_flip_p, "problems": r.problems}
-    print(f"{LABELS[method]} − GRPO (lr {lr:g}, {len(seeds)} seeds × {r.problems} problems, {args.eval_split} "
-          f"split): {100 * r.diff:+.1f} points, 95% CI [{100 * r.ci[0]:+.1f}, {100 * r.ci[1]:+.1f}], "
-          f"seed sign-flip p = {r.seed_sign_flip_p:.3f}, problem sign-flip p = {r.problem_sign_flip_p:.4f}")
+    r = paired_difference(mats[base], mats[method])
+    out[f"{method}_vs_{base}_lr{lr:g}"] = {"seeds": seeds, "diff": r.diff, "ci95": r.ci, "per_seed": r.per_seed,
+                                          "seed_sign_flip_p": r.seed_sign_flip_p,
+                                          "problem_sign_flip_p": r.problem_sign_flip_p, "problems": r.problems}
+    print(f"{LABELS[method]} − {LABELS[base]} (lr {lr:g}, {len(seeds)} seeds × {r.problems} problems, "
+          f"{args.eval_split} split): {100 * r.diff:+.1f} points, 95% CI [{100 * r.ci[0]:+.1f}, "
+          f"{100 * r.ci[1]:+.1f}], seed sign-flip p = {r.seed_sign_flip_p:.3f}, problem sign-flip p = "
+          f"{r.problem_sign_flip_p:.4f}")
   return out
 
 
@@ -110,7 +120,8 @@ def plot(results: dict, path: str) -> None:
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
-  colors = {"grpo": "tab:red", "lambda_grpo": "tab:blue", "prpo": "tab:green", "prpo_lambda": "tab:purple"}
+  colors = {"grpo": "tab:red", "lambda_grpo": "tab:blue", "prpo": "tab:green", "prpo_lambda": "tab:purple",
+            "prpo_random": "tab:olive", "prpo_uniform": "tab:cyan", "prpo_std": "tab:brown"}
   for tag, r in results["runs"].items():
     style = "-" if r["lr"] == results["args"]["lr_main"] else ":"
     label = f"{LABELS[r['method']]} (lr {r['lr']:g}, seed {r['seed']})"

@@ -60,6 +60,26 @@ def test_prpo_end_to_end_with_a_pluggable_prm(tmp_path):
   assert all(np.isfinite(h["loss"]) and 0 <= h["prm_score_mean"] <= 1 for h in history)
 
 
+@pytest.mark.parametrize("cuts", ["uniform", "random"])
+def test_prpo_control_cuts_reach_the_prm_as_the_rule_places_them(tmp_path, cuts):
+  """The controls of issue 23: the PRM sees the segments the control rule makes (uniform: 4 tokens, k = 1 →
+  the cut at floor(4·1/2) = 2, kept by min_gap 2: always 'ab' + 'cd'); random cuts vary and are seeded."""
+  def run(out):
+    seen = []
+    cfg = toy_cfg(out, steps=2, objective={"name": "prpo", "prpo_k": 1, "prpo_min_gap": 1, "prpo_cuts": cuts})
+    if cuts == "uniform":
+      cfg = config_replace(cfg, objective={"prpo_min_gap": 2})
+    trainer(cfg, prm=lambda e, segs: seen.append([len(x) for x in segs]) or [0.5] * len(segs)).run(resume=False)
+    return seen
+
+  seen = run(tmp_path / "a")
+  if cuts == "uniform":
+    assert seen and all(s == [2, 2] for s in seen)
+  else:  # one candidate in 1..3 (a candidate at 0 is dropped: no cut there), so 1–2 segments; not all alike
+    assert all(sum(s) == 4 and len(s) in (1, 2) for s in seen) and len({tuple(s) for s in seen}) > 1
+    assert run(tmp_path / "b") == seen  # same seed, same cuts
+
+
 def test_prpo_prm_from_config_by_module_path(tmp_path):
   cfg = toy_cfg(tmp_path, steps=1, objective={"name": "prpo", "prpo_k": 1, "prpo_min_gap": 2,
                                               "prm": "plugins:share_of_l"})

@@ -33,6 +33,7 @@ from jaxgrpo.core.prefix import prefix_counts, prefix_hashes
 from jaxgrpo.core.prpo import (
   AUTHORS_CODE_STD,
   UNIFORM_STD,
+  control_segments,
   entropy_segments,
   normalize_process_scores,
   prpo_advantages,
@@ -53,6 +54,7 @@ __all__ = [
     "UNIFORM_STD",
     "advantage_metrics",
     "checked",
+    "control_segments",
     "entropy_segments",
     "group_advantages",
     "implicit_prm",

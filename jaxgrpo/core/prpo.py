@@ -80,6 +80,39 @@ def _entropy_segments(entropies, mask, *, k, min_gap):
   return jnp.where(valid, seg, -1)
 
 
+CUTS = ("entropy", "random", "uniform")
+
+
+def control_segments(mode: str, mask, k: int = 5, min_gap: int = 10, key=None) -> jax.Array:
+  """The controls of entropy cuts (issue 23): the same rule as ``entropy_segments`` — k candidate positions,
+  kept when ``min_gap`` after the previous kept cut, none below length k + 1 — with the candidates chosen
+  without looking at the entropies.
+
+  * ``random``: k distinct valid positions uniformly at random (``key`` required; rows draw independently).
+  * ``uniform``: positions floor(L·j / (k + 1)), j = 1 … k, for a completion of valid length L (evenly spaced).
+
+  Returns int32[..., T] segment ids (-1 on padding), like ``entropy_segments``.
+  """
+  mask = as_array(mask, "mask")
+  if mode not in ("random", "uniform"):
+    raise ValueError(f"mode must be 'random' or 'uniform' (entropy cuts: entropy_segments); got {mode!r}")
+  if mask.ndim < 1:
+    raise ValueError("mask must have shape [..., T]; got a scalar")
+  if k < 1 or min_gap < 1:
+    raise ValueError(f"k and min_gap must be >= 1; got k={k}, min_gap={min_gap}")
+  t = mask.shape[-1]
+  if mode == "random":
+    if key is None:
+      raise ValueError("random cuts need a PRNG key (key=...)")
+    scores = jax.random.uniform(key, mask.shape)  # top-k of i.i.d. noise: k distinct positions, uniformly
+  else:
+    length = jnp.sum(mask.astype(bool), axis=-1, keepdims=True).astype(jnp.int32)
+    cuts = (length * jnp.arange(1, k + 1, dtype=jnp.int32)) // (k + 1)  # [..., k], distinct when L >= k + 1
+    pos = jnp.arange(t, dtype=jnp.int32)
+    scores = jnp.any(pos[..., :, None] == cuts[..., None, :], axis=-1).astype(jnp.float32)
+  return _entropy_segments(scores, mask, k=int(k), min_gap=int(min_gap))
+
+
 def segment_scores_to_tokens(segment_ids, scores) -> jax.Array:
   """Give every token its segment's score.
 

@@ -42,6 +42,7 @@ Optimizer = Literal["adamw", "sgd"]
 NonFinite = Literal["stop", "skip"]
 SamplerEngine = Literal["auto", "static", "continuous"]
 ArithmeticSplit = Literal["expression", "commuted"]
+PrpoCuts = Literal["entropy", "random", "uniform"]
 
 
 def _require(ok: bool, key: str, expected: str, value) -> None:
@@ -173,6 +174,8 @@ class ObjectiveSpec:
   # PRPO
   prpo_k: int = 5  # entropy spikes considered per completion
   prpo_min_gap: int = 10  # minimum tokens between kept cuts (position 0 counts as a cut)
+  prpo_cuts: PrpoCuts = "entropy"  # where the k candidate cuts come from: entropy spikes (the paper) | random
+  #   positions | uniform (evenly spaced): the controls, same min_gap rule
   prpo_normalization: Normalization = "fixed"  # fixed prior (the paper) | relative (group statistics; collapses)
   # σ0 of the fixed prior: 1/√12, the paper's (core.prpo.UNIFORM_STD, to the last bit: saved configs keep this
   # literal); the authors' code uses √(1/24)

@@ -213,7 +213,11 @@ class Trainer:
     if o.kl_in_reward:
       rewards, extra = self._kl_penalized_rewards(rollout)
     if o.name == "prpo":
-      seg = _segments(rollout.entropies, rollout.mask, o.prpo_k, o.prpo_min_gap)
+      if o.prpo_cuts == "entropy":
+        seg = _segments(rollout.entropies, rollout.mask, o.prpo_k, o.prpo_min_gap)
+      else:  # a control: the cuts' key depends on (seed, step) only, so a resumed run cuts the same
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), 0xC075), self.step)
+        seg = _control_segments(o.prpo_cuts, rollout.mask, o.prpo_k, o.prpo_min_gap, key)
       scores = self._prm_scores(rollout, seg)
       self._prpo_last = (seg, scores)  # for the rollout dump
       adv, weights, m = _prpo_advantages(rollout.tokens, rollout.mask, rewards, seg, scores, g, o, sh)
@@ -646,6 +650,11 @@ def _grpo_advantages(tokens, mask, rewards, parts, g, o, part_weights, sh):
 @functools.partial(jax.jit, static_argnames=("k", "min_gap"))
 def _segments(entropies, mask, k, min_gap):
   return core.entropy_segments(entropies, mask, k=k, min_gap=min_gap)
+
+
+@functools.partial(jax.jit, static_argnames=("mode", "k", "min_gap"))
+def _control_segments(mode, mask, k, min_gap, key):
+  return core.control_segments(mode, mask, k=k, min_gap=min_gap, key=key)
 
 
 @functools.partial(jax.jit, static_argnames=("g", "o", "sh"))
