@@ -1,7 +1,8 @@
 """The arithmetic task's split by commuted form (issue 23): commuted forms never cross train/validation/test."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxgrpo.tasks import sources as S
 from jaxgrpo.train import config as C

@@ -219,8 +219,8 @@ class ArithmeticSource(MathTask):
       if key in seen:
         misses += 1
         if misses > 50 * n + 1000:
-          raise ValueError(f"the arithmetic {self.split} split has only {len(out)} distinct problems at this difficulty "
-                           f"(num_ops={self.num_ops}, max_operand={self.max_operand}, ops={self.ops!r}); "
+          raise ValueError(f"the arithmetic {self.split} split has only {len(out)} distinct problems at this "
+                           f"difficulty (num_ops={self.num_ops}, max_operand={self.max_operand}, ops={self.ops!r}); "
                            f"ask for fewer eval examples or a harder task")
         continue
       seen.add(key)
