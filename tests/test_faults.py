@@ -19,7 +19,7 @@ from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.train import presets
 from jaxgrpo.train.checkpointing import Checkpointer, CheckpointRestoreError, CheckpointSaveError
 from jaxgrpo.train.config import replace as config_replace
-from jaxgrpo.train.run_dir import RunDirError
+from jaxgrpo.train.run_dir import RunDir, RunDirError
 from jaxgrpo.train.trainer import NonFiniteError
 from jaxgrpo.train.trainer import Trainer as _Trainer
 
@@ -88,9 +88,11 @@ def test_sigkill_resume_is_exact_metrics_once_and_the_lock_is_not_stuck(tmp_path
   # the killed run aims far beyond STEPS so it cannot finish first; the resume stops at STEPS
   proc = subprocess.Popen(cli_args(out, steps=1000), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   wait_for_checkpoint(proc, os.path.join(out, "checkpoints"), 10)
-  second = subprocess.run(cli_args(out), env=env(), capture_output=True, text=True, timeout=300)
+  # a second run is refused while the first lives: checked in this process, since a second CLI's start-up lasted
+  # long enough for the (now fast) toy steps to pass STEPS before the kill
+  with pytest.raises(RunDirError, match="is in use by another jaxgrpo process"):
+    RunDir(out)
   assert proc.poll() is None, "the first run finished before it could be killed"
-  assert second.returncode == 1 and "is in use by another jaxgrpo process" in second.stderr, second.stderr
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   saved = final_state(out)[0]
@@ -98,6 +100,12 @@ def test_sigkill_resume_is_exact_metrics_once_and_the_lock_is_not_stuck(tmp_path
   done = subprocess.run(cli_args(out), env=env(), capture_output=True, text=True, timeout=300)  # lock not stuck
   assert done.returncode == 0, done.stderr
   assert_same_state(final_state(out)[1], reference)
+  held = RunDir(str(tmp_path / "held"))  # the CLI refuses a locked output_dir with exit 1 and the message
+  try:
+    second = subprocess.run(cli_args(held.path), env=env(), capture_output=True, text=True, timeout=300)
+  finally:
+    held.release()
+  assert second.returncode == 1 and "is in use by another jaxgrpo process" in second.stderr, second.stderr
   assert metric_steps(out) == list(range(1, STEPS + 1))  # each step once, despite the re-run steps
   from tensorboard_events import read_tb_scalars
 
