@@ -24,6 +24,7 @@ from jaxgrpo.core.arrays import as_array, check_shape
 # PRPO's choices, declared once (the trainer's config reads them from here).
 Normalization = Literal["fixed", "relative"]  # z from a fixed prior (the paper) | group statistics (the ablation)
 Outcome = Literal["centered", "std"]  # β_i = r_i − mean(r) (the authors' code) | the GRPO advantage
+Cuts = Literal["entropy", "random", "uniform"]  # where the candidate cuts come from: entropy spikes | the controls
 
 UNIFORM_STD = 1.0 / math.sqrt(12.0)  # std of U[0, 1]: the paper's σ0 = 0.289
 AUTHORS_CODE_STD = math.sqrt(1.0 / 24.0)  # σ0 in the authors' code (≈ 0.204)
@@ -78,9 +79,6 @@ def _entropy_segments(entropies, mask, *, k, min_gap):
   pos = jnp.arange(t)
   seg = jnp.sum(kept[..., None, :] & (top[..., None, :] <= pos[:, None]), axis=-1, dtype=jnp.int32)
   return jnp.where(valid, seg, -1)
-
-
-CUTS = ("entropy", "random", "uniform")
 
 
 def control_segments(mode: str, mask, k: int = 5, min_gap: int = 10, key=None) -> jax.Array:

@@ -27,7 +27,7 @@ import yaml
 
 from jaxgrpo.core.mismatch import Correction, CorrectionLevel
 from jaxgrpo.core.objectives import Aggregation, KLEstimator, RatioLevel
-from jaxgrpo.core.prpo import Normalization, Outcome
+from jaxgrpo.core.prpo import Cuts, Normalization, Outcome
 from jaxgrpo.core.shaping import RewardNormalization
 from jaxgrpo.models import policy
 from jaxgrpo.models.config import DTYPES, LORA_TARGETS, REMAT_POLICIES, Family
@@ -42,7 +42,6 @@ Optimizer = Literal["adamw", "sgd"]
 NonFinite = Literal["stop", "skip"]
 SamplerEngine = Literal["auto", "static", "continuous"]
 ArithmeticSplit = Literal["expression", "commuted"]
-PrpoCuts = Literal["entropy", "random", "uniform"]
 
 
 def _require(ok: bool, key: str, expected: str, value) -> None:
@@ -174,7 +173,7 @@ class ObjectiveSpec:
   # PRPO
   prpo_k: int = 5  # entropy spikes considered per completion
   prpo_min_gap: int = 10  # minimum tokens between kept cuts (position 0 counts as a cut)
-  prpo_cuts: PrpoCuts = "entropy"  # where the k candidate cuts come from: entropy spikes (the paper) | random
+  prpo_cuts: Cuts = "entropy"  # where the k candidate cuts come from: entropy spikes (the paper) | random
   #   positions | uniform (evenly spaced): the controls, same min_gap rule
   prpo_normalization: Normalization = "fixed"  # fixed prior (the paper) | relative (group statistics; collapses)
   # σ0 of the fixed prior: 1/√12, the paper's (core.prpo.UNIFORM_STD, to the last bit: saved configs keep this
