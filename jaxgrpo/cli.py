@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 
   run_dir = RunDir(cfg.output_dir, lock=distributed.is_primary())  # a busy directory is refused before any work
   history = Trainer(cfg).run(resume=not args.no_resume, overwrite=args.overwrite,
-                             allow_config_change=args.allow_config_change, run_dir=run_dir)
+                             allow_config_change=args.allow_config_change, run_dir=run_dir, exits_after=True)
   steps = [h for h in history if "reward_mean" in h]
   if steps and distributed.is_primary():
     last = steps[-1]

@@ -132,6 +132,32 @@ def test_sigterm_saves_the_last_step_and_a_second_signal_does_no_harm(tmp_path, 
   assert_same_state(final_state(out)[1], reference)
 
 
+def test_after_a_stop_the_guard_restores_the_handlers_or_for_the_cli_keeps_ignoring_signals():
+  """A notebook gets its SIGINT/SIGTERM handlers back after a stopped run; the CLI (which exits next) keeps
+  ignoring them, so a second SIGTERM after the save cannot kill the process before its 128 + 15 exit."""
+  from jaxgrpo.train.preemption import Preempted, SignalGuard
+
+  seen = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+  try:
+    for ignore_after_stop in (False, True):
+      seen.clear()
+      with pytest.raises(Preempted):
+        with SignalGuard(ignore_after_stop=ignore_after_stop) as guard:
+          os.kill(os.getpid(), signal.SIGTERM)
+          guard.check()
+      os.kill(os.getpid(), signal.SIGTERM)  # after the guard is left
+      assert seen == ([] if ignore_after_stop else [signal.SIGTERM])
+      signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    with SignalGuard(ignore_after_stop=True):  # no signal, no stop: the old handler comes back
+      pass
+    seen.clear()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert seen == [signal.SIGTERM]
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def test_signals_during_an_update_let_it_finish_then_save_that_step(tmp_path, reference):
   """The update donates the state: a signal inside it (here two, sent from inside the jitted call's wrapper) must
   not leave a deleted or half-stepped state; the run stops after the update with step, params and data position

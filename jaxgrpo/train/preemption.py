@@ -5,7 +5,9 @@ the parameters, the step counter, the metrics row, a checkpoint write): it is re
 raised at the loop's next ``check()``. Only inside ``interruptible()`` blocks (sampling, scoring, evaluation:
 they read the state and write nothing) does it raise at once. So the run always saves a completed step whose
 metrics are written. Every later signal is logged and ignored: a second ``docker stop`` or Ctrl-C cannot
-interrupt the exit checkpoint.
+interrupt the exit checkpoint. On leaving, the guard restores the handlers it found, unless it was built with
+``ignore_after_stop`` (the CLI: the process exits next, and a second SIGTERM arriving after the save but
+before the exit must not turn a clean ``128 + signum`` exit into death by the default handler).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ class Preempted(Exception):
 class SignalGuard:
   """Installs the handlers while entered (a context manager); outside that, its methods do nothing."""
 
-  def __init__(self):
+  def __init__(self, ignore_after_stop: bool = False):
     self.signum: int | None = None  # the first signal received
+    self.ignore_after_stop = ignore_after_stop  # after a stop, keep ignoring signals once the guard is left
     self._interruptible = False
     self._raised = False
     self._old = {}
@@ -41,8 +44,14 @@ class SignalGuard:
     return self
 
   def __exit__(self, *exc) -> None:
+    stopped = self.signum is not None
     for s, h in self._old.items():
-      signal.signal(s, h)
+      signal.signal(s, self._ignore if stopped and self.ignore_after_stop else h)
+
+  @staticmethod
+  def _ignore(signum, frame) -> None:
+    log.warning("%s ignored: the run has stopped and saved its last completed step; the process is exiting",
+                signal.Signals(signum).name)
 
   def stopping(self) -> None:
     """From now on every signal is ignored (the run is already on its way out)."""

@@ -475,13 +475,15 @@ class Trainer:
   # ------------------------------------------------------------------ the loop
 
   def run(self, resume: bool = True, overwrite: bool = False, allow_config_change: bool = False,
-          run_dir: RunDir | None = None) -> list[dict]:
+          run_dir: RunDir | None = None, exits_after: bool = False) -> list[dict]:
     """Train to ``cfg.steps`` and return the metrics of the steps run now (eval rows included).
 
-    ``run_dir``: the output directory, already locked (the CLI locks it before building the trainer)."""
+    ``run_dir``: the output directory, already locked (the CLI locks it before building the trainer).
+    ``exits_after``: the caller ends the process when this returns (the CLI). After a SIGTERM/SIGINT stop,
+    later signals then stay ignored until the exit; otherwise (a notebook) the old handlers come back."""
     primary = dist.is_primary()
     run_dir = run_dir or RunDir(self.cfg.output_dir, lock=primary)
-    self._guard = SignalGuard()
+    self._guard = SignalGuard(ignore_after_stop=exits_after)
     with self._guard:
       return self._run(run_dir, primary, resume, overwrite, allow_config_change)
 
