@@ -12,9 +12,15 @@ The issue-23 protocol (commuted forms on one side of the split, the lr chosen on
 the test split with paired seeds; per-problem outputs land in each run's eval/ directory):
 
     python experiments/smollm2_rl.py --split-by commuted --max-operand 50 --eval-split validation \
-        --methods grpo,lambda_grpo --lrs 3e-6,1e-5,3e-5 --seeds 100,101 --out runs/smollm2_val
+        --methods grpo,lambda_grpo --lrs 3e-6,1e-5,3e-5 --seeds 100,101 --steps 20 --eval-every 10 \
+        --out runs/smollm2_val --results experiments/results/smollm2_val.json
     python experiments/smollm2_rl.py --split-by commuted --max-operand 50 --methods grpo,lambda_grpo \
-        --lrs <chosen> --seeds 0,1,2,3,4,5 --out runs/smollm2_test --results experiments/results/smollm2_seeds.json
+        --method-lrs grpo=<chosen>,lambda_grpo=<chosen> --seeds 0,1,2,3,4,5 --steps 20 --eval-every 10 \
+        --out runs/smollm2_test --results experiments/results/smollm2_seeds.json
+
+The rule, fixed before the validation runs: each method takes the lr with the highest final validation accuracy
+averaged over seeds 100 and 101 (a tie goes to the smaller lr); on the test split each method is paired with
+GRPO at GRPO's own chosen lr.
 """
 
 from __future__ import annotations
@@ -93,23 +99,43 @@ def paired_report(results: dict, args) -> dict:
     base = "prpo" if method.startswith("prpo_") else "grpo"
     if method == base:
       continue
-    seeds = sorted(s for m, l, s in by if (m, l) == (method, lr) and (base, lr, s) in by)
+    base_lr = args.method_lrs.get(base, lr)  # with --method-lrs each method against its base at the base's lr
+    seeds = sorted(s for m, l, s in by if (m, l) == (method, lr) and (base, base_lr, s) in by)
     mats = {}
-    for name in (base, method):
-      outs = [final_outputs(os.path.join(args.out, f"{name}_lr{lr:g}_s{s}")) for s in seeds]
+    for name, name_lr in ((base, base_lr), (method, lr)):
+      outs = [final_outputs(os.path.join(args.out, f"{name}_lr{name_lr:g}_s{s}")) for s in seeds]
       if not seeds or any(o is None for o in outs):
         break
       mats[name] = np.array([[r["greedy_correct"] for r in o] for o in outs], float)
     if len(mats) < 2 or mats[base].shape != mats[method].shape:
       continue
     r = paired_difference(mats[base], mats[method])
-    out[f"{method}_vs_{base}_lr{lr:g}"] = {"seeds": seeds, "diff": r.diff, "ci95": r.ci, "per_seed": r.per_seed,
+    key = f"{method}_vs_{base}_lr{lr:g}" if base_lr == lr else f"{method}_lr{lr:g}_vs_{base}_lr{base_lr:g}"
+    out[key] = {"lr": lr, "base_lr": base_lr, "seeds": seeds, "diff": r.diff, "ci95": r.ci, "per_seed": r.per_seed,
                                           "seed_sign_flip_p": r.seed_sign_flip_p,
                                           "problem_sign_flip_p": r.problem_sign_flip_p, "problems": r.problems}
-    print(f"{LABELS[method]} − {LABELS[base]} (lr {lr:g}, {len(seeds)} seeds × {r.problems} problems, "
+    lrs = f"lr {lr:g}" if base_lr == lr else f"lr {lr:g} vs {base_lr:g}"
+    print(f"{LABELS[method]} − {LABELS[base]} ({lrs}, {len(seeds)} seeds × {r.problems} problems, "
           f"{args.eval_split} split): {100 * r.diff:+.1f} points, 95% CI [{100 * r.ci[0]:+.1f}, "
           f"{100 * r.ci[1]:+.1f}], seed sign-flip p = {r.seed_sign_flip_p:.3f}, problem sign-flip p = "
           f"{r.problem_sign_flip_p:.4f}")
+  return out
+
+
+def lr_choice(results: dict) -> dict:
+  """The rule fixed before the validation runs: per method, the lr with the highest final eval accuracy averaged
+  over the seeds it has (a tie goes to the smaller lr). Reported with the seed count behind each mean."""
+  table: dict = {}
+  for r in results["runs"].values():
+    table.setdefault(r["method"], {}).setdefault(r["lr"], []).append(r["eval_accuracy"][-1])
+  out = {}
+  for method, by_lr in table.items():
+    means = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
+    best = min(means, key=lambda lr: (-means[lr], lr))
+    out[method] = {"chosen_lr": best, "mean_final_accuracy": {f"{lr:g}": means[lr] for lr in sorted(means)},
+                   "seeds": {f"{lr:g}": len(by_lr[lr]) for lr in sorted(by_lr)}}
+    cells = ", ".join(f"{lr:g}: {means[lr]:.3f} ({len(by_lr[lr])} seeds)" for lr in sorted(means))
+    print(f"{LABELS[method]}: final {results['args']['eval_split']} accuracy by lr {cells} → lr {best:g}")
   return out
 
 
@@ -150,6 +176,8 @@ def main() -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--methods", default="grpo,lambda_grpo,prpo,prpo_lambda")
   p.add_argument("--lrs", default="", help="comma-separated learning rates (default: the preset's)")
+  p.add_argument("--method-lrs", default="",
+                 help="each method at its own lr, e.g. grpo=1e-5,lambda_grpo=3e-5 (instead of --methods × --lrs)")
   p.add_argument("--seeds", default="0")
   p.add_argument("--steps", type=int, default=0, help="default: the preset's")
   p.add_argument("--prompts", type=int, default=0, help="prompts per step (default: the preset's)")
@@ -172,26 +200,34 @@ def main() -> int:
   args.prompts = args.prompts or base.data.prompts_per_step
   args.eval_every = args.eval_every or base.eval.every
   lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else [base.optim.learning_rate]
-  args.lr_main = lrs[0]
+  args.method_lrs = {m: float(x) for m, x in (kv.split("=") for kv in args.method_lrs.split(",") if kv)}
+  if args.method_lrs:
+    unknown = sorted(set(args.method_lrs) - set(METHODS))
+    if unknown:
+      p.error(f"--method-lrs: unknown methods {unknown}; known: {sorted(METHODS)}")
+    runs = list(args.method_lrs.items())
+    args.methods = ",".join(args.method_lrs)
+  else:
+    runs = [(m, lr) for lr in lrs for m in args.methods.split(",")]
+  args.lr_main = runs[0][1]
   seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.out, exist_ok=True)
   results = {"args": vars(args), "runs": {}}
   t0 = time.time()
   for seed in seeds:
-    for lr in lrs:
-      for method in args.methods.split(","):
-        tag, cfg = config(method, lr, args, seed)
-        t_run = time.time()
-        if args.report_only:
-          if not os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")):
-            continue
-        else:
-          Trainer(cfg).run()  # resumes from the run's own checkpoints if it was interrupted
-        s = summarize(cfg.output_dir)
-        s["steps_done"] = len(s["train_accuracy"])
-        results["runs"][tag] = {"method": method, "lr": lr, "seed": seed, **s}
-        print(f"{tag}: eval accuracy {s['eval_accuracy'][0]:.3f} → {s['eval_accuracy'][-1]:.3f} "
-              f"({time.time() - t_run:.0f} s this invocation)", flush=True)
+    for method, lr in runs:
+      tag, cfg = config(method, lr, args, seed)
+      t_run = time.time()
+      if args.report_only:
+        if not os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")):
+          continue
+      else:
+        Trainer(cfg).run()  # resumes from the run's own checkpoints if it was interrupted
+      s = summarize(cfg.output_dir)
+      s["steps_done"] = len(s["train_accuracy"])
+      results["runs"][tag] = {"method": method, "lr": lr, "seed": seed, **s}
+      print(f"{tag}: eval accuracy {s['eval_accuracy'][0]:.3f} → {s['eval_accuracy'][-1]:.3f} "
+            f"({time.time() - t_run:.0f} s this invocation)", flush=True)
   results["seconds"] = time.time() - t0
   results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"
   os.makedirs(os.path.dirname(args.results), exist_ok=True)
@@ -207,11 +243,12 @@ def main() -> int:
     print(f"| {LABELS[r['method']]} | {r['lr']:g} | {r['seed']} | {r['steps_done']} | {acc[0]:.3f} | {acc[-1]:.3f} | "
           f"{100 * (acc[-1] - acc[0]):+.1f} | {max(acc):.3f} | {np.mean(tr[:5]):.3f} → {np.mean(tr[-5:]):.3f} | "
           f"{np.mean(r['time_step']):.1f} |")
+  results["lr_choice"] = lr_choice(results)
   paired = paired_report(results, args)
   if paired:
     results["paired"] = paired
-    with open(args.results, "w") as f:
-      json.dump(results, f, indent=1)
+  with open(args.results, "w") as f:
+    json.dump(results, f, indent=1)
   print(f"\nplot: {args.results.replace('.json', '.png')}; {results['seconds']:.0f} s ({results['machine']})")
   return 0
 

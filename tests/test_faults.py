@@ -335,3 +335,15 @@ def test_checkpointer_refuses_an_unwritable_directory(tmp_path):
   with pytest.raises(CheckpointSaveError, match=r"cannot write checkpoints to .*file_not_dir/ck"):
     Checkpointer(str(target / "ck"))
   shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_os_cause_is_read_from_orbax_errors_whatever_sits_before_the_code():
+  from jaxgrpo.train.checkpointing import _os_reason
+
+  spec = "[tensorstore_spec='{\"driver\":\"zarr\",\"path\":\"params.pos_embed/\"}']"
+  for text in (f"RESOURCE_EXHAUSTED: Failed to write 123876 bytes to file 21: No space left on device {spec} "
+               "[os_error_code='28']",  # seen in CI: the spec between the wording and the code
+               "Error writing: No space left on device [os_error_code='28']"):
+    assert _os_reason(ValueError(text)) == "No space left on device (errno 28)"
+  assert _os_reason(PermissionError(13, "Permission denied")) == "Permission denied (errno 13)"
+  assert _os_reason(ValueError("odd\nsecond line")) == "ValueError: odd"

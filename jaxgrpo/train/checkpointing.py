@@ -95,9 +95,9 @@ def _describe(tree) -> dict[str, tuple[tuple[int, ...], str]]:
 def _os_reason(e: BaseException) -> str:
   """The operating-system cause inside an orbax/tensorstore error, e.g. 'No space left on device (errno 28)'."""
   text = str(e)
-  m = re.search(r"([A-Z][A-Za-z-]*(?: [a-z-]+)+) \[os_error_code='(\d+)'\]", text)
+  m = re.search(r"\[os_error_code='(\d+)'\]", text)  # the wording before it varies (a tensorstore spec may sit between)
   if m:
-    return f"{m.group(1)} (errno {m.group(2)})"
+    return f"{os.strerror(int(m.group(1)))} (errno {m.group(1)})"
   if isinstance(e, OSError) and e.strerror:
     return f"{e.strerror} (errno {e.errno})"
   return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
