@@ -16,7 +16,10 @@ the test split with paired seeds; per-problem outputs land in each run's eval/ d
         --out runs/smollm2_val --results experiments/results/smollm2_val.json
     python experiments/smollm2_rl.py --split-by commuted --max-operand 50 --methods grpo,lambda_grpo \
         --method-lrs grpo=<chosen>,lambda_grpo=<chosen> --seeds 0,1,2,3,4,5 --steps 20 --eval-every 10 \
-        --out runs/smollm2_test --results experiments/results/smollm2_seeds.json
+        --transfer verbal,word_problems --out runs/smollm2_test --results experiments/results/smollm2_seeds.json
+
+``--transfer`` also evaluates every final checkpoint, and the untrained model, on held-out tasks of another surface
+form (``transfer_task``: the test problems with the operators in words; the word problems), paired the same way.
 
 The rule, fixed before the validation runs: each method takes the lr with the highest final validation accuracy
 averaged over seeds 100 and 101 (a tie goes to the smaller lr); on the test split each method is paired with
@@ -66,6 +69,70 @@ def config(method: str, lr: float, args, seed: int):
       model={"lora": {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank}} if args.lora_rank else {})
 
 
+WORD_PROBLEMS = os.path.join(os.path.dirname(__file__), "..", "data", "word_problems.jsonl")
+TRANSFER_TASKS = ("verbal", "word_problems")
+VERBAL_OPS = {"+": "plus", "-": "minus", "*": "times"}
+
+
+def transfer_task(name: str, cfg, n: int):
+  """A held-out task of another surface form. ``verbal``: the test split's own problems with the operators in
+  words ("What is 17 plus 23?"), so each problem pairs with its symbolic form; ``word_problems``: prose with
+  several operations (data/word_problems.jsonl)."""
+  import dataclasses
+
+  from jaxgrpo.tasks import sources as data_lib
+
+  if name == "word_problems":
+    ev = dataclasses.replace(cfg.eval, source="jsonl", path=os.path.abspath(WORD_PROBLEMS), num_examples=n)
+    return data_lib.make_eval_source(cfg.data, ev)
+  if name == "verbal":
+    test = data_lib.make_eval_source(cfg.data, dataclasses.replace(cfg.eval, split="test", num_examples=n))
+    spoken = lambda expr: " ".join(VERBAL_OPS.get(t, t) for t in expr.split(" "))
+    return data_lib.FixedExamples([dataclasses.replace(e, prompt=e.prompt.replace(
+        e.meta["expression"], spoken(e.meta["expression"]), 1)) for e in test.examples], test.task)
+  raise ValueError(f"unknown transfer task {name!r}; known: {TRANSFER_TASKS}")
+
+
+def transfer_file(name: str) -> str:
+  return f"transfer_{name}.jsonl"
+
+
+def transfer_eval(name: str, run_dir: str | None, cfg, args) -> list[dict]:
+  """Greedy per-problem outcomes on a transfer task (``transfer_task``) of a run's final checkpoint, or of the
+  untrained model (``run_dir`` None; written under --out as base_transfer_NAME.jsonl). Resumable: a file already
+  written for the same number of problems is read back."""
+  import dataclasses
+
+  from jaxgrpo import models
+  from jaxgrpo.models.tokenizers import HFTokenizer
+  from jaxgrpo.rollout import RolloutEngine
+  from jaxgrpo.train import build, evaluation, export
+
+  path = (os.path.join(run_dir, transfer_file(name)) if run_dir
+          else os.path.join(args.out, "base_" + transfer_file(name)))
+  if os.path.exists(path):
+    records = read_jsonl(path)
+    if len(records) == args.transfer_examples:
+      return records
+  if run_dir:
+    model, params, tok, cfg = export.load_run(run_dir)
+  else:
+    ckpt = build.checkpoint_dir(cfg.model)
+    model, params = models.from_pretrained(ckpt, cfg.model.dtype)
+    tok = HFTokenizer(ckpt, cfg.data.system_prompt)
+  task = transfer_task(name, cfg, args.transfer_examples)
+  ev = dataclasses.replace(cfg.eval, num_examples=args.transfer_examples, every=0, save_outputs=False,
+                           max_new_tokens=args.transfer_max_new_tokens if name == "word_problems" else 0)
+  engine = RolloutEngine(model, tok, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
+                         engine=cfg.sampling.engine, slots=cfg.sampling.slots)
+  records: list[dict] = []
+  evaluation.evaluate(engine, models.cast_params(params, model.config.dtype), task, task.examples, ev,
+                      jax.random.PRNGKey(cfg.seed), build.sampling_params(cfg.sampling, tok.eos_ids, tok.pad_id),
+                      show_progress=False, records=records)
+  evaluation.write_records(path, records)
+  return records
+
+
 def summarize(run_dir: str) -> dict:
   rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
   evals = [r for r in rows if "eval/greedy_accuracy" in r]
@@ -88,9 +155,18 @@ def final_outputs(run_dir: str) -> list[dict] | None:
   return [json.loads(line) for line in open(os.path.join(d, files[-1]))] if files else None
 
 
-def paired_report(results: dict, args) -> dict:
+def transfer_outputs(name: str):
+  """The per-problem records of transfer task ``name`` in a run directory (None where not evaluated)."""
+  def read(run_dir: str) -> list[dict] | None:
+    path = os.path.join(run_dir, transfer_file(name))
+    return read_jsonl(path) if os.path.exists(path) else None
+  return read
+
+
+def paired_report(results: dict, args, outputs=final_outputs, label: str = "") -> dict:
   """Each method against its baseline at the same lr — GRPO, or PRPO for PRPO's controls — paired by seed and
-  problem (jaxgrpo.analysis.paired_difference)."""
+  problem (jaxgrpo.analysis.paired_difference). ``outputs``: a run directory's per-problem records (default:
+  its last evaluation; the transfer task's with ``transfer_outputs``)."""
   from jaxgrpo.analysis import paired_difference
 
   out = {}
@@ -103,7 +179,7 @@ def paired_report(results: dict, args) -> dict:
     seeds = sorted(s for m, l, s in by if (m, l) == (method, lr) and (base, base_lr, s) in by)
     mats = {}
     for name, name_lr in ((base, base_lr), (method, lr)):
-      outs = [final_outputs(os.path.join(args.out, f"{name}_lr{name_lr:g}_s{s}")) for s in seeds]
+      outs = [outputs(os.path.join(args.out, f"{name}_lr{name_lr:g}_s{s}")) for s in seeds]
       if not seeds or any(o is None for o in outs):
         break
       mats[name] = np.array([[r["greedy_correct"] for r in o] for o in outs], float)
@@ -116,7 +192,7 @@ def paired_report(results: dict, args) -> dict:
                                           "problem_sign_flip_p": r.problem_sign_flip_p, "problems": r.problems}
     lrs = f"lr {lr:g}" if base_lr == lr else f"lr {lr:g} vs {base_lr:g}"
     print(f"{LABELS[method]} − {LABELS[base]} ({lrs}, {len(seeds)} seeds × {r.problems} problems, "
-          f"{args.eval_split} split): {100 * r.diff:+.1f} points, 95% CI [{100 * r.ci[0]:+.1f}, "
+          f"{label or args.eval_split + ' split'}): {100 * r.diff:+.1f} points, 95% CI [{100 * r.ci[0]:+.1f}, "
           f"{100 * r.ci[1]:+.1f}], seed sign-flip p = {r.seed_sign_flip_p:.3f}, problem sign-flip p = "
           f"{r.problem_sign_flip_p:.4f}")
   return out
@@ -192,6 +268,10 @@ def main() -> int:
                  help="validation (needs --split-by commuted) to choose the learning rate; test to compare")
   p.add_argument("--max-operand", type=int, default=0, help="default: the preset's (30)")
   p.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0: full fine-tuning; alpha = 2 × rank)")
+  p.add_argument("--transfer", default="", help=f"also evaluate each final checkpoint (and the untrained model) "
+                 f"greedily on these held-out tasks of another surface form: {','.join(TRANSFER_TASKS)}")
+  p.add_argument("--transfer-examples", type=int, default=200, help="problems per transfer task")
+  p.add_argument("--transfer-max-new-tokens", type=int, default=256, help="the word problems' cap")
   p.add_argument("--report-only", action="store_true",
                  help="no training: summarize the runs that exist under --out (e.g. an unfinished sweep)")
   args = p.parse_args()
@@ -211,6 +291,10 @@ def main() -> int:
     runs = [(m, lr) for lr in lrs for m in args.methods.split(",")]
   args.lr_main = runs[0][1]
   seeds = [int(s) for s in args.seeds.split(",")]
+  transfers = [t for t in args.transfer.split(",") if t]
+  unknown_t = sorted(set(transfers) - set(TRANSFER_TASKS))
+  if unknown_t:
+    p.error(f"--transfer: unknown tasks {unknown_t}; known: {list(TRANSFER_TASKS)}")
   os.makedirs(args.out, exist_ok=True)
   results = {"args": vars(args), "runs": {}}
   t0 = time.time()
@@ -225,6 +309,10 @@ def main() -> int:
         Trainer(cfg).run()  # resumes from the run's own checkpoints if it was interrupted
       s = summarize(cfg.output_dir)
       s["steps_done"] = len(s["train_accuracy"])
+      for name in transfers:
+        if not args.report_only or transfer_outputs(name)(cfg.output_dir) is not None:
+          done = transfer_eval(name, cfg.output_dir, cfg, args)
+          s[f"transfer_{name}_accuracy"] = float(np.mean([r["greedy_correct"] for r in done]))
       results["runs"][tag] = {"method": method, "lr": lr, "seed": seed, **s}
       print(f"{tag}: eval accuracy {s['eval_accuracy'][0]:.3f} → {s['eval_accuracy'][-1]:.3f} "
             f"({time.time() - t_run:.0f} s this invocation)", flush=True)
@@ -247,6 +335,15 @@ def main() -> int:
   paired = paired_report(results, args)
   if paired:
     results["paired"] = paired
+  for name in transfers if results["runs"] else ():
+    base_records = transfer_eval(name, None, config(*runs[0], args, seeds[0])[1], args)
+    key = f"transfer_{name}_accuracy"
+    results[f"base_{key}"] = float(np.mean([r["greedy_correct"] for r in base_records]))
+    trained = ", ".join(f"{tag} {r[key]:.3f}" for tag, r in results["runs"].items() if key in r)
+    print(f"\n{name} (transfer, {len(base_records)} problems): untrained {results[f'base_{key}']:.3f}; {trained}")
+    paired_t = paired_report(results, args, transfer_outputs(name), label=f"{name}, transfer")
+    if paired_t:
+      results[f"paired_transfer_{name}"] = paired_t
   with open(args.results, "w") as f:
     json.dump(results, f, indent=1)
   print(f"\nplot: {args.results.replace('.json', '.png')}; {results['seconds']:.0f} s ({results['machine']})")
