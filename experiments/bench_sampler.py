@@ -7,6 +7,9 @@ Settings (G completions of each prompt, temperature 1, no top-k/top-p):
 * ``long256`` / ``long512``: 8 word problems × G = 8, EOS on, ``max_new_tokens`` 256 / 512: a long-tailed length
   distribution (most completions end early, a few run to the cap) — where finished rows and empty cache cost the
   static engine most.
+* ``arith512``: 8 problems of the ``smollm2_arithmetic`` test split (the trainer's prompts) × G = 8, EOS on,
+  ``max_new_tokens`` 512: answers of ~20–40 tokens with the odd sample that rambles to the cap — the long tail
+  of an RL step with a generous cap.
 
 Per engine and setting: one warm-up run (compilation), then ``--repeats`` timed runs (the best is reported);
 tokens/s counts completion tokens produced; useful/computed = tokens returned / rows decoded summed over decode
@@ -52,6 +55,14 @@ def _settings(tok, args):
     for dtype in ("float32", "bfloat16"):
       out.append(dict(name=f"fixed_{dtype}", kind="fixed", dtype=dtype, new=128, eos=False,
                       prompts=encode(CHAT[: args.prompts])))
+  if "arith512" in args.settings:
+    from jaxgrpo.tasks import sources as data_lib
+    from jaxgrpo.train import presets
+
+    cfg = presets.preset("smollm2_arithmetic")
+    test = data_lib.make_eval_source(cfg.data, cfg.eval)
+    out.append(dict(name="arith512_float32", kind="arith512", dtype="float32", new=512, eos=True,
+                    prompts=encode([e.prompt for e in test.examples[: args.prompts]])))
   for t in (256, 512):
     if f"long{t}" in args.settings:
       out.append(dict(name=f"long{t}_float32", kind=f"long{t}", dtype="float32", new=t, eos=True,

@@ -148,6 +148,13 @@ def summarize(run_dir: str) -> dict:
   }
 
 
+def finished(run_dir: str, steps: int) -> bool:
+  """The run evaluated at its last step (so it need not be built again, even where its checkpoints are gone:
+  experiments/results/smollm2_val keeps only the metrics and per-problem outputs of finished runs)."""
+  path = os.path.join(run_dir, "metrics.jsonl")
+  return os.path.exists(path) and any(r.get("step") == steps and "eval/greedy_accuracy" in r for r in read_jsonl(path))
+
+
 def final_outputs(run_dir: str) -> list[dict] | None:
   """The per-problem eval outputs of the run's last evaluation (None if it saved none)."""
   d = os.path.join(run_dir, "eval")
@@ -305,7 +312,7 @@ def main() -> int:
       if args.report_only:
         if not os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")):
           continue
-      else:
+      elif not finished(cfg.output_dir, args.steps):
         Trainer(cfg).run()  # resumes from the run's own checkpoints if it was interrupted
       s = summarize(cfg.output_dir)
       s["steps_done"] = len(s["train_accuracy"])
