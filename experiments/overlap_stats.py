@@ -137,12 +137,12 @@ def main():
     done = {_cell_key(r): r for r in prev.get("rows", []) if "seed" in r and "model" in r}
     print(f"resuming: {len(done)} cells already in {args.out}", flush=True)
   rows, t_all = list(done.values()), time.time()
-  kernel_total = sum(r["kernel_seconds"] for r in rows)
-  sample_total = sum(r["sample_seconds"] for r in rows)
+  total = lambda k: sum(r[k] for r in rows)  # over the rows kept (a cell sampled afresh replaces its old row)
 
   def save():
     out = {"model_family": "SmolLM2-135M-Instruct (dequantised Q4_1)", "max_new_tokens": args.max_new_tokens,
-           "rows": rows, "pooled": pooled(rows), "sample_seconds": sample_total, "kernel_seconds": kernel_total,
+           "rows": rows, "pooled": pooled(rows), "sample_seconds": total("sample_seconds"),
+           "kernel_seconds": total("kernel_seconds"),
            "seconds": time.time() - t_all,
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -187,8 +187,6 @@ def main():
             cap = np.concatenate([f.reshape(-1) for *_, f in parts]) == FINISH_LENGTH
             sample_s = time.perf_counter() - t0
             stats, kernel_s = analyse(tokens, mask)
-            kernel_total += kernel_s
-            sample_total += sample_s
             row = {"model": label, "task": task, "group_size": g, "temperature": temp, "seed": seed,
                    "max_new_tokens": cap_of(task), **stats, "cap_frac": float(cap.mean()),
                    "sample_seconds": sample_s, "kernel_seconds": kernel_s, "entropy_mean": float(ent.mean())}
@@ -209,7 +207,7 @@ def main():
     print(f"| {r['model']} | {r['task']} | {r['group_size']} | {r['temperature']} | {r['seeds']} | {r['groups']} | "
           f"{r['flat_groups']} ({r['flat_frac']:.1%}) [{lo:.1%}, {hi:.1%}] | {sd(r['intermediate_prop'])} | "
           f"{sd(r['lambda_mean'])} | {r['completion_len'][0]:.1f} | {r['cap_frac'][0]:.1%} | {paper_s} |")
-  n_groups = sum(r["groups"] for r in rows)
+  n_groups, kernel_total, sample_total = total("groups"), total("kernel_seconds"), total("sample_seconds")
   print(f"\nkernel (prefix counts + tree stats, all {n_groups} groups): {kernel_total * 1e3:.1f} ms"
         f" = {kernel_total / max(kernel_total + sample_total, 1e-9):.4%} of the analysis; "
         f"sampling {sample_total:.0f} s")

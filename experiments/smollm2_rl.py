@@ -195,8 +195,8 @@ def paired_report(results: dict, args, outputs=final_outputs, label: str = "") -
     r = paired_difference(mats[base], mats[method])
     key = f"{method}_vs_{base}_lr{lr:g}" if base_lr == lr else f"{method}_lr{lr:g}_vs_{base}_lr{base_lr:g}"
     out[key] = {"lr": lr, "base_lr": base_lr, "seeds": seeds, "diff": r.diff, "ci95": r.ci, "per_seed": r.per_seed,
-                                          "seed_sign_flip_p": r.seed_sign_flip_p,
-                                          "problem_sign_flip_p": r.problem_sign_flip_p, "problems": r.problems}
+                "seed_sign_flip_p": r.seed_sign_flip_p, "problem_sign_flip_p": r.problem_sign_flip_p,
+                "problems": r.problems}
     lrs = f"lr {lr:g}" if base_lr == lr else f"lr {lr:g} vs {base_lr:g}"
     print(f"{LABELS[method]} − {LABELS[base]} ({lrs}, {len(seeds)} seeds × {r.problems} problems, "
           f"{label or args.eval_split + ' split'}): {100 * r.diff:+.1f} points, 95% CI [{100 * r.ci[0]:+.1f}, "
@@ -316,9 +316,10 @@ def main() -> int:
         Trainer(cfg).run()  # resumes from the run's own checkpoints if it was interrupted
       s = summarize(cfg.output_dir)
       s["steps_done"] = len(s["train_accuracy"])
-      for name in transfers:
-        if not args.report_only or transfer_outputs(name)(cfg.output_dir) is not None:
-          done = transfer_eval(name, cfg.output_dir, cfg, args)
+      for name in transfers:  # report-only reads what was evaluated; otherwise evaluates (or reads back)
+        done = (transfer_outputs(name)(cfg.output_dir) if args.report_only
+                else transfer_eval(name, cfg.output_dir, cfg, args))
+        if done is not None:
           s[f"transfer_{name}_accuracy"] = float(np.mean([r["greedy_correct"] for r in done]))
       results["runs"][tag] = {"method": method, "lr": lr, "seed": seed, **s}
       print(f"{tag}: eval accuracy {s['eval_accuracy'][0]:.3f} → {s['eval_accuracy'][-1]:.3f} "
@@ -343,6 +344,9 @@ def main() -> int:
   if paired:
     results["paired"] = paired
   for name in transfers if results["runs"] else ():
+    base_path = os.path.join(args.out, "base_" + transfer_file(name))
+    if args.report_only and not os.path.exists(base_path):
+      continue  # report-only evaluates nothing
     base_records = transfer_eval(name, None, config(*runs[0], args, seeds[0])[1], args)
     key = f"transfer_{name}_accuracy"
     results[f"base_{key}"] = float(np.mean([r["greedy_correct"] for r in base_records]))

@@ -44,14 +44,10 @@ class SignalGuard:
     return self
 
   def __exit__(self, *exc) -> None:
-    stopped = self.signum is not None
+    if self.signum is not None and self.ignore_after_stop:
+      return  # this guard's handler stays: after a stop it logs and ignores every signal
     for s, h in self._old.items():
-      signal.signal(s, self._ignore if stopped and self.ignore_after_stop else h)
-
-  @staticmethod
-  def _ignore(signum, frame) -> None:
-    log.warning("%s ignored: the run has stopped and saved its last completed step; the process is exiting",
-                signal.Signals(signum).name)
+      signal.signal(s, h)
 
   def stopping(self) -> None:
     """From now on every signal is ignored (the run is already on its way out)."""
