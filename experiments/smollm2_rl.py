@@ -105,7 +105,6 @@ def transfer_eval(name: str, run_dir: str | None, cfg, args) -> list[dict]:
 
   from jaxgrpo import models
   from jaxgrpo.models.tokenizers import HFTokenizer
-  from jaxgrpo.rollout import RolloutEngine
   from jaxgrpo.train import build, evaluation, export
 
   path = (os.path.join(run_dir, transfer_file(name)) if run_dir
@@ -123,12 +122,8 @@ def transfer_eval(name: str, run_dir: str | None, cfg, args) -> list[dict]:
   task = transfer_task(name, cfg, args.transfer_examples)
   ev = dataclasses.replace(cfg.eval, num_examples=args.transfer_examples, every=0, save_outputs=False,
                            max_new_tokens=args.transfer_max_new_tokens if name == "word_problems" else 0)
-  engine = RolloutEngine(model, tok, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
-                         engine=cfg.sampling.engine, slots=cfg.sampling.slots)
   records: list[dict] = []
-  evaluation.evaluate(engine, models.cast_params(params, model.config.dtype), task, task.examples, ev,
-                      jax.random.PRNGKey(cfg.seed), build.sampling_params(cfg.sampling, tok.eos_ids, tok.pad_id),
-                      show_progress=False, records=records)
+  evaluation.evaluate_params(model, params, tok, cfg, task, ev, show_progress=False, records=records)
   evaluation.write_records(path, records)
   return records
 

@@ -96,13 +96,11 @@ def _eval_table(rows: list[dict]) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-  import jax
 
   from jaxgrpo import models
   from jaxgrpo.models.tokenizers import HFTokenizer
-  from jaxgrpo.rollout.engine import RolloutEngine
   from jaxgrpo.tasks import sources as data_lib
-  from jaxgrpo.train import build, evaluation, export
+  from jaxgrpo.train import evaluation, export
   from jaxgrpo.train.config import apply_overrides
 
   if bool(args.run) == bool(args.hf):
@@ -118,12 +116,8 @@ def _eval(args: argparse.Namespace) -> int:
     label = args.hf
   ev = cfg.eval if cfg.eval.num_examples else cfg.eval.__class__(num_examples=200)
   task = data_lib.make_eval_source(cfg.data, ev)
-  engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
-                         engine=cfg.sampling.engine, slots=cfg.sampling.slots)
-  sp = build.sampling_params(cfg.sampling, tokenizer.eos_ids, tokenizer.pad_id)
   records = [] if args.outputs else None
-  out = evaluation.evaluate(engine, models.cast_params(params, model.config.dtype), task, task.examples, ev,
-                            jax.random.PRNGKey(cfg.seed), sp, records=records)
+  out = evaluation.evaluate_params(model, params, tokenizer, cfg, task, ev, records=records)
   if records is not None:
     evaluation.write_records(os.path.abspath(args.outputs), records)
   print(f"\n{label} on {ev.source or cfg.data.source} (held-out, {len(task)} problems)\n")

@@ -21,7 +21,7 @@ from jaxgrpo import cli
 from jaxgrpo.tasks import sources as data_lib
 from jaxgrpo.train import export, presets
 from jaxgrpo.train.config import replace as config_replace
-from jaxgrpo.train.evaluation import pass_at_k
+from jaxgrpo.train.evaluation import evaluate_params, pass_at_k
 
 # One worker runs this file under pytest-xdist, so the module's trained run is made once.
 pytestmark = pytest.mark.xdist_group(name="eval_export")
@@ -90,6 +90,18 @@ def test_run_evaluates_then_export_loads_in_transformers_with_equal_logits(tiny_
   with torch.no_grad():
     theirs = hf(input_ids=torch.tensor(x)).logits.numpy()
   np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+  # outside the trainer, the library's evaluate_params on the loaded checkpoint gives the trainer's own greedy
+  # per-problem outputs at that step (greedy decoding does not depend on the key)
+  run_model, run_params, run_tok, run_cfg = export.load_run(str(run))
+  recs: list = []
+  spec = config_replace(run_cfg, eval={"num_samples": 0}).eval
+  out_params = evaluate_params(run_model, run_params, run_tok, run_cfg, eval_set, spec, show_progress=False,
+                               records=recs)
+  logged = [json.loads(line) for line in open(run / "eval" / "step_000002.jsonl")]
+  assert [r["greedy_completion"] for r in recs] == [r["greedy_completion"] for r in logged]
+  assert out_params["greedy_accuracy"] == pytest.approx(evals[-1]["eval/greedy_accuracy"])
+  assert "pass_at_1" not in out_params
 
   assert cli.main(["eval", "--run", str(run), "--step", "1", "--set", "eval.num_examples=4",
                    "--outputs", str(tmp_path / "outs.jsonl")]) == 0

@@ -15,11 +15,13 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from jaxgrpo.models.transformer import cast_params
 from jaxgrpo.parallel import distributed as dist
 from jaxgrpo.rollout.engine import RolloutEngine
 from jaxgrpo.rollout.sampler import SamplingParams
 from jaxgrpo.tasks.sources import Example, Source
-from jaxgrpo.train.config import EvalSpec
+from jaxgrpo.train import build
+from jaxgrpo.train.config import EvalSpec, TrainConfig
 from jaxgrpo.train.progress import Progress
 
 
@@ -107,3 +109,19 @@ def evaluate(engine: RolloutEngine, params, task: Source, examples: Sequence[Exa
     for i, ex in enumerate(examples):
       records.append({"index": i, "prompt": ex.prompt, "answer": ex.answer, **{k: v[i] for k, v in per.items()}})
   return out
+
+
+def evaluate_params(model, params, tokenizer, cfg: TrainConfig, task: Source, spec: EvalSpec, *, key=None,
+                    examples: Sequence[Example] | None = None, show_progress: bool = True,
+                    records: list | None = None) -> dict[str, Any]:
+  """``evaluate`` on a model outside a trainer (a run's checkpoint from ``export.load_run``, an HF directory):
+  the rollout engine and sampler settings built from ``cfg.sampling``, ``params`` cast to the model's dtype,
+  ``key`` ``PRNGKey(cfg.seed)`` unless given, ``examples`` the task's own unless given.  ``jaxgrpo eval`` is this
+  function plus printing; a script evaluating a task the config cannot name (a transfer task) calls it too."""
+  engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
+                         engine=cfg.sampling.engine, slots=cfg.sampling.slots)
+  sampling = build.sampling_params(cfg.sampling, tokenizer.eos_ids, tokenizer.pad_id)
+  return evaluate(engine, cast_params(params, model.config.dtype), task,
+                  task.examples if examples is None else examples, spec,
+                  jax.random.PRNGKey(cfg.seed) if key is None else key, sampling, show_progress=show_progress,
+                  records=records)
