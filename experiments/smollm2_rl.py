@@ -334,7 +334,8 @@ def main() -> int:
     print(f"| {LABELS[r['method']]} | {r['lr']:g} | {r['seed']} | {r['steps_done']} | {acc[0]:.3f} | {acc[-1]:.3f} | "
           f"{100 * (acc[-1] - acc[0]):+.1f} | {max(acc):.3f} | {np.mean(tr[:5]):.3f} → {np.mean(tr[-5:]):.3f} | "
           f"{np.mean(r['time_step']):.1f} |")
-  results["lr_choice"] = lr_choice(results)
+  if args.eval_split == "validation":  # the lr is chosen there only; on the test split the lrs are given
+    results["lr_choice"] = lr_choice(results)
   paired = paired_report(results, args)
   if paired:
     results["paired"] = paired
