@@ -97,6 +97,11 @@ def transfer_file(name: str) -> str:
   return f"transfer_{name}.jsonl"
 
 
+def transfer_path(name: str, run_dir: str | None, out: str) -> str:
+  """Where a run's transfer outputs live, or (``run_dir`` None) the untrained model's, under --out."""
+  return os.path.join(run_dir, transfer_file(name)) if run_dir else os.path.join(out, "base_" + transfer_file(name))
+
+
 def transfer_eval(name: str, run_dir: str | None, cfg, args) -> list[dict]:
   """Greedy per-problem outcomes on a transfer task (``transfer_task``) of a run's final checkpoint, or of the
   untrained model (``run_dir`` None; written under --out as base_transfer_NAME.jsonl). Resumable: a file already
@@ -107,8 +112,7 @@ def transfer_eval(name: str, run_dir: str | None, cfg, args) -> list[dict]:
   from jaxgrpo.models.tokenizers import HFTokenizer
   from jaxgrpo.train import build, evaluation, export
 
-  path = (os.path.join(run_dir, transfer_file(name)) if run_dir
-          else os.path.join(args.out, "base_" + transfer_file(name)))
+  path = transfer_path(name, run_dir, args.out)
   if os.path.exists(path):
     records = read_jsonl(path)
     if len(records) == args.transfer_examples:
@@ -340,8 +344,7 @@ def main() -> int:
   if paired:
     results["paired"] = paired
   for name in transfers if results["runs"] else ():
-    base_path = os.path.join(args.out, "base_" + transfer_file(name))
-    if args.report_only and not os.path.exists(base_path):
+    if args.report_only and not os.path.exists(transfer_path(name, None, args.out)):
       continue  # report-only evaluates nothing
     base_records = transfer_eval(name, None, config(*runs[0], args, seeds[0])[1], args)
     key = f"transfer_{name}_accuracy"

@@ -96,7 +96,6 @@ def _eval_table(rows: list[dict]) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-
   from jaxgrpo import models
   from jaxgrpo.models.tokenizers import HFTokenizer
   from jaxgrpo.tasks import sources as data_lib

@@ -81,7 +81,7 @@ def test_run_evaluates_then_export_loads_in_transformers_with_equal_logits(tiny_
   ids = tok("What is 2 + 3?", return_tensors="pt")["input_ids"]
   gen = hf.generate(ids, max_new_tokens=4, do_sample=False)
   assert gen.shape[1] == ids.shape[1] + 4
-  model, params, _, _ = export.load_run(str(run))
+  model, params, run_tok, run_cfg = export.load_run(str(run))
   base_model, base = M.from_pretrained(tiny_dir)
   assert not np.allclose(params["layers"]["mlp"]["up_kernel"], base["layers"]["mlp"]["up_kernel"])  # trained
   x = np.asarray(tok(["What is 12 + 7?", "Hi"], padding=True, return_tensors="np")["input_ids"])
@@ -93,10 +93,9 @@ def test_run_evaluates_then_export_loads_in_transformers_with_equal_logits(tiny_
 
   # outside the trainer, the library's evaluate_params on the loaded checkpoint gives the trainer's own greedy
   # per-problem outputs at that step (greedy decoding does not depend on the key)
-  run_model, run_params, run_tok, run_cfg = export.load_run(str(run))
   recs: list = []
   spec = config_replace(run_cfg, eval={"num_samples": 0}).eval
-  out_params = evaluate_params(run_model, run_params, run_tok, run_cfg, eval_set, spec, show_progress=False,
+  out_params = evaluate_params(model, params, run_tok, run_cfg, eval_set, spec, show_progress=False,
                                records=recs)
   logged = [json.loads(line) for line in open(run / "eval" / "step_000002.jsonl")]
   assert [r["greedy_completion"] for r in recs] == [r["greedy_completion"] for r in logged]
