@@ -164,8 +164,8 @@ fig.savefig(os.path.join(OUT, 'prefix_tree.png'), dpi=90)
     ("code", """
 # small mode (the test suite): one setting of the example's shape, so no new sampler program is compiled
 settings = [(G, 1.0)] if SMALL else [(6, 0.7), (6, 1.0), (16, 0.7), (16, 1.0), (36, 1.0)]
-n_prompts = 1 if SMALL else 12
-chosen = [example] if SMALL else [problems[i] for i in range(n_prompts)]
+chosen = [example] if SMALL else [problems[i] for i in range(12)]
+n_prompts = len(chosen)
 rows = []
 for g, temp in settings:
     spec = sampling(group_size=g, temperature=temp, max_new_tokens=48)
