@@ -42,6 +42,57 @@ def test_entropy_segments_follow_the_rule(ent, frac, k, m):
   np.testing.assert_array_equal(got, reference_segments(ent_rounded, length, k, m))
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 2**31 - 1)), min_size=1, max_size=4),
+    t=st.integers(1, 300),
+    k=st.integers(1, 6),
+    block=st.integers(1, 9),
+    levels=st.sampled_from([2, 5, 1000]),
+)
+def test_blocked_top_k_is_the_top_k_set(rows, t, k, block, levels):
+  """The row-local top-k behind entropy_segments (blocks ranked by their maximum, then the candidates) picks the
+  set jax.lax.top_k picks, ties to the lower index, padding (-inf) included when a row has fewer than k entries."""
+  import jax
+
+  from jaxgrpo.core import prpo as prpo_lib
+
+  k = min(k, t)
+  scores = np.full((len(rows), t), -np.inf, np.float32)
+  for r, (length, seed) in enumerate(rows):
+    n = min(length, t)
+    scores[r, :n] = np.random.default_rng(seed).integers(0, levels, n)  # few levels: many ties
+  want = np.sort(np.asarray(jax.lax.top_k(jnp.asarray(scores), k)[1]), axis=-1)
+  got = np.sort(np.asarray(prpo_lib._top_k_positions(jnp.asarray(scores), k, block)), axis=-1)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_entropy_segments_long_completions_and_sharded():
+  """Past k·128 positions the blocked path runs; with the batch sharded over the devices the compiled program
+  gathers nothing (jax.lax.top_k's custom call made XLA all-gather the whole batch) and the ids are the same."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  from jaxgrpo.core import prpo as prpo_lib
+
+  rng = np.random.default_rng(0)
+  n, t = 8, 1500
+  ent = np.round(rng.gamma(1.0, 1.0, (n, t)), 1).astype(np.float32)
+  lengths = rng.integers(0, t + 1, n)
+  lengths[:2] = [t, 3]
+  mask = (np.arange(t) < lengths[:, None]).astype(np.int32)
+  want = np.stack([reference_segments(ent[i], lengths[i], 5, 10) for i in range(n)])
+  np.testing.assert_array_equal(np.asarray(jaxgrpo.entropy_segments(ent, mask, k=5, min_gap=10)), want)
+  if len(jax.devices()) < n:
+    pytest.skip(f"needs {n} devices (tests/conftest.py asks for 8 host devices)")
+  mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
+  sh = NamedSharding(mesh, PartitionSpec("data"))
+  e, m = jax.device_put(ent, sh), jax.device_put(mask, sh)
+  hlo = prpo_lib._entropy_segments.lower(e, m, k=5, min_gap=10).compile().as_text()
+  assert "all-gather" not in hlo and "TopK" not in hlo
+  np.testing.assert_array_equal(np.asarray(jaxgrpo.entropy_segments(e, m, k=5, min_gap=10)), want)
+
+
 def test_entropy_segments_paper_defaults():
   T = 40
   ent = np.zeros(T, np.float32)
