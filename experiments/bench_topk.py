@@ -34,23 +34,11 @@ from jaxgrpo.core import prpo  # noqa: E402
 
 @functools.partial(jax.jit, static_argnames=("k", "min_gap"))
 def segments_lax_top_k(entropies, mask, *, k, min_gap):
-  """The previous implementation: the same rule with the candidates from ``jax.lax.top_k``."""
-  t = entropies.shape[-1]
+  """The previous implementation: the same cut rule with the candidates from ``jax.lax.top_k``."""
   valid = mask.astype(bool)
-  length = jnp.sum(valid, axis=-1)
-  kk = min(k, t)
   scored = jnp.where(valid, entropies.astype(jnp.float32), -jnp.inf)
-  top = jnp.sort(jax.lax.top_k(scored, kk)[1], axis=-1)
-  last = jnp.zeros(top.shape[:-1], jnp.int32)
-  kept = []
-  for c in range(kk):
-    keep = top[..., c] - last >= min_gap
-    kept.append(keep)
-    last = jnp.where(keep, top[..., c], last)
-  kept = jnp.stack(kept, axis=-1) & (length >= k + 1)[..., None]
-  pos = jnp.arange(t)
-  seg = jnp.sum(kept[..., None, :] & (top[..., None, :] <= pos[:, None]), axis=-1, dtype=jnp.int32)
-  return jnp.where(valid, seg, -1)
+  top = jax.lax.top_k(scored, min(k, scored.shape[-1]))[1]
+  return prpo._segments_from_candidates(top, valid, k=k, min_gap=min_gap)
 
 
 VARIANTS = {"lax.top_k (before)": segments_lax_top_k, "blocked (now)": prpo._entropy_segments}

@@ -90,34 +90,37 @@ def _top_k_positions(scores, k: int, block: int = _TOP_K_BLOCK):
   k·block candidates, kept in position order, are ranked entry by entry.
   """
   t = scores.shape[-1]
-  b = block
-  if t <= k * b:
+  if t <= k * block:
     return _first_max_rounds(scores, k)
-  nb = -(-t // b)
-  pad = [(0, 0)] * (scores.ndim - 1) + [(0, nb * b - t)]
-  blocks = jnp.pad(scores, pad, constant_values=-jnp.inf).reshape(*scores.shape[:-1], nb, b)
+  nb = -(-t // block)
+  pad = [(0, 0)] * (scores.ndim - 1) + [(0, nb * block - t)]
+  blocks = jnp.pad(scores, pad, constant_values=-jnp.inf).reshape(*scores.shape[:-1], nb, block)
   chosen = jnp.sort(_first_max_rounds(jnp.max(blocks, axis=-1), k), axis=-1)  # [..., k] block ids, ascending
-  cand = jnp.take_along_axis(blocks, chosen[..., None], axis=-2).reshape(*scores.shape[:-1], k * b)
-  cand_pos = (chosen[..., None] * b + jnp.arange(b, dtype=jnp.int32)).reshape(*scores.shape[:-1], k * b)
+  cand = jnp.take_along_axis(blocks, chosen[..., None], axis=-2).reshape(*scores.shape[:-1], k * block)
+  cand_pos = (chosen[..., None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(*scores.shape[:-1], k * block)
   return jnp.take_along_axis(cand_pos, _first_max_rounds(cand, k), axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "min_gap"))
 def _entropy_segments(entropies, mask, *, k, min_gap):
-  t = entropies.shape[-1]
   valid = mask.astype(bool)
-  length = jnp.sum(valid, axis=-1)
-  kk = min(k, t)
   scored = jnp.where(valid, entropies.astype(jnp.float32), -jnp.inf)
-  top = jnp.sort(_top_k_positions(scored, kk), axis=-1)
+  return _segments_from_candidates(_top_k_positions(scored, min(k, scored.shape[-1])), valid, k=k, min_gap=min_gap)
+
+
+def _segments_from_candidates(top, valid, *, k, min_gap):
+  """The cut rule on the k candidate positions ``top`` [..., k] (any order) of completions with mask ``valid``:
+  segment ids, -1 on padding (see ``entropy_segments``)."""
+  top = jnp.sort(top, axis=-1)
+  length = jnp.sum(valid, axis=-1)
   last = jnp.zeros(top.shape[:-1], jnp.int32)
   kept = []
-  for c in range(kk):  # k is small and static
+  for c in range(top.shape[-1]):  # k is small and static
     keep = top[..., c] - last >= min_gap
     kept.append(keep)
     last = jnp.where(keep, top[..., c], last)
   kept = jnp.stack(kept, axis=-1) & (length >= k + 1)[..., None]
-  pos = jnp.arange(t)
+  pos = jnp.arange(valid.shape[-1])
   seg = jnp.sum(kept[..., None, :] & (top[..., None, :] <= pos[:, None]), axis=-1, dtype=jnp.int32)
   return jnp.where(valid, seg, -1)
 
