@@ -1,12 +1,19 @@
 """``entropy_segments`` with ``jax.lax.top_k`` (before) vs the row-local blocked top-k (now), on 1 device and with
-the batch sharded over 8.
+the batch sharded over 8; and the sampler's top-k / top-p truncation with ``jax.lax.top_k`` + ``jnp.sort`` (before)
+vs ``jaxgrpo.core.selection`` (now) on SmolLM2-sized logits.
 
 XLA's SPMD partitioner does not partition the TopK custom call ``jax.lax.top_k`` lowers to: with the batch axis
 sharded it all-gathers the whole [B, G, T] array and every device ranks every row (bench_api measured
-``entropy_segments`` 3.6× slower on 8 simulated devices than on one). The blocked version (``jaxgrpo.core.prpo.
-_top_k_positions``) uses only row-local reductions and gathers. Both variants, both placements, interleaved
-repeats in one run, B = 8 groups, G ∈ {6, 64}, T ∈ {1,024, 4,096}, k = 5, min_gap = 10; the outputs are checked
-equal. The 8 devices are simulated CPU devices sharing this machine's cores.
+``entropy_segments`` 3.6× slower on 8 simulated devices than on one). The blocked version
+(``jaxgrpo.core.selection.top_k_positions``) uses only row-local reductions and gathers. Both variants, both
+placements, interleaved repeats in one run, B = 8 groups, G ∈ {6, 64}, T ∈ {1,024, 4,096}, k = 5, min_gap = 10;
+the outputs are checked equal. The 8 devices are simulated CPU devices sharing this machine's cores.
+
+Sampler: ``process_logits`` on [64, 49,152] f32 logits (8 prompts × G = 8, SmolLM2's vocabulary), one decode step's
+truncation, for top_k ∈ {20, 50, 1,000}, top_p ∈ {0.9, 0.95} and both together; before = the previous code
+(``jax.lax.top_k`` for the k-th value — on XLA:CPU a full sort per row — and a full ``jnp.sort`` for top-p). The
+truncated logits are checked equal (top-p: the kept sets may differ only where the mass before a token lies within
+float rounding of top_p; the count of differing entries is recorded).
 
     python experiments/bench_topk.py     # ≈ 1 min here; writes experiments/results/bench_topk.json
 """
@@ -30,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from jaxgrpo.core import prpo  # noqa: E402
+from jaxgrpo.rollout import sampler  # noqa: E402
 
 
 @functools.partial(jax.jit, static_argnames=("k", "min_gap"))
@@ -42,6 +50,56 @@ def segments_lax_top_k(entropies, mask, *, k, min_gap):
 
 
 VARIANTS = {"lax.top_k (before)": segments_lax_top_k, "blocked (now)": prpo._entropy_segments}
+
+
+def truncate_before(logits, *, top_k, top_p):
+  """The sampler's truncation as it was: ``jax.lax.top_k`` for the k-th value, a full sort for top-p."""
+  neg = sampler._NEG
+  if top_k:
+    logits = jnp.where(logits < jax.lax.top_k(logits, top_k)[0][..., -1:], neg, logits)
+  if top_p < 1.0:
+    desc = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(desc, axis=-1)
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p
+    logits = jnp.where(logits < jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True), neg, logits)
+  return logits
+
+
+def truncate_now(logits, *, top_k, top_p):
+  """The sampler's truncation now (``sampler.process_logits`` at temperature 1)."""
+  return sampler.process_logits(logits, sampler.SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p))[1]
+
+
+SAMPLER_VARIANTS = {"lax.top_k + sort (before)": truncate_before, "core.selection (now)": truncate_now}
+
+
+def bench_sampler(sh, repeats, rows_n=64, vocab=49152):
+  rng = np.random.default_rng(0)
+  logits = (rng.standard_normal((rows_n, vocab)) * 2.5).astype(np.float32)  # a spread like a 135M model's
+  placements = {"1": jnp.asarray(logits), "8": jax.device_put(logits, sh)}
+  out = []
+  for top_k, top_p in [(20, 1.0), (50, 1.0), (1000, 1.0), (0, 0.9), (0, 0.95), (50, 0.95)]:
+    fns = {name: jax.jit(functools.partial(f, top_k=top_k, top_p=top_p)) for name, f in SAMPLER_VARIANTS.items()}
+    gathers, times, results = {}, {}, {}
+    for name, f in fns.items():
+      for d, a in placements.items():
+        gathers[(name, d)] = f.lower(a).compile().as_text().count("all-gather")
+        results[(name, d)] = np.asarray(f(a)) > -1e29
+        times[(name, d)] = []
+    ref = results[("lax.top_k + sort (before)", "1")]
+    differ = max(int((r != ref).sum()) for r in results.values())
+    if top_p == 1.0:
+      assert differ == 0, "top-k variants disagree"
+    for _ in range(repeats):
+      for name, f in fns.items():
+        for d, a in placements.items():
+          times[(name, d)].append(_timed(f, a))
+    for name in fns:
+      t1, t8 = (statistics.median(times[(name, d)]) * 1e3 for d in "18")
+      out.append({"variant": name, "top_k": top_k, "top_p": top_p, "ms_1_device": t1, "ms_8_devices": t8,
+                  "all_gathers_8_devices": gathers[(name, "8")], "kept_entries_differing": differ,
+                  "kept_per_row_mean": float(ref.sum(-1).mean())})
+  return out
 
 
 def matmul_roof(n: int = 1024, repeats: int = 5) -> float:
@@ -65,6 +123,7 @@ def main():
   p.add_argument("--lengths", default="1024,4096")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--repeats", type=int, default=7)
+  p.add_argument("--skip-segments", action="store_true", help="only the sampler's truncation")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_topk.json"))
   args = p.parse_args()
   devices = jax.devices()
@@ -73,7 +132,8 @@ def main():
   sh = NamedSharding(Mesh(np.array(devices[:args.batch]), ("data",)), P("data"))
   roof = matmul_roof()
   rows = []
-  for g in (int(x) for x in args.groups.split(",")):
+  sampler_rows = bench_sampler(sh, args.repeats)
+  for g in ([] if args.skip_segments else (int(x) for x in args.groups.split(","))):
     for t in (int(x) for x in args.lengths.split(",")):
       rng = np.random.default_rng(0)
       ent = rng.gamma(1.0, 1.0, (args.batch, g, t)).astype(np.float32)
@@ -100,7 +160,8 @@ def main():
   machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, f32 matmul roof {roof:.0f} GFLOP/s"
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"machine": machine, "batch": args.batch, "repeats": args.repeats, "rows": rows}, f, indent=1)
+    json.dump({"machine": machine, "batch": args.batch, "repeats": args.repeats, "rows": rows,
+               "sampler_rows": sampler_rows}, f, indent=1)
   print(f"{machine}; B = {args.batch}, median of {args.repeats}, interleaved")
   print("| variant | G | T | 1 device (ms) | 8 devices (ms) | 8 / 1 | all-gathers (8 devices) | blocked vs lax.top_k |")
   print("|---|---|---|---|---|---|---|---|")
@@ -111,6 +172,16 @@ def main():
              if r is not b else "")
     print(f"| {r['variant']} | {r['G']} | {r['T']} | {r['ms_1_device']:.2f} | {r['ms_8_devices']:.2f} | "
           f"{r['ratio_8_over_1']:.2f} | {r['all_gathers_8_devices']} | {speed} |")
+  print("\nSampler truncation, [64, 49152] f32 logits")
+  print("| variant | top_k | top_p | kept/row | 1 device (ms) | 8 devices (ms) | all-gathers (8) | now vs before |")
+  print("|---|---|---|---|---|---|---|---|")
+  for i in range(0, len(sampler_rows), 2):
+    b, r = sampler_rows[i], sampler_rows[i + 1]
+    for x in (b, r):
+      speed = (f"{b['ms_1_device'] / r['ms_1_device']:.1f}× / {b['ms_8_devices'] / r['ms_8_devices']:.1f}×"
+               if x is r else "")
+      print(f"| {x['variant']} | {x['top_k']} | {x['top_p']} | {x['kept_per_row_mean']:.0f} | {x['ms_1_device']:.2f} | "
+            f"{x['ms_8_devices']:.2f} | {x['all_gathers_8_devices']} | {speed} |")
 
 
 if __name__ == "__main__":

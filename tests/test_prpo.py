@@ -42,31 +42,6 @@ def test_entropy_segments_follow_the_rule(ent, frac, k, m):
   np.testing.assert_array_equal(got, reference_segments(ent_rounded, length, k, m))
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    rows=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 2**31 - 1)), min_size=1, max_size=4),
-    t=st.integers(1, 300),
-    k=st.integers(1, 6),
-    block=st.integers(1, 9),
-    levels=st.sampled_from([2, 5, 1000]),
-)
-def test_blocked_top_k_is_the_top_k_set(rows, t, k, block, levels):
-  """The row-local top-k behind entropy_segments (blocks ranked by their maximum, then the candidates) picks the
-  set jax.lax.top_k picks, ties to the lower index, padding (-inf) included when a row has fewer than k entries."""
-  import jax
-
-  from jaxgrpo.core import prpo as prpo_lib
-
-  k = min(k, t)
-  scores = np.full((len(rows), t), -np.inf, np.float32)
-  for r, (length, seed) in enumerate(rows):
-    n = min(length, t)
-    scores[r, :n] = np.random.default_rng(seed).integers(0, levels, n)  # few levels: many ties
-  want = np.sort(np.asarray(jax.lax.top_k(jnp.asarray(scores), k)[1]), axis=-1)
-  got = np.sort(np.asarray(prpo_lib._top_k_positions(jnp.asarray(scores), k, block)), axis=-1)
-  np.testing.assert_array_equal(got, want)
-
-
 def test_entropy_segments_long_completions_and_sharded():
   """Past k·128 positions the blocked path runs; with the batch sharded over the devices the compiled program
   gathers nothing (jax.lax.top_k's custom call made XLA all-gather the whole batch) and the ids are the same."""

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgrpo.core import advantages as adv_lib
+from jaxgrpo.core import selection
 from jaxgrpo.core.arrays import as_array, check_shape
 
 # PRPO's choices, declared once (the trainer's config reads them from here).
@@ -60,52 +61,12 @@ def entropy_segments(entropies, mask, k: int = 5, min_gap: int = 10) -> jax.Arra
   return _entropy_segments(entropies, mask, k=int(k), min_gap=int(min_gap))
 
 
-_TOP_K_BLOCK = 128
-
-
-def _first_max_rounds(scores, k: int):
-  """Indices of the k largest ``scores`` along the last axis, ties to the lower index, as k rounds of "max,
-  then the first index holding it" (plain reductions)."""
-  n = scores.shape[-1]
-  pos = jnp.arange(n, dtype=jnp.int32)
-  taken = jnp.zeros(scores.shape, bool)  # not a -inf overwrite: -inf entries must stay distinct candidates
-  picked = []
-  for _ in range(k):  # k is small and static
-    best = jnp.max(jnp.where(taken, -jnp.inf, scores), axis=-1, keepdims=True)
-    i = jnp.min(jnp.where((scores == best) & ~taken, pos, n), axis=-1)
-    picked.append(i)
-    taken = taken | (pos == i[..., None])
-  return jnp.stack(picked, axis=-1)
-
-
-def _top_k_positions(scores, k: int, block: int = _TOP_K_BLOCK):
-  """Positions of the k largest ``scores`` along the last axis, ties to the lower index: the set
-  ``jax.lax.top_k`` returns, in any order.
-
-  Why not ``jax.lax.top_k``: XLA's SPMD partitioner does not partition its TopK custom call, so with the batch
-  sharded it all-gathers the whole array and every device ranks every row (3.3–3.6× slower on 8 simulated
-  devices than on one, bench_api). Everything here is row-local. Blocks of ``block`` positions are
-  ranked by their maximum (ties to the earlier block); the k largest entries lie in the k best blocks (a block
-  outside them has k better blocks, each holding an entry that ranks above all of its own), so only those
-  k·block candidates, kept in position order, are ranked entry by entry.
-  """
-  t = scores.shape[-1]
-  if t <= k * block:
-    return _first_max_rounds(scores, k)
-  nb = -(-t // block)
-  pad = [(0, 0)] * (scores.ndim - 1) + [(0, nb * block - t)]
-  blocks = jnp.pad(scores, pad, constant_values=-jnp.inf).reshape(*scores.shape[:-1], nb, block)
-  chosen = jnp.sort(_first_max_rounds(jnp.max(blocks, axis=-1), k), axis=-1)  # [..., k] block ids, ascending
-  cand = jnp.take_along_axis(blocks, chosen[..., None], axis=-2).reshape(*scores.shape[:-1], k * block)
-  cand_pos = (chosen[..., None] * block + jnp.arange(block, dtype=jnp.int32)).reshape(*scores.shape[:-1], k * block)
-  return jnp.take_along_axis(cand_pos, _first_max_rounds(cand, k), axis=-1)
-
-
 @functools.partial(jax.jit, static_argnames=("k", "min_gap"))
 def _entropy_segments(entropies, mask, *, k, min_gap):
   valid = mask.astype(bool)
   scored = jnp.where(valid, entropies.astype(jnp.float32), -jnp.inf)
-  return _segments_from_candidates(_top_k_positions(scored, min(k, scored.shape[-1])), valid, k=k, min_gap=min_gap)
+  top = selection.top_k_positions(scored, min(k, scored.shape[-1]))
+  return _segments_from_candidates(top, valid, k=k, min_gap=min_gap)
 
 
 def _segments_from_candidates(top, valid, *, k, min_gap):

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgrpo.core import selection
 from jaxgrpo.models import policy
 from jaxgrpo.models.transformer import Transformer, positions_from_mask
 
@@ -119,15 +120,11 @@ def process_logits(
   pol = policy.policy_logits(logits, sp.temperature, allowed)
   sampling = pol
   if sp.top_k > 0 and sp.top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(sampling, sp.top_k)[0][..., -1:]
-    sampling = jnp.where(sampling < kth, _NEG, sampling)
+    # Row-local, no sort (core.selection: lax.top_k is a full sort per row on XLA:CPU, all-gathered when sharded).
+    sampling = jnp.where(sampling < selection.kth_largest(sampling, sp.top_k), _NEG, sampling)
   if sp.top_p < 1.0:
-    desc = jnp.sort(sampling, axis=-1)[..., ::-1]
-    probs = jax.nn.softmax(desc, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
-    keep = before < sp.top_p  # the smallest prefix with mass >= top_p (always the top token)
-    threshold = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
-    sampling = jnp.where(sampling < threshold, _NEG, sampling)
+    # The smallest set of top tokens with mass >= top_p (always the top token), ties with its last token kept.
+    sampling = jnp.where(sampling < selection.top_p_threshold(sampling, sp.top_p), _NEG, sampling)
   return pol, sampling
 
 
