@@ -4,8 +4,8 @@ Prefix-overlap kernel (``prefix``), GRPO's implicit PRM (``implicit_prm``), grou
 clipped policy loss with λ weights (``objectives``), PRPO's segments and advantages (``prpo``), eagerly validated
 entry points (``checked``), the sampler ↔ trainer mismatch and its correction (``mismatch``), reward shaping
 (``shaping``: overlong punishment, multi-reward normalization, KL in the reward), argument handling (``arrays``),
-integer hashing (``hashing``) and pytree reductions (``trees``).  Nothing here imports
-from the rest of jaxgrpo.
+integer hashing (``hashing``), sort-free top-k / top-p selection (``selection``) and pytree reductions (``trees``).
+Nothing here imports from the rest of jaxgrpo.
 """
 
 from jaxgrpo.core import checked
