@@ -7,7 +7,8 @@ it; on separate devices (a sampler device and a trainer device) the step would t
 
   python experiments/bench_async.py [--steps 5] [--pairs 2]
 
-Prints a table (per-step wall time after the first two steps, which compile) and writes
+Prints a table (per-step wall time after the first two steps, which compile), each pair's one-step-off /
+synchronous ratio (and their range), the f32 matmul roof before and after, and writes
 experiments/results/bench_async.json.
 """
 
@@ -28,6 +29,22 @@ from jaxgrpo.parallel import sharding  # noqa: E402
 from jaxgrpo.train import presets  # noqa: E402
 from jaxgrpo.train.config import replace  # noqa: E402
 from jaxgrpo.train.trainer import Trainer  # noqa: E402
+
+
+def matmul_roof(n: int = 1024, repeats: int = 5) -> float:
+  """f32 GFLOP/s of one n×n matmul, measured in this run."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best / 1e9
 
 
 def one_run(async_rollouts: bool, steps: int, out: str) -> dict:
@@ -53,7 +70,9 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--pairs", type=int, default=2)
+  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_async.json"))
   args = ap.parse_args()
+  roof_before = matmul_roof()
   runs = []
   with tempfile.TemporaryDirectory() as tmp:
     for p in range(args.pairs):
@@ -69,6 +88,14 @@ def main():
                   "wall_per_step_s": float(wall.mean()), "sample_s": float(np.nanmean(sample)),
                   "update_s": float(np.nanmean(update))})
   sync, asyn = table
+  # Paired: pair p's one-step-off wall per step over its synchronous one (runs are interleaved within a pair).
+  ratios = []
+  for p in range(args.pairs):
+    pair = runs[2 * p: 2 * p + 2]
+    w = {r["async"]: float(np.mean(r["step_wall"][2:])) for r in pair}
+    ratios.append(w[True] / w[False])
+  paired = {"ratios": ratios, "mean": float(np.mean(ratios)), "range": [min(ratios), max(ratios)]}
+  roof = {"before_gflops": roof_before, "after_gflops": matmul_roof()}
   print("| loop | steps timed | wall per step | sample | update |")
   print("|---|---|---|---|---|")
   for row in table:
@@ -77,9 +104,12 @@ def main():
   print(f"one-step-off / synchronous wall per step: {asyn['wall_per_step_s'] / sync['wall_per_step_s']:.3f}; "
         f"max(sample, update) / (sample + update) of the synchronous loop: "
         f"{max(sync['sample_s'], sync['update_s']) / (sync['sample_s'] + sync['update_s']):.3f}")
-  os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-  with open(os.path.join(os.path.dirname(__file__), "results", "bench_async.json"), "w") as f:
-    json.dump({"runs": runs, "table": table, "host": f"{os.cpu_count()} CPU cores"}, f, indent=1)
+  print(f"per pair: {', '.join(f'{r:.3f}' for r in ratios)}; mean {paired['mean']:.3f}; f32 matmul roof "
+        f"{roof['before_gflops']:.0f} → {roof['after_gflops']:.0f} GFLOP/s (before → after)")
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"runs": runs, "table": table, "paired": paired, "roof": roof, "steps": args.steps,
+               "pairs": args.pairs, "host": f"{os.cpu_count()} CPU cores"}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,13 @@ truncation, for top_k ∈ {20, 50, 1,000}, top_p ∈ {0.9, 0.95} and both togeth
 truncated logits are checked equal (top-p: the kept sets may differ only where the mass before a token lies within
 float rounding of top_p; the count of differing entries is recorded).
 
-    python experiments/bench_topk.py     # ≈ 1 min here; writes experiments/results/bench_topk.json
+End to end (``--e2e``): the static sampler on SmolLM2-135M-Instruct (dequantised Q4_1), 8 chat prompts × G = 8 ×
+64 new tokens, EOS ignored, with the previous truncation patched in (``sampler.process_logits`` replaced) vs now,
+for top_k 0 / 50 and top_p 0.95; the two variants back to back, best of 2 after a compiling run whose tokens are
+compared.
+
+    python experiments/bench_topk.py         # ≈ 1 min here; writes experiments/results/bench_topk.json
+    python experiments/bench_topk.py --e2e --skip-segments --out experiments/results/bench_topk_e2e.json  # ≈ 8 min
 """
 
 from __future__ import annotations
@@ -102,6 +108,55 @@ def bench_sampler(sh, repeats, rows_n=64, vocab=49152):
   return out
 
 
+def bench_end_to_end(repeats: int, new_tokens: int = 64):
+  """The static sampler with the old truncation patched in vs now (see the module docstring)."""
+  from transformers import AutoTokenizer
+
+  import jaxgrpo.models as M
+  from jaxgrpo.models import smollm2
+
+  path = smollm2.hf_checkpoint_dir()
+  tok = AutoTokenizer.from_pretrained(path)
+  tok.padding_side = "left"
+  questions = ["What is the capital of France?", "Write a haiku about the sea.", "Explain photosynthesis briefly.",
+               "Give three tips for sleeping well.", "What is 17 times 23?", "Name a famous painter.",
+               "List two uses of a paperclip.", "How many legs does a spider have?"]
+  texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+           for q in questions]
+  batch = tok(texts, return_tensors="np", padding=True)
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  model, params = M.from_pretrained(path, "float32")
+  now = sampler.process_logits
+
+  def before(logits, sp, allowed=None):
+    pol = sampler.policy.policy_logits(logits, sp.temperature, allowed)
+    return pol, truncate_before(pol, top_k=sp.top_k if 0 < sp.top_k < logits.shape[-1] else 0, top_p=sp.top_p)
+
+  rows = []
+  for top_k, top_p in [(0, 1.0), (50, 1.0), (0, 0.95)]:
+    sp = sampler.SamplingParams(group_size=8, max_new_tokens=new_tokens, temperature=1.0, top_k=top_k, top_p=top_p,
+                                eos_ids=(), pad_id=tok.pad_token_id)
+    times, toks = {}, {}
+    for name, fn in (("before", before), ("now", now)):  # the patch acts at trace time: a fresh cache per variant
+      sampler.process_logits = fn
+      jax.clear_caches()
+      try:
+        toks[name] = np.asarray(sampler.sample_groups(model, params, ids, mask, jax.random.PRNGKey(0), sp).tokens)
+        times[name] = []
+        for _ in range(repeats):
+          t0 = time.perf_counter()
+          jax.block_until_ready(sampler.sample_groups(model, params, ids, mask, jax.random.PRNGKey(0), sp))
+          times[name].append(time.perf_counter() - t0)
+      finally:
+        sampler.process_logits = now
+    n = 8 * 8 * new_tokens
+    same = bool((toks["before"] == toks["now"]).all())
+    rows.append({"top_k": top_k, "top_p": top_p, "tokens": n, "same_tokens": same,
+                 "before_s": min(times["before"]), "now_s": min(times["now"]), "seconds": times})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
 def matmul_roof(n: int = 1024, repeats: int = 5) -> float:
   """f32 GFLOP/s of one n×n matmul on device 0, measured in this run."""
   a = jnp.ones((n, n), jnp.float32)
@@ -124,6 +179,7 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--repeats", type=int, default=7)
   p.add_argument("--skip-segments", action="store_true", help="only the sampler's truncation")
+  p.add_argument("--e2e", action="store_true", help="also the SmolLM2 sampler end to end (≈ 8 min)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_topk.json"))
   args = p.parse_args()
   devices = jax.devices()
@@ -133,6 +189,7 @@ def main():
   roof = matmul_roof()
   rows = []
   sampler_rows = bench_sampler(sh, args.repeats)
+  e2e_rows = bench_end_to_end(2) if args.e2e else []
   for g in ([] if args.skip_segments else (int(x) for x in args.groups.split(","))):
     for t in (int(x) for x in args.lengths.split(",")):
       rng = np.random.default_rng(0)
@@ -161,7 +218,7 @@ def main():
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"machine": machine, "batch": args.batch, "repeats": args.repeats, "rows": rows,
-               "sampler_rows": sampler_rows}, f, indent=1)
+               "sampler_rows": sampler_rows, "end_to_end_rows": e2e_rows}, f, indent=1)
   print(f"{machine}; B = {args.batch}, median of {args.repeats}, interleaved")
   print("| variant | G | T | 1 device (ms) | 8 devices (ms) | 8 / 1 | all-gathers (8 devices) | blocked vs lax.top_k |")
   print("|---|---|---|---|---|---|---|---|")
@@ -182,6 +239,13 @@ def main():
                if x is r else "")
       print(f"| {x['variant']} | {x['top_k']} | {x['top_p']} | {x['kept_per_row_mean']:.0f} | {x['ms_1_device']:.2f} | "
             f"{x['ms_8_devices']:.2f} | {x['all_gathers_8_devices']} | {speed} |")
+  if e2e_rows:
+    print("\nStatic sampler end to end, SmolLM2, 8 prompts × G = 8 × 64 tokens, best of 2")
+    print("| top_k | top_p | before (s) | now (s) | before / now | tokens equal |")
+    print("|---|---|---|---|---|---|")
+    for r in e2e_rows:
+      print(f"| {r['top_k']} | {r['top_p']} | {r['before_s']:.2f} | {r['now_s']:.2f} | "
+            f"{r['before_s'] / r['now_s']:.2f}× | {r['same_tokens']} |")
 
 
 if __name__ == "__main__":
