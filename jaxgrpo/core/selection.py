@@ -2,7 +2,7 @@
 top-p (nucleus) threshold.
 
 Why not ``jax.lax.top_k`` or ``jnp.sort``: on XLA:CPU ``jax.lax.top_k`` on one device lowers to a full stable sort
-of each row (0.55–0.6 s for [64, 49,152] logits here, every decode step of a top-k sampler), and with the rows
+of each row (≈ 0.5–0.6 s for [64, 49,152] logits here, every decode step of a top-k sampler), and with the rows
 sharded XLA's SPMD partitioner does not partition the TopK custom call: it all-gathers the whole array and every
 device ranks every row. What is here uses only row-local reductions, gathers and a fixed-length loop, so a sharded
 batch stays sharded and the cost does not grow with a sort (experiments/bench_topk.py).
