@@ -63,9 +63,11 @@ def order_key(x):
   return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
 
 
-def _bisect(key, lo, hi, below):
-  """The smallest key K in [lo, hi] with ``below(K)`` true, per row ([..., 1] each), for ``below`` monotone
-  (false ... false true ... true) and true at ``hi``: 32 halvings cover the uint32 range."""
+def _bisect(key, below):
+  """The smallest K between the row's smallest and largest ``key`` with ``below(K)`` true, per row ([..., 1]), for
+  ``below`` monotone (false ... false true ... true) and true at the largest key: 32 halvings cover uint32."""
+  lo, hi = jnp.min(key, -1, keepdims=True), jnp.max(key, -1, keepdims=True)
+
   def body(_, bounds):
     lo, hi = bounds
     mid = lo + ((hi - lo) >> 1)
@@ -91,8 +93,7 @@ def kth_largest(x, k: int, block: int = BLOCK):
     return jnp.min(jnp.take_along_axis(x, top_k_positions(x, k, block), axis=-1), axis=-1, keepdims=True)
   key = order_key(x)
   # "fewer than k entries are >= K + 1" is monotone in K and true at the row's maximum key.
-  kk = _bisect(key, jnp.min(key, -1, keepdims=True), jnp.max(key, -1, keepdims=True),
-               lambda m: jnp.sum(key > m, axis=-1, keepdims=True) < k)
+  kk = _bisect(key, lambda m: jnp.sum(key > m, axis=-1, keepdims=True) < k)
   return jnp.max(jnp.where(key == kk, x, -jnp.inf), axis=-1, keepdims=True)
 
 
@@ -109,6 +110,5 @@ def top_p_threshold(logits, top_p):
   logits = jnp.asarray(logits, jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
   key = order_key(logits)
-  kk = _bisect(key, jnp.min(key, -1, keepdims=True), jnp.max(key, -1, keepdims=True),
-               lambda m: jnp.sum(jnp.where(key > m, probs, 0.0), axis=-1, keepdims=True) < top_p)
+  kk = _bisect(key, lambda m: jnp.sum(jnp.where(key > m, probs, 0.0), axis=-1, keepdims=True) < top_p)
   return jnp.min(jnp.where(key >= kk, logits, jnp.inf), axis=-1, keepdims=True)
