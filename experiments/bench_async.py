@@ -24,27 +24,12 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import numpy as np  # noqa: E402
+from bench_step import roof_gflops  # noqa: E402  (the f32 matmul roof, as bench_step.py measures it)
 
 from jaxgrpo.parallel import sharding  # noqa: E402
 from jaxgrpo.train import presets  # noqa: E402
 from jaxgrpo.train.config import replace  # noqa: E402
 from jaxgrpo.train.trainer import Trainer  # noqa: E402
-
-
-def matmul_roof(n: int = 1024, repeats: int = 5) -> float:
-  """f32 GFLOP/s of one n×n matmul, measured in this run."""
-  import jax
-  import jax.numpy as jnp
-
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n**3 / best / 1e9
 
 
 def one_run(async_rollouts: bool, steps: int, out: str) -> dict:
@@ -72,7 +57,7 @@ def main():
   ap.add_argument("--pairs", type=int, default=2)
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_async.json"))
   args = ap.parse_args()
-  roof_before = matmul_roof()
+  roof_before = roof_gflops()
   runs = []
   with tempfile.TemporaryDirectory() as tmp:
     for p in range(args.pairs):
@@ -95,7 +80,7 @@ def main():
     w = {r["async"]: float(np.mean(r["step_wall"][2:])) for r in pair}
     ratios.append(w[True] / w[False])
   paired = {"ratios": ratios, "mean": float(np.mean(ratios)), "range": [min(ratios), max(ratios)]}
-  roof = {"before_gflops": roof_before, "after_gflops": matmul_roof()}
+  roof = {"before_gflops": roof_before, "after_gflops": roof_gflops()}
   print("| loop | steps timed | wall per step | sample | update |")
   print("|---|---|---|---|---|")
   for row in table:
