@@ -157,12 +157,19 @@ def test_a_bf16_kv_cache_is_bf16_half_the_bytes_and_close_to_f32(llama):
   ids, mask = prompts(model.config.vocab_size, seed=6)
   sp32 = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
   sp16 = dataclasses.replace(sp32, kv_dtype="bfloat16")
-  ctx = continuous._prefill(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.PRNGKey(0), 12, "bfloat16")
-  assert ctx.cache["prompt_k"].dtype == jnp.bfloat16
+  one = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("rows",))
+  ctx = continuous._prefill(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.PRNGKey(0), 4, "bfloat16",
+                            one, ("rows",))
+  assert ctx.cache["prompt_k"].dtype == jnp.bfloat16 and ctx.cache["prompt_k"].shape[:3] == (1, 2, 3)  # [D, L, B]
   b32 = continuous.kv_bytes(model, sp32, 3, 6, 0)
   b16 = continuous.kv_bytes(model, sp16, 3, 6, 0)
   assert b16["continuous"] * 2 == b32["continuous"] and b16["static"] * 2 == b32["static"]
   assert b32["continuous"] < b32["static"]  # one prompt copy instead of G
+  four = continuous.kv_bytes(model, sp32, 8, 6, 16, devices=4)  # per device: 2 prompts, 4 slots
+  assert four == continuous.kv_bytes(model, sp32, 2, 6, 4)
+  # 3 prompts × G 4 on 8 devices: 2 samples each (the last 4 dummies), 1 prompt prefilled each
+  per_pos = b32["continuous"] // (3 * 6 + 12 * T)  # 3 prompts of 6 positions once, 12 slots of T
+  assert continuous.kv_bytes(model, sp32, 3, 6, 0, devices=8)["continuous"] == per_pos * (6 + 2 * T)
   key = jax.random.PRNGKey(4)
   a, _ = run(model, params, ids, mask, key, sp32, **SMALL)
   b, _ = run(model, params, ids, mask, key, sp16, **SMALL)
@@ -175,17 +182,61 @@ def test_a_bf16_kv_cache_is_bf16_half_the_bytes_and_close_to_f32(llama):
   assert not policy.sampler_is_policy({"kv_dtype": "bfloat16"}) and policy.sampler_is_policy({"kv_dtype": None})
 
 
-def test_the_rollout_engine_uses_continuous_on_one_device_and_static_on_a_mesh():
+def test_the_rollout_engine_uses_continuous_on_one_device_and_static_on_a_mesh_unless_asked():
   from jaxgrpo.parallel import sharding
   from jaxgrpo.train import build
   model, _, tok = build.build_model(presets.preset("toy").model, 0, None)
   assert RolloutEngine(model, tok).engine == "continuous"
   assert RolloutEngine(model, tok, engine="static").engine == "static"
-  mesh = sharding.make_mesh(-1, 1, 1)
-  if mesh.devices.size > 1:
-    assert RolloutEngine(model, tok, mesh).engine == "static"
-    with pytest.raises(ValueError, match="sampling.engine = 'continuous' runs on one device"):
-      RolloutEngine(model, tok, mesh, engine="continuous")
+  if jax.device_count() >= 4:
+    mesh = sharding.make_mesh(2, 2, 1, devices=jax.devices()[:4])
+    assert RolloutEngine(model, tok, mesh).engine == "static"  # auto: nothing measured on several devices
+    assert RolloutEngine(model, tok, mesh, engine="continuous").engine == "continuous"  # data-parallel
+    with pytest.raises(ValueError, match="'continuous' is data-parallel .* devices off the batch axes"):
+      RolloutEngine(model, tok, sharding.make_mesh(2, 1, 2, devices=jax.devices()[:4]), engine="continuous")
+
+
+def _mesh(data, fsdp):
+  from jaxgrpo.parallel import sharding
+  if jax.device_count() < data * fsdp:
+    pytest.skip(f"needs {data * fsdp} (simulated) devices")
+  return sharding.make_mesh(data, fsdp, 1, devices=jax.devices()[:data * fsdp])
+
+
+@pytest.mark.parametrize("data, fsdp, b, slots", [(2, 1, 4, 0), (4, 1, 3, 4), (2, 2, 4, 8), (8, 1, 3, 0), (4, 2, 3, 8)])
+def test_on_several_devices_each_runs_its_share_and_the_output_is_the_static_engines(llama, data, fsdp, b, slots):
+  """Data-parallel slots: the same samples whatever the device count (a sample's key is its global index), rows
+  sharded over the batch axes (replicated when D does not divide B; then a device's samples may span two prompts,
+  or D may exceed B), params sharded by FSDP gathered for sampling, and the slots split over the devices."""
+  from jaxgrpo.parallel import sharding
+  model, params = llama
+  mesh = _mesh(data, fsdp)
+  d = data * fsdp
+  ids, mask = prompts(model.config.vocab_size, seed=3, b=b)
+  sp = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
+  key = jax.random.PRNGKey(11)
+  ref = sampler.sample_groups(model, params, ids, mask, key, sp)
+  shardings = sharding.tree_shardings(M.transformer.logical_axes(model), params, mesh)
+  sharded = jax.device_put(params, shardings)
+  if fsdp > 1:  # the weights really are split: the engine gathers them
+    assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded))
+  out, stats = continuous.sample_groups(model, sharded, ids, mask, key, sp, cp=continuous.ContinuousParams(
+      slots=slots, **SMALL), mesh=mesh, axes=sharding.batch_axes(mesh))
+  assert_same_samples(out, ref)
+  assert stats.devices == d and stats.useful_tokens == int(np.asarray(ref.lengths).sum())
+  assert stats.slot_counts[0] == (slots or -(-b * sp.group_size // d) * d)  # over all devices
+  spec = out.tokens.sharding.spec
+  assert (len(spec) > 0 and spec[0] is not None) == (b % d == 0), spec  # rows sharded iff D divides B
+
+
+def test_several_devices_refuse_slots_they_cannot_split(llama):
+  model, params = llama
+  mesh = _mesh(2, 1)
+  ids, mask = prompts(model.config.vocab_size, b=4)
+  sp = sampler.SamplingParams(group_size=2, max_new_tokens=4, temperature=1.0, eos_ids=(EOS,), pad_id=0)
+  with pytest.raises(ValueError, match=r"sampling.slots \(3\) must be a multiple of the 2 devices"):
+    continuous.sample_groups(model, params, ids, mask, jax.random.PRNGKey(0), sp,
+                             cp=continuous.ContinuousParams(slots=3), mesh=mesh, axes=("data",))
 
 
 @pytest.mark.parametrize("override, match", [
@@ -194,10 +245,11 @@ def test_the_rollout_engine_uses_continuous_on_one_device_and_static_on_a_mesh()
     ("sampling.slots=100000", r"'sampling.slots' must be <= data.prompts_per_step × sampling.group_size"),
     ("sampling.kv_dtype=int8", r"'sampling.kv_dtype' must be one of \['float32', 'bfloat16', 'float16'\]"),
     ("sampling.kv_dtype=float16", r"'sampling.kv_dtype' 'float16' is not supported on the cpu backend"),
-    ("mesh.data=2", r"'sampling.engine' = 'continuous' runs on one device"),
+    ("mesh.tensor=2", r"'sampling.engine' = 'continuous' is data-parallel .* tensor=2"),
+    ("mesh.data=2;sampling.slots=3", r"'sampling.slots' must be a multiple of mesh.data × mesh.fsdp = 2"),
 ])
 def test_bad_engine_settings_are_refused_when_loaded_naming_the_key(override, match):
-  overrides = [override] + (["sampling.engine=continuous"] if override.startswith("mesh") else [])
+  overrides = override.split(";") + (["sampling.engine=continuous"] if override.startswith("mesh") else [])
   with pytest.raises(ValueError, match=match):
     C.apply_overrides(presets.preset("toy"), overrides)
   with pytest.raises(ValueError, match="slots must be an integer >= 0"):
@@ -213,6 +265,25 @@ def test_training_with_the_continuous_engine_equals_the_static_engine(tmp_path):
     for k in ("loss", "reward_mean", "completion_tokens", "grad_norm"):
       np.testing.assert_allclose(sb[k], sa[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert 0 < sb["sampling/useful_frac"] <= 1 and "sampling/useful_frac" not in sa
+
+
+def test_training_on_a_mesh_with_the_continuous_engine_equals_the_static_engine(tmp_path):
+  """Data-parallel continuous sampling inside the sharded trainer (2 devices, slots split 8 + 8): the same step
+  metrics as the static engine on the same mesh."""
+  from jaxgrpo.train.trainer import Trainer
+  mesh = _mesh(2, 1)
+  cfg = config_replace(presets.preset("toy"), progress=False, steps=2, checkpoint_every=0)
+  a = Trainer(config_replace(cfg, output_dir=str(tmp_path / "a"), sampling={"engine": "static"}), mesh=mesh
+              ).run(resume=False)
+  tb = Trainer(config_replace(cfg, output_dir=str(tmp_path / "b"), sampling={"engine": "continuous", "slots": 16}),
+               mesh=mesh)
+  assert tb.engine.engine == "continuous"
+  b = tb.run(resume=False)
+  for sa, sb in zip(a, b):
+    for k in ("loss", "reward_mean", "completion_tokens", "grad_norm"):
+      np.testing.assert_allclose(sb[k], sa[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert 0 < sb["sampling/useful_frac"] <= 1
+  assert tb.engine.last_stats.devices == 2
 
 
 def test_auto_picks_the_engine_the_benchmark_measured_faster():

@@ -4,6 +4,7 @@ The final params equal those of 1 process × 8 devices (same mesh shape; SGD, as
 killing both processes and restarting them resumes to the uninterrupted result.
 """
 
+import json
 import os
 import re
 import signal
@@ -35,7 +36,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def launch(out, steps=STEPS):
+def launch(out, steps=STEPS, extra=()):
   port = _free_port()
   flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
   env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4".strip(),
@@ -43,7 +44,7 @@ def launch(out, steps=STEPS):
   procs = []
   for pid in range(2):
     args = [sys.executable, "-m", "jaxgrpo.cli", "train", "--preset", "toy", "--set", f"output_dir={out}",
-            *[x for kv in CLI_SETTINGS for x in ("--set", kv)], "--set", f"steps={steps}",
+            *[x for kv in [*CLI_SETTINGS, *extra] for x in ("--set", kv)], "--set", f"steps={steps}",
             "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(pid)]
     procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   return procs
@@ -98,3 +99,16 @@ def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path, sing
   resumed = final_state(killed, STEPS)[1]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), resumed["params"],
                single_process["params"])
+
+
+def test_two_processes_sampling_with_the_continuous_engine_equal_one_with_the_static(tmp_path, single_process):
+  """Data-parallel continuous batching across processes (each device its own slots; the host loop reads every
+  device's progress): the same samples, so the same final params as one process with the static engine."""
+  out = str(tmp_path / "continuous")
+  for code, err in wait_all(launch(out, extra=("sampling.engine=continuous",))):
+    assert code == 0, err[-3000:]
+  two = final_state(out, STEPS)[1]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), two["params"],
+               single_process["params"])
+  rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+  assert all(0 < r["sampling/useful_frac"] <= 1 for r in rows if "loss" in r)

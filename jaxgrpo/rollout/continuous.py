@@ -19,6 +19,12 @@ Randomness is per sample (``sampler.sample_keys``: the token at completion posit
 ``fold_in(fold_in(rng, i), j)``), exactly as in the static sampler, so a sample's tokens do not depend on the
 slot that ran it or on ``slots``: for the same key the two engines return the same samples (up to float rounding
 in the attention sums, which can flip a token only at a near-tie).
+
+On several devices (``mesh`` and its row ``axes``) the engine is data-parallel: each device runs its own slots and
+queue on its share of the prompts (``shard_map``; nothing crosses devices inside the decode loop) with a replicated
+copy of the parameters; the host loop reads every device's progress and compacts all devices to the same slot count.
+A sample's key is still ``fold_in(rng, i)`` with i its global index, so the output does not depend on the device
+count either.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 
 from jaxgrpo.models import policy
 from jaxgrpo.models.transformer import SlotMask, Transformer
+from jaxgrpo.parallel import distributed as dist
 from jaxgrpo.rollout import sampler
 from jaxgrpo.rollout.sampler import SampleOutput, SamplingParams
 
@@ -60,10 +67,11 @@ class EngineStats:
   samples: int  # B·G
   useful_tokens: int  # completion tokens returned (Σ lengths)
   slot_steps: int  # rows decoded, summed over decode steps (idle slots included): the tokens computed
-  decode_steps: int  # decode steps taken
+  decode_steps: int  # decode steps taken (per call, the most any device took)
   host_calls: int  # decode-loop calls (each up to steps_per_call steps)
-  slot_counts: tuple[int, ...]  # the slot count of each call (compaction halves it)
+  slot_counts: tuple[int, ...]  # the slot count of each call, over all devices (compaction halves it)
   reads: tuple[int, ...]  # the completion positions read by each call
+  devices: int = 1  # devices the slots are split over (data-parallel; counts and steps above are over all)
 
   @property
   def useful_frac(self) -> float:
@@ -74,13 +82,15 @@ class EngineStats:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PromptContext:
-  """What every slot reads and nobody writes (B prompts of P positions, N = B·G samples)."""
+  """What every slot reads and nobody writes (B prompts of P positions, N samples; on several devices, per device:
+  the prompts its samples belong to and its share of the samples)."""
 
   cache: dict  # {"prompt_k", "prompt_v"}: [L, B, KV, P, Dh] each prompt's KV, once (the KV dtype)
   valid: jax.Array  # bool[B, P] real prompt positions (left padding False)
   length: jax.Array  # int32[B] prompt lengths (a completion token's position is length + its index)
   logits: jax.Array  # float32[B, V] next-token logits after each prompt (a new sample's first logits)
   keys: jax.Array  # uint32[N, 2] per-sample PRNG keys (``sampler.sample_keys``)
+  prompt_of: jax.Array  # int32[N] each sample's prompt (an index into the B prompts above)
 
 
 @jax.tree_util.register_dataclass
@@ -107,37 +117,37 @@ def _bucket(n: int, block: int, cap: int) -> int:
   return min(cap, max(block, 1 << (max(n, 1) - 1).bit_length()))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "n", "kv_dtype"))
-def _prefill(model: Transformer, params, prompt_ids, prompt_mask, rng, n: int, kv_dtype=None):
+# ----------------------------------------------------------------------------- one device's engine
+# Each function below is what one device runs on its own share (B/D prompts, their N/D samples, S slots).
+
+
+def _prefill_local(model: Transformer, params, prompt_ids, prompt_mask, keys, prompt_of, kv_dtype) -> PromptContext:
   logits, cache = sampler.prefill(model, params, prompt_ids, prompt_mask, prompt_ids.shape[1], kv_dtype)
   return PromptContext(cache={"prompt_k": cache["k"], "prompt_v": cache["v"]}, valid=prompt_mask.astype(bool),
-                       length=jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), logits=logits,
-                       keys=sampler.sample_keys(rng, n))
+                       length=jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), logits=logits, keys=keys,
+                       prompt_of=prompt_of)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "slots", "sp"))
-def _start(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams) -> SlotState:
+def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams) -> SlotState:
   cfg = model.config
-  n, t, g = ctx.keys.shape[0], sp.max_new_tokens, sp.group_size
+  n, t = ctx.keys.shape[0], sp.max_new_tokens
   sample = jnp.where(jnp.arange(slots) < n, jnp.arange(slots), -1).astype(jnp.int32)
   shape = (cfg.num_layers, slots, cfg.num_kv_heads, t, cfg.head_dim)
   dtype = sampler.cache_dtype(model, sp)
   return SlotState(
       cache={"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)},
       sample=sample, length=jnp.zeros((slots,), jnp.int32),
-      logits=jnp.take(ctx.logits, jnp.maximum(sample, 0) // g, axis=0),
+      logits=jnp.take(ctx.logits, jnp.take(ctx.prompt_of, jnp.maximum(sample, 0)), axis=0),
       next=jnp.asarray(min(slots, n), jnp.int32), steps=jnp.zeros((), jnp.int32),
       slot_steps=jnp.zeros((), jnp.int32),
       tokens=jnp.full((n, t), sp.pad_id, jnp.int32), logprobs=jnp.zeros((n, t), jnp.float32),
       entropies=jnp.zeros((n, t), jnp.float32), lengths=jnp.zeros((n,), jnp.int32), eos=jnp.zeros((n,), bool))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sp", "allowed", "steps_per_call", "read"),
-                   donate_argnames=("state",))
-def _run(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: SamplingParams,
-         allowed: policy.AllowedIds, steps_per_call: int, read: int) -> SlotState:
+def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: SamplingParams,
+               allowed: policy.AllowedIds, steps_per_call: int, read: int) -> SlotState:
   """Up to ``steps_per_call`` decode steps of every slot, refilling ended slots from the queue."""
-  n, t, g = ctx.keys.shape[0], sp.max_new_tokens, sp.group_size
+  n, t = ctx.keys.shape[0], sp.max_new_tokens
   eos_ids = jnp.asarray(sp.eos_ids if sp.eos_ids else (-1,), jnp.int32)
   allowed_mask = policy.allowed_mask(model.config.vocab_size, allowed)
 
@@ -155,7 +165,7 @@ def _run(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: S
     new_len = s.length + live.astype(jnp.int32)
     hit_eos = live & jnp.isin(tok, eos_ids)
     ended = live & (hit_eos | (new_len >= t))
-    prompt = sid // g
+    prompt = jnp.take(ctx.prompt_of, sid)
     mask = SlotMask(prompt_of=prompt, prompt_valid=ctx.valid, length=s.length, read=read)
     positions = jnp.take(ctx.length, prompt) + s.length
     out = model.apply({"params": params}, tok[:, None], positions[:, None], mask, {**ctx.cache, **s.cache}, 0)
@@ -164,7 +174,8 @@ def _run(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: S
     new_sid = s.next + rank
     refill = ended & (new_sid < n)
     sample = jnp.where(refill, new_sid, jnp.where(ended, -1, s.sample)).astype(jnp.int32)
-    logits = jnp.where(refill[:, None], jnp.take(ctx.logits, jnp.minimum(new_sid, n - 1) // g, axis=0),
+    new_prompt = jnp.take(ctx.prompt_of, jnp.minimum(new_sid, n - 1))
+    logits = jnp.where(refill[:, None], jnp.take(ctx.logits, new_prompt, axis=0),
                        out.logits[:, 0])
     return SlotState(
         cache={"k": out.cache["k"], "v": out.cache["v"]}, sample=sample,
@@ -179,8 +190,7 @@ def _run(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: S
   return jax.lax.while_loop(cond, body, dataclasses.replace(state, steps=jnp.zeros((), jnp.int32)))
 
 
-@functools.partial(jax.jit, static_argnames=("slots",))
-def _compact(state: SlotState, slots: int) -> SlotState:
+def _compact_local(state: SlotState, slots: int) -> SlotState:
   """The live slots moved to the first ``slots`` rows (they must fit)."""
   order = jnp.argsort(jnp.where(state.sample >= 0, 0, 1), stable=True)[:slots]
   take = lambda x, axis=0: jnp.take(x, order, axis=axis)
@@ -188,62 +198,172 @@ def _compact(state: SlotState, slots: int) -> SlotState:
                              length=take(state.length), logits=take(state.logits))
 
 
-@jax.jit
-def _progress(state: SlotState):
+def _progress_local(state: SlotState) -> jax.Array:
   live = state.sample >= 0
   return jnp.stack([jnp.sum(live.astype(jnp.int32)), jnp.max(jnp.where(live, state.length, 0)), state.next,
                     state.steps, state.slot_steps])
 
 
+# ----------------------------------------------------------------------------- D devices, data-parallel
+# Every device runs its own slots and queue on its B/D prompts (shard_map over the row axes; no collective inside
+# the decode loop, so a device whose samples end first just stops).  Device-side records carry a leading axis of
+# D (one entry per device, sharded over the row axes); parameters are replicated (gathered once per call).
+
+
+def _lead(axes: tuple[str, ...]):
+  return None if not axes else (axes[0] if len(axes) == 1 else axes)
+
+
+def _per_device(fn, mesh, axes, replicated: int):
+  """``fn`` run on every device: its first ``replicated`` arguments replicated, the rest (and the result) pytrees
+  whose leaves carry the leading device axis."""
+  spec = jax.sharding.PartitionSpec(_lead(axes))
+
+  def inner(*args):
+    local = jax.tree.map(lambda x: x[0], args[replicated:])
+    return jax.tree.map(lambda x: x[None], fn(*args[:replicated], *local))
+
+  def call(*args):
+    specs = (jax.sharding.PartitionSpec(),) * replicated + (spec,) * (len(args) - replicated)
+    return jax.shard_map(inner, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(*args)
+
+  return call
+
+
+def _shares(b: int, g: int, d: int) -> tuple[int, np.ndarray, np.ndarray]:
+  """How N = B·G samples split over D devices: each device takes ⌈N/D⌉ consecutive samples (the last device's
+  tail past N are dummies of the last prompt, dropped) and prefills the prompts they belong to.  Returns (samples
+  per device, int32[D, Bd] the prompts each device prefills, int32[D, ⌈N/D⌉] each sample's index among them)."""
+  n_local = -(-b * g // d)
+  sample = np.arange(d * n_local).reshape(d, n_local)
+  prompt = np.minimum(sample // g, b - 1)
+  first = prompt[:, 0]
+  per_device = int((prompt[:, -1] - first).max()) + 1
+  prompts = np.minimum(first[:, None] + np.arange(per_device)[None], b - 1).astype(np.int32)
+  return n_local, prompts, (prompt - first[:, None]).astype(np.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "g", "kv_dtype", "mesh", "axes"))
+def _prefill(model: Transformer, params, prompt_ids, prompt_mask, rng, g: int, kv_dtype, mesh, axes):
+  """Prompts [B, P] → the per-device contexts of their B·G samples (``_shares``); sample i's key is
+  ``fold_in(rng, i)`` wherever it runs."""
+  d = _devices(mesh, axes)
+  b = prompt_ids.shape[0]
+  n_local, prompts, prompt_of = _shares(b, g, d)
+  keys = sampler.sample_keys(rng, d * n_local).reshape(d, n_local, 2)
+  fn = lambda params, ids, mask, keys, of: _prefill_local(model, params, ids, mask, keys, of, kv_dtype)
+  take = lambda x: jnp.take(x, jnp.asarray(prompts), axis=0)  # [D, Bd, P]
+  return _per_device(fn, mesh, axes, 1)(params, take(prompt_ids), take(prompt_mask), keys, jnp.asarray(prompt_of))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "slots", "sp", "mesh", "axes"))
+def _start(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, mesh, axes) -> SlotState:
+  return _per_device(lambda c: _start_local(model, c, slots, sp), mesh, axes, 0)(ctx)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "sp", "allowed", "steps_per_call", "read", "mesh", "axes"),
+                   donate_argnames=("state",))
+def _run(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: SamplingParams,
+         allowed: policy.AllowedIds, steps_per_call: int, read: int, mesh, axes) -> SlotState:
+  fn = lambda params, c, s: _run_local(model, params, c, s, sp, allowed, steps_per_call, read)
+  return _per_device(fn, mesh, axes, 1)(params, ctx, state)
+
+
+@functools.partial(jax.jit, static_argnames=("slots", "mesh", "axes"))
+def _compact(state: SlotState, slots: int, mesh, axes) -> SlotState:
+  return _per_device(lambda s: _compact_local(s, slots), mesh, axes, 0)(state)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "axes"))
+def _progress(state: SlotState, mesh, axes) -> jax.Array:
+  """int32[D, 5] per device: live slots, longest live completion, queue position, steps of the last call, rows
+  decoded — replicated, so every process reads it."""
+  out = _per_device(_progress_local, mesh, axes, 0)(state)
+  return jax.lax.with_sharding_constraint(out, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def _devices(mesh, axes) -> int:
+  return int(np.prod([mesh.shape[a] for a in axes], dtype=np.int64))
+
+
 def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.Array, sp: SamplingParams,
-                  allowed: policy.AllowedIds = None,
-                  cp: ContinuousParams = ContinuousParams()) -> tuple[SampleOutput, EngineStats]:
+                  allowed: policy.AllowedIds = None, cp: ContinuousParams = ContinuousParams(), *,
+                  mesh: jax.sharding.Mesh | None = None,
+                  axes: tuple[str, ...] = ()) -> tuple[SampleOutput, EngineStats]:
   """``sampler.sample_groups`` with continuous batching: the same ``SampleOutput`` (for inputs already checked:
-  ``sampler.validate_prompts``), and what was computed.  Runs on one device (params and prompts there)."""
+  ``sampler.validate_prompts``), and what was computed.
+
+  On one device by default; with ``mesh`` and its row ``axes`` (D devices in all), data-parallel: each device
+  runs ``cp.slots / D`` slots (``cp.slots`` must then be a multiple of D; 0: one per sample) over its ⌈N/D⌉
+  consecutive samples (prefilling the prompts they belong to) with a full copy of ``params``; the outputs are
+  row-sharded over ``axes`` (replicated when D does not divide B)."""
+  if mesh is None:
+    mesh, axes = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("rows",)), ("rows",)
+  axes = tuple(axes)
+  d = _devices(mesh, axes)
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
   b, p = prompt_ids.shape
   g, t = sp.group_size, sp.max_new_tokens
-  n = b * g
   sampler.check_positions(model, p, t)
-  slots = min(cp.slots or n, n)
-  ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, n, sp.kv_dtype)
-  state = _start(model, ctx, slots, sp)
-  live, longest, queued, steps, slot_steps = slots, 0, slots, 0, 0
-  counts, reads, decode_steps = [], [], 0
+  if cp.slots % d:
+    raise ValueError(f"sampling.slots ({cp.slots}) must be a multiple of the {d} devices the continuous engine "
+                     "splits its slots over (0: one per sample)")
+  n_local = _shares(b, g, d)[0]
+  slots = min(cp.slots // d or n_local, n_local)
+  ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, g, sp.kv_dtype, mesh, axes)
+  state = _start(model, ctx, slots, sp, mesh, axes)
+  live, longest, queued = slots, 0, False
+  counts, reads, decode_steps, slot_steps = [], [], 0, 0
   while live:
-    if cp.compact and queued >= n and live <= slots // 2 and slots // 2 >= cp.min_slots:
-      slots = max(cp.min_slots, 1 << (live - 1).bit_length())  # the next power of two ≥ live
-      state = _compact(state, slots)
+    if cp.compact and queued and live <= slots // 2 and slots // 2 >= cp.min_slots:
+      slots = max(cp.min_slots, 1 << (live - 1).bit_length())  # the next power of two ≥ the most live on a device
+      state = _compact(state, slots, mesh, axes)
     read = _bucket(longest + cp.steps_per_call, cp.read_block, t)
-    state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read)
-    counts.append(slots)
+    state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read, mesh, axes)
+    counts.append(slots * d)
     reads.append(read)
-    live, longest, queued, steps, slot_steps = (int(x) for x in np.asarray(_progress(state)))
-    decode_steps += steps
-  out = _outputs(state, b, g)
-  stats = EngineStats(samples=n, useful_tokens=int(np.asarray(jnp.sum(state.lengths))), slot_steps=slot_steps,
+    prog = np.asarray(dist.fetch(_progress(state, mesh, axes)), np.int64)  # [D, 5]
+    live, longest, queued = int(prog[:, 0].max()), int(prog[:, 1].max()), bool((prog[:, 2] >= n_local).all())
+    decode_steps += int(prog[:, 3].max())
+    slot_steps = int(prog[:, 4].sum())
+  rows = jax.sharding.PartitionSpec(_lead(axes) if b % d == 0 else None)
+  out, useful = _outputs(state, b, g, jax.sharding.NamedSharding(mesh, rows))
+  stats = EngineStats(samples=b * g, useful_tokens=int(dist.fetch(useful)), slot_steps=slot_steps,
                       decode_steps=decode_steps, host_calls=len(counts), slot_counts=tuple(counts),
-                      reads=tuple(reads))
+                      reads=tuple(reads), devices=d)
   return out, stats
 
 
-@functools.partial(jax.jit, static_argnames=("b", "g"))
-def _outputs(state: SlotState, b: int, g: int) -> SampleOutput:
-  t = state.tokens.shape[1]
-  mask = (jnp.arange(t)[None, :] < state.lengths[:, None]).astype(jnp.int32)
-  finish = jnp.where(state.eos, sampler.FINISH_EOS, sampler.FINISH_LENGTH).astype(jnp.int32)
-  return SampleOutput(tokens=state.tokens.reshape(b, g, t), mask=mask.reshape(b, g, t),
-                      logprobs=state.logprobs.reshape(b, g, t), entropies=state.entropies.reshape(b, g, t),
-                      lengths=state.lengths.reshape(b, g), finish_reason=finish.reshape(b, g))
+@functools.partial(jax.jit, static_argnames=("b", "g", "row_sharding"))
+def _outputs(state: SlotState, b: int, g: int, row_sharding) -> SampleOutput:
+  """Per-device [D, ⌈N/D⌉, ...] records → [B, G, ...] (the first N samples), rows sharded by ``row_sharding``;
+  and the tokens returned (replicated)."""
+  t = state.tokens.shape[-1]
+  n = b * g
+  flat = lambda x: x.reshape(-1, *x.shape[2:])[:n]
+  lengths, eos = flat(state.lengths), flat(state.eos)
+  mask = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
+  finish = jnp.where(eos, sampler.FINISH_EOS, sampler.FINISH_LENGTH).astype(jnp.int32)
+  shaped = lambda x: jax.lax.with_sharding_constraint(
+      x.reshape(b, g, *x.shape[1:]), jax.sharding.NamedSharding(
+          row_sharding.mesh, jax.sharding.PartitionSpec(*row_sharding.spec, *([None] * x.ndim))))
+  out = SampleOutput(tokens=shaped(flat(state.tokens)), mask=shaped(mask), logprobs=shaped(flat(state.logprobs)),
+                     entropies=shaped(flat(state.entropies)), lengths=shaped(lengths), finish_reason=shaped(finish))
+  useful = jax.lax.with_sharding_constraint(jnp.sum(lengths), jax.sharding.NamedSharding(
+      row_sharding.mesh, jax.sharding.PartitionSpec()))
+  return out, useful
 
 
-def kv_bytes(model: Transformer, sp: SamplingParams, prompts: int, prompt_len: int, slots: int) -> dict[str, int]:
-  """KV-cache bytes of both engines for ``prompts`` prompts of ``prompt_len`` positions: the static sampler's
-  (P + T slots for each of B·G rows) and this engine's (P per prompt, once, plus T per slot)."""
+def kv_bytes(model: Transformer, sp: SamplingParams, prompts: int, prompt_len: int, slots: int,
+             devices: int = 1) -> dict[str, int]:
+  """KV-cache bytes per device of both engines for ``prompts`` prompts of ``prompt_len`` positions on ``devices``
+  data-parallel devices: the static sampler's (P + T slots for each of its ⌈B·G/D⌉ rows) and this engine's (P for
+  each prompt its samples belong to, once, plus T per slot; ``_shares``)."""
   cfg = model.config
   per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * sampler.cache_dtype(model, sp).itemsize
-  n, t = prompts * sp.group_size, sp.max_new_tokens
-  slots = min(slots or n, n)
-  return {"static": per_pos * n * (prompt_len + t),
-          "continuous": per_pos * (prompts * prompt_len + slots * t)}
+  n_local, local_prompts, _ = _shares(prompts, sp.group_size, devices)
+  t = sp.max_new_tokens
+  slots = min(slots // devices or n_local, n_local)
+  return {"static": per_pos * n_local * (prompt_len + t),
+          "continuous": per_pos * (local_prompts.shape[1] * prompt_len + slots * t)}

@@ -33,18 +33,21 @@ ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots")
 ENGINES = ("auto", "static", "continuous")
 
 
-def resolve_engine(engine: str, mesh, dtype: str = "float32", windowed: bool = False) -> str:
+def resolve_engine(engine: str, mesh, dtype: str = "float32", windowed: bool = False,
+                   rules: shard_lib.MeshRules = shard_lib.MeshRules()) -> str:
   """The engine that runs for ``sampling.engine`` on ``mesh`` with the sampler computing in ``dtype``: ``auto`` is
   continuous on one device of one process in float32 — where experiments/bench_sampler.py measured it faster than
-  static (1.18–1.21× on CPU) — and static otherwise (in bfloat16 static measured 1.17× continuous); an explicit
-  ``continuous`` on several devices, or for a model with sliding-window layers (Gemma 3: its decode slots do not
-  express the window), is refused."""
+  static (1.18–1.21× on CPU) — and static otherwise (in bfloat16 static measured 1.17× continuous; on several
+  devices nothing was measured).  An explicit ``continuous`` runs data-parallel on a mesh whose devices all lie on
+  the batch axes (each device a full copy of the weights); it is refused on a mesh with tensor parallelism, and for
+  a model with sliding-window layers (Gemma 3: its decode slots do not express the window)."""
   if engine not in ENGINES:
     raise ValueError(f"sampling.engine must be one of {list(ENGINES)}; got {engine!r}")
   single = mesh.devices.size == 1 and jax.process_count() == 1
-  if engine == "continuous" and not single:
-    raise ValueError(f"sampling.engine = 'continuous' runs on one device of one process; this mesh has "
-                     f"{mesh.devices.size} devices over {jax.process_count()} process(es): use 'static' or 'auto'")
+  if engine == "continuous" and shard_lib.batch_shards(mesh, rules) != mesh.devices.size:
+    raise ValueError(f"sampling.engine = 'continuous' is data-parallel (each device its own slots and a full copy "
+                     f"of the weights): this mesh {dict(mesh.shape)} has devices off the batch axes "
+                     f"{shard_lib.batch_axes(mesh, rules)}; use 'static' or 'auto' with tensor parallelism")
   if engine == "continuous" and windowed:
     raise ValueError("sampling.engine = 'continuous' does not support sliding-window attention (this model has "
                      "local layers, e.g. Gemma 3): use 'static' or 'auto'")
@@ -111,7 +114,7 @@ class RolloutEngine:
       mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     if prompt_multiple < 1:
       raise ValueError(f"prompt_multiple must be >= 1; got {prompt_multiple}")
-    self.engine = resolve_engine(engine, mesh, model.config.dtype, model.config.windowed)
+    self.engine = resolve_engine(engine, mesh, model.config.dtype, model.config.windowed, rules)
     self.continuous = continuous.ContinuousParams(slots=slots)
     self.last_stats: continuous.EngineStats | None = None  # what the last continuous call computed
     self.model, self.tokenizer, self.mesh, self.rules = model, tokenizer, mesh, rules
@@ -150,7 +153,8 @@ class RolloutEngine:
     n = b * g
     if self.engine == "continuous":
       out, self.last_stats = continuous.sample_groups(self.model, params, prompt_ids, prompt_mask, key, sp,
-                                                      self.allowed_ids, self.continuous)
+                                                      self.allowed_ids, self.continuous, mesh=self.mesh,
+                                                      axes=shard_lib.batch_axes(self.mesh, self.rules))
     else:
       out = sampler.sample_groups(self.model, params, prompt_ids, prompt_mask, key, sp, self.allowed_ids,
                                   row_sharding=self.row_sharding(n))

@@ -125,7 +125,7 @@ class SamplingSpec:
   prompt_multiple: int = 8  # prompts left-padded to a multiple of this (fewer shapes: fewer compilations)
   trim: bool = True  # drop the all-padding tail of the completion buffer before the update
   dtype: str | None = None  # the sampler's compute dtype (None: model.dtype); bfloat16 beside f32 training = mismatch
-  engine: SamplerEngine = "auto"  # static (one batch) | continuous (slots + queue) | auto: continuous on 1 device
+  engine: SamplerEngine = "auto"  # static | continuous (slots + queue, data-parallel) | auto (1 device: continuous)
   slots: int = 0  # continuous engine's decode slots (0: one per sample, data.prompts_per_step × group_size)
   kv_dtype: str | None = None  # the KV cache's dtype (None: the sampler's compute dtype); bfloat16 halves the cache
 
@@ -455,9 +455,15 @@ class TrainConfig:
                "'test' unless data.split_by = 'commuted' (only that split reserves validation problems apart "
                "from the training ones)", self.eval.split)
     m = self.mesh
-    if self.sampling.engine == "continuous" and max(m.data, 1) * m.fsdp * m.tensor > 1:
-      raise ValueError(f"config key 'sampling.engine' = 'continuous' runs on one device; this mesh asks for "
-                       f"data={m.data} × fsdp={m.fsdp} × tensor={m.tensor}: use 'static' or 'auto'")
+    if self.sampling.engine == "continuous" and m.tensor > 1:
+      raise ValueError(f"config key 'sampling.engine' = 'continuous' is data-parallel (each device its own slots "
+                       f"and a full copy of the weights); this mesh asks for tensor={m.tensor}: use 'static' or "
+                       "'auto' with tensor parallelism")
+    if self.sampling.engine == "continuous" and m.data > 0:
+      shards = m.data * m.fsdp
+      _require(self.sampling.slots % shards == 0, "sampling.slots",
+               f"a multiple of mesh.data × mesh.fsdp = {shards} (the continuous engine splits its slots evenly "
+               "over the devices; 0 = one per sample)", self.sampling.slots)
     o = self.objective
     if self.async_rollouts:  # π_old is the sampler's: it must be the behaviour policy's, or corrected
       policy.old_logp_source(o.optimizer_steps_per_batch, dataclasses.asdict(self.sampling),
