@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -5,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxgrpo
+from jaxgrpo.core import prpo
 
 
 def reference_segments(ent, length, k, m):
@@ -78,6 +80,13 @@ def test_entropy_segments_paper_defaults():
   # A short completion (L < k + 1) is one segment.
   seg = np.asarray(jaxgrpo.entropy_segments(ent[:5], np.ones(5), k=5, min_gap=1))
   assert (seg == 0).all()
+
+
+def test_segments_of_an_empty_completion_axis_are_empty_not_an_error():
+  for seg in (prpo.entropy_segments(jnp.zeros((3, 0)), jnp.zeros((3, 0), jnp.int32)),
+              prpo.control_segments("uniform", jnp.zeros((3, 0), jnp.int32)),
+              prpo.control_segments("random", jnp.zeros((2, 3, 0), jnp.int32), key=jax.random.PRNGKey(0))):
+    assert seg.dtype == jnp.int32 and seg.shape[-1] == 0 and seg.shape[0] in (2, 3)
 
 
 def test_fixed_prior_and_outcome_shift():

@@ -64,6 +64,8 @@ def entropy_segments(entropies, mask, k: int = 5, min_gap: int = 10) -> jax.Arra
 @functools.partial(jax.jit, static_argnames=("k", "min_gap"))
 def _entropy_segments(entropies, mask, *, k, min_gap):
   valid = mask.astype(bool)
+  if valid.shape[-1] == 0:  # no completion positions (a buffer trimmed to nothing): nothing to segment
+    return jnp.zeros(valid.shape, jnp.int32)
   scored = jnp.where(valid, entropies.astype(jnp.float32), -jnp.inf)
   top = selection.top_k_positions(scored, min(k, scored.shape[-1]))
   return _segments_from_candidates(top, valid, k=k, min_gap=min_gap)
