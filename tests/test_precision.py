@@ -17,7 +17,7 @@ CFG = dict(family="llama", vocab_size=64, hidden_size=64, num_layers=2, num_head
 
 
 def model_and_params(**kw):
-  model = M.from_config(M.ModelConfig(**CFG, **kw))
+  model = M.from_config(M.ModelConfig(**{**CFG, **kw}))
   return model, M.init_params(model, jax.random.PRNGKey(0))
 
 
@@ -161,3 +161,47 @@ def test_mixed_precision_is_the_paper_presets_default():
   for name in ("lambda_grpo_paper", "lambda_grpo_paper_full", "prpo_paper"):
     m = presets.preset(name).model
     assert (m.dtype, m.param_dtype) == ("bfloat16", "float32")
+
+
+def _f32_stacks(hlo: str, params) -> list[str]:
+  """The stacked weight shapes [L, ...] that a compiled program holds as float32 arrays."""
+  shapes = {tuple(x.shape) for x in jax.tree.leaves(params["layers"])}
+  return [s for s in shapes if f"f32[{','.join(map(str, s))}]" in hlo]
+
+
+def test_bf16_weights_and_cache_as_bits_compute_the_same_and_skip_xla_cpus_float32_round_trip():
+  """On XLA:CPU a dynamic slice of a bf16 array runs in float32: a layer scan over stacked bf16 weights converted
+  every stack to f32 outside the decode loop and each slice back to bf16 inside it (measured on SmolLM2: more time
+  than the matmuls).  ``as_bits`` carries bf16 leaves as uint16 and the model reads them back: the same numbers,
+  and the compiled decode loop holds no f32 copy of any weight stack (with plain bf16 params it does: the check
+  can fail)."""
+  from jaxgrpo.rollout import continuous, sampler
+
+  model, params = model_and_params(dtype="bfloat16", num_layers=3)
+  bf16 = M.cast_params(params, jnp.bfloat16)
+  bits = M.as_bits(bf16)
+  assert {x.dtype for x in jax.tree.leaves(bits)} == {jnp.dtype(jnp.uint16)}
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(M.from_bits(b))), bf16, bits)
+  ids = np.arange(1, 9, dtype=np.int32)[None].repeat(2, 0)
+  ones = np.ones_like(ids)
+  logits = [np.asarray(M.logits(model, p, ids, ones)) for p in (bf16, bits)]
+  np.testing.assert_array_equal(*logits)
+  if jax.default_backend() != "cpu":
+    return
+  assert sampler.decode_params(model, params) is not params  # f32 master weights: cast and carried as bits once
+  assert sampler.decode_params(model, bits) is bits  # already in decode form: no copy
+  sp = sampler.SamplingParams(group_size=2, max_new_tokens=8, temperature=1.0, pad_id=0)
+  key = jax.random.PRNGKey(0)
+  outs = [sampler.sample_groups(model, p, ids, ones, key, sp) for p in (params, bf16, bits)]
+  for o in outs[1:]:
+    np.testing.assert_array_equal(np.asarray(o.tokens), np.asarray(outs[0].tokens))
+    np.testing.assert_array_equal(np.asarray(o.logprobs), np.asarray(outs[0].logprobs))
+  # the compiled decode loops (both engines): f32 weight stacks with bf16 params, none with their bits
+  one = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("rows",))
+  ctx = continuous._prefill(model, bits, jnp.asarray(ids), jnp.asarray(ones), key, 2, None, one, ("rows",))
+  state = continuous._start(model, ctx, 4, sp, one, ("rows",))
+  hlo = {name: continuous._run.lower(model, p, ctx, state, sp, None, 4, 8, one, ("rows",)).compile().as_text()
+         for name, p in (("bf16", bf16), ("bits", bits))}
+  assert _f32_stacks(hlo["bf16"], params) and not _f32_stacks(hlo["bits"], params)
+  cache = sampler.init_cache(model, 4, 16)
+  assert cache["k"].dtype == jnp.uint16 and M.from_bits(cache["k"]).dtype == jnp.bfloat16

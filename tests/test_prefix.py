@@ -109,6 +109,24 @@ def test_tree_stats_match_trie(groups, method):
     assert bool(stats.flat[b]) == bool((counts <= 1).all())
 
 
+@settings(max_examples=60, deadline=None)
+@given(groups=batch_of_groups(), method=st.sampled_from(METHODS), data=st.data())
+def test_a_token_cap_changes_no_count_before_it_and_no_flat_tree(groups, method, data):
+  """What experiments/overlap_stats.py relies on when completions reach the cap: cutting every completion at cap
+  c ≥ 1 leaves each count at positions < c as it was (|λ| at t depends on tokens ≤ t only), so a tree is flat
+  after the cut iff it was before (flat ⟺ no two non-empty completions share their first token)."""
+  tokens, mask, T = bucketed(groups)
+  cap = data.draw(st.integers(1, T), label="cap")
+  cut = mask * (np.arange(mask.shape[-1]) < cap)
+  full, capped = (jaxgrpo.tree_stats(tokens, m, method=method) for m in (mask, cut))
+  counts = [np.asarray(jaxgrpo.prefix_counts(tokens, m, method=method)) for m in (mask, cut)]
+  np.testing.assert_array_equal(counts[0][..., :cap], counts[1][..., :cap])
+  np.testing.assert_array_equal(np.asarray(full.flat), np.asarray(capped.flat))
+  for b, g in enumerate(groups):
+    firsts = [s[0] for s in g if s]
+    assert bool(full.flat[b]) == (len(set(firsts)) == len(firsts))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_edge_groups(method):
   # G = 1, all identical, strict prefixes, empty completion.

@@ -50,6 +50,30 @@ from jaxgrpo.models.config import ModelConfig, remat_policy
 Cache = dict[str, jax.Array]
 Params = dict[str, Any]  # a model's parameters: a nested dict of arrays (layers stacked on a leading axis)
 
+# bf16 arrays carried as their bits.  XLA:CPU slices a bf16 array in float32: a layer scan over stacked bf16 weights
+# (or a bf16 KV cache) converted every stack to f32 outside the decode loop and each layer's slice back to bf16
+# inside it, at every step — more time than the matmuls.  The same bytes sliced as uint16 need no conversion; the
+# model reads params and caches through ``from_bits`` and writes caches through ``to_storage``, so either form runs.
+BITS = jnp.dtype(jnp.uint16)
+
+
+def from_bits(x: jax.Array) -> jax.Array:
+  """A bf16 array carried as its bits (uint16: ``as_bits``) as bf16; any other array unchanged."""
+  return jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == BITS else x
+
+
+def to_storage(x: jax.Array, dtype) -> jax.Array:
+  """``x`` cast to a buffer's dtype: into a bits buffer (uint16) as the bits of bf16."""
+  if jnp.dtype(dtype) == BITS:
+    return jax.lax.bitcast_convert_type(x.astype(jnp.bfloat16), BITS)
+  return x.astype(dtype)
+
+
+def as_bits(tree):
+  """The bf16 leaves of a pytree as their bits (uint16), other leaves unchanged; ``from_bits`` inverts it.  What the
+  samplers run on XLA:CPU (``rollout.sampler.decode_params``): identical values, no per-step conversions."""
+  return jax.tree.map(lambda x: jax.lax.bitcast_convert_type(x, BITS) if x.dtype == jnp.bfloat16 else x, tree)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -103,7 +127,7 @@ def _param(mod: nn.Module, name: str, shape, axes, init=_INIT):
   """A parameter in param_dtype, returned cast to the compute dtype."""
   cfg = mod.config
   p = mod.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype))
-  return p.astype(cfg.dtype)
+  return from_bits(p).astype(cfg.dtype)
 
 
 def _lora(mod: nn.Module, target: str, name: str, in_shape, out_shape, in_axes, out_axes):
@@ -192,12 +216,22 @@ class Norm(nn.Module):
     return _rms(x, scale, cfg.norm_eps, cfg.gemma_norms)
 
 
+def mm(equation: str, a: jax.Array, b: jax.Array, dtype=None) -> jax.Array:
+  """``jnp.einsum`` accumulated in float32 and returned as ``dtype`` (default: ``a``'s dtype; float32 for logits and
+  scores).  Every matmul of the model goes through here: with bf16 operands this is the usual mixed-precision
+  contract (bf16 inputs, f32 accumulation, one rounding of the output), and it is what XLA:CPU needs to use the
+  AVX512-BF16 dot — a bf16 dot with a float32 result ran 2–3× faster than the f32 dot and 3–4.5× faster than a
+  bf16 → bf16 dot at SmolLM2's decode shapes (experiments/bench_xla_flags.py).  In float32 it is a plain einsum."""
+  out = jnp.einsum(equation, a, b, preferred_element_type=jnp.float32)
+  return out.astype(a.dtype if dtype is None else dtype)
+
+
 def _attend(qg, k, v, mask, scale):
   """Softmax attention without a cache.  qg [B, T, KV, G, Dh]; k, v [B, S, KV, Dh]; mask bool [B, T, S]."""
-  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * scale
+  scores = mm("btkgd,bskd->bkgts", qg, k, jnp.float32) * scale
   scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(qg.dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return mm("bkgts,bskd->btkgd", probs, v)
 
 
 def _attend_in_blocks(qg, k, v, mask, scale, block: int):
@@ -263,10 +297,10 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
   Scores as in the static decode path (multiply-and-reduce, float32 softmax over [prompt | completion | new]).
   """
   neg = jnp.finfo(jnp.float32).min
-  pk = jnp.take(layer_cache["prompt_k"], slots.prompt_of, axis=0).astype(dtype)  # [S, KV, P, Dh]
-  pv = jnp.take(layer_cache["prompt_v"], slots.prompt_of, axis=0).astype(dtype)
-  ck = layer_cache["k"][:, :, :slots.read].astype(dtype)  # [S, KV, R, Dh]: the live part only
-  cv = layer_cache["v"][:, :, :slots.read].astype(dtype)
+  pk = from_bits(jnp.take(layer_cache["prompt_k"], slots.prompt_of, axis=0)).astype(dtype)  # [S, KV, P, Dh]
+  pv = from_bits(jnp.take(layer_cache["prompt_v"], slots.prompt_of, axis=0)).astype(dtype)
+  ck = from_bits(layer_cache["k"][:, :, :slots.read]).astype(dtype)  # [S, KV, R, Dh]: the live part only
+  cv = from_bits(layer_cache["v"][:, :, :slots.read]).astype(dtype)
   p_valid = jnp.take(slots.prompt_valid, slots.prompt_of, axis=0)  # [S, P]
   c_valid = jnp.arange(slots.read)[None, :] < slots.length[:, None]  # [S, R]
   s_p = jnp.sum(q[:, :, :, None, :] * pk[:, :, None], axis=-1)  # [S, KV, G, P]
@@ -293,10 +327,10 @@ class Attention(nn.Module):
 
     def project_in(target, n_heads, heads_axis):
       w = _param(self, f"{target}_kernel", (d, n_heads, dh), ("embed", heads_axis, "head_dim"))
-      y = jnp.einsum("btd,dhk->bthk", x, w)
+      y = mm("btd,dhk->bthk", x, w)
       ab = _lora(self, target, f"{target}_kernel", (d,), (n_heads, dh), ("embed",), (heads_axis, "head_dim"))
       if ab is not None:
-        y = y + jnp.einsum("btr,rhk->bthk", jnp.einsum("btd,dr->btr", x, ab[0]), ab[1])
+        y = y + mm("btr,rhk->bthk", mm("btd,dr->btr", x, ab[0]), ab[1])
       if cfg.qkv_bias:
         y = y + _param(self, f"{target}_bias", (n_heads, dh), (heads_axis, "head_dim"), nn.initializers.zeros)
       return y
@@ -316,9 +350,9 @@ class Attention(nn.Module):
     o_bias = _param(self, "o_bias", (d,), ("embed",), nn.initializers.zeros) if cfg.out_bias else None
 
     def project_out(out):  # [B, T, H, Dh] -> [B, T, D]
-      y = jnp.einsum("bthk,hkd->btd", out, wo)
+      y = mm("bthk,hkd->btd", out, wo)
       if o_lora is not None:
-        y = y + jnp.einsum("btr,rd->btd", jnp.einsum("bthk,hkr->btr", out, o_lora[0]), o_lora[1])
+        y = y + mm("btr,rd->btd", mm("bthk,hkr->btr", out, o_lora[0]), o_lora[1])
       return y if o_bias is None else y + o_bias
 
     b, t = x.shape[:2]
@@ -333,8 +367,8 @@ class Attention(nn.Module):
       if layer_cache is None or t != 1:
         raise ValueError("a SlotMask (continuous-batching decode) needs the slot cache and one token per slot")
       out = _attend_slots(qg[:, 0], k[:, 0], v[:, 0], layer_cache, mask, scale, x.dtype)
-      new_slots = {"k": k.transpose(0, 2, 1, 3).astype(layer_cache["k"].dtype),
-                   "v": v.transpose(0, 2, 1, 3).astype(layer_cache["v"].dtype)}
+      new_slots = {"k": to_storage(k.transpose(0, 2, 1, 3), layer_cache["k"].dtype),
+                   "v": to_storage(v.transpose(0, 2, 1, 3), layer_cache["v"].dtype)}
       return project_out(out.reshape(b, 1, h, dh)), new_slots
     if layer_cache is None:
       if cfg.attention_chunk and t > cfg.attention_chunk:
@@ -342,8 +376,8 @@ class Attention(nn.Module):
       else:
         out = _attend(qg, k, v, mask, scale)
       return project_out(out.reshape(b, t, h, dh)), None
-    new_slots = {"k": k.transpose(0, 2, 1, 3).astype(layer_cache["k"].dtype),
-                 "v": v.transpose(0, 2, 1, 3).astype(layer_cache["v"].dtype)}
+    new_slots = {"k": to_storage(k.transpose(0, 2, 1, 3), layer_cache["k"].dtype),
+                 "v": to_storage(v.transpose(0, 2, 1, 3), layer_cache["v"].dtype)}
     if isinstance(cache_index, int) and cache_index == 0:
       # Prefill into an empty cache: only the new keys exist (no scores against empty slots).
       mask_new = mask[:, :, :t]
@@ -352,15 +386,15 @@ class Attention(nn.Module):
     # place, never copied) and to the T new keys, then return the new slots.
     index = jnp.asarray(cache_index, jnp.int32)
     s_len = layer_cache["k"].shape[2]
-    old_k, old_v = layer_cache["k"].astype(x.dtype), layer_cache["v"].astype(x.dtype)  # [B, KV, S, Dh]
+    old_k, old_v = (from_bits(layer_cache[n]).astype(x.dtype) for n in ("k", "v"))  # [B, KV, S, Dh]
     mask_old = mask & (jnp.arange(s_len) < index)
     mask_new = jax.lax.dynamic_slice_in_dim(mask, index, t, axis=2)  # [B, T, T]
     if t == 1:  # decoding: multiply-and-reduce beats XLA:CPU's many tiny batched dots (3x)
       s_old = jnp.sum(qg[:, 0, :, :, None, :] * old_k[:, :, None], axis=-1)[:, :, :, None, :]
       s_new = jnp.sum(qg * k[:, :, :, None, :], axis=-1).transpose(0, 2, 3, 1)[..., None]
     else:
-      s_old = jnp.einsum("btkgd,bksd->bkgts", qg, old_k)
-      s_new = jnp.einsum("btkgd,bskd->bkgts", qg, k)
+      s_old = mm("btkgd,bksd->bkgts", qg, old_k, jnp.float32)
+      s_new = mm("btkgd,bskd->bkgts", qg, k, jnp.float32)
     scores = jnp.concatenate(
         [jnp.where(mask_old[:, None, None], s_old.astype(jnp.float32) * scale, neg),
          jnp.where(mask_new[:, None, None], s_new.astype(jnp.float32) * scale, neg)], axis=-1
@@ -371,8 +405,8 @@ class Attention(nn.Module):
       out = jnp.sum(p_old[..., None] * old_v[:, :, None], axis=-2) + probs[:, :, :, 0, s_len:] * v[:, 0, :, None, :]
       out = out.reshape(b, 1, h, dh)
     else:
-      out = (jnp.einsum("bkgts,bksd->btkgd", probs[..., :s_len], old_v)
-             + jnp.einsum("bkgts,bskd->btkgd", probs[..., s_len:], v)).reshape(b, t, h, dh)
+      out = (mm("bkgts,bksd->btkgd", probs[..., :s_len], old_v)
+             + mm("bkgts,bskd->btkgd", probs[..., s_len:], v)).reshape(b, t, h, dh)
     return project_out(out), new_slots
 
 
@@ -387,10 +421,10 @@ class MLP(nn.Module):
     x = x.reshape(-1, d)  # 2-D matmuls: XLA:CPU's weight gradients are ~1.5x faster than with [B, T, D]
 
     def dense(target, h, n_in, n_out, axes):
-      y = h @ _param(self, f"{target}_kernel", (n_in, n_out), axes)
+      y = mm("nd,df->nf", h, _param(self, f"{target}_kernel", (n_in, n_out), axes))
       ab = _lora(self, target, f"{target}_kernel", (n_in,), (n_out,), axes[:1], axes[1:])
       if ab is not None:
-        y = y + (h @ ab[0]) @ ab[1]
+        y = y + mm("nr,rf->nf", mm("nd,dr->nr", h, ab[0]), ab[1])
       if cfg.mlp_bias:
         y = y + _param(self, f"{target}_bias", (n_out,), axes[1:], nn.initializers.zeros)
       return y
@@ -500,8 +534,9 @@ class Transformer(nn.Module):
     """The LM head: float32 logits [..., V] of final-norm hidden states [..., D]."""
     cfg = self.config
     params = self.variables["params"]
-    w = nn.meta.unbox(params["embed"]).T if cfg.tie_word_embeddings else nn.meta.unbox(params["lm_head"])
-    logits = (hidden @ w.astype(cfg.dtype)).astype(jnp.float32)
+    w = from_bits(nn.meta.unbox(params["embed"] if cfg.tie_word_embeddings else params["lm_head"]))
+    w = w.T if cfg.tie_word_embeddings else w
+    logits = mm("...d,dv->...v", hidden, w.astype(cfg.dtype), jnp.float32)
     if cfg.final_logit_softcap:
       logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
     return logits

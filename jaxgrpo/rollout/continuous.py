@@ -133,7 +133,7 @@ def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: Samplin
   n, t = ctx.keys.shape[0], sp.max_new_tokens
   sample = jnp.where(jnp.arange(slots) < n, jnp.arange(slots), -1).astype(jnp.int32)
   shape = (cfg.num_layers, slots, cfg.num_kv_heads, t, cfg.head_dim)
-  dtype = sampler.cache_dtype(model, sp)
+  dtype = sampler.storage_dtype(sampler.cache_dtype(model, sp))
   return SlotState(
       cache={"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)},
       sample=sample, length=jnp.zeros((slots,), jnp.int32),
@@ -311,6 +311,7 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
                      "splits its slots over (0: one per sample)")
   n_local = _shares(b, g, d)[0]
   slots = min(cp.slots // d or n_local, n_local)
+  params = sampler.decode_params(model, params)
   ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, g, sp.kv_dtype, mesh, axes)
   state = _start(model, ctx, slots, sp, mesh, axes)
   live, longest, queued = slots, 0, False

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxgrpo.core import selection
 from jaxgrpo.models import policy
-from jaxgrpo.models.transformer import Transformer, positions_from_mask
+from jaxgrpo.models.transformer import BITS, Transformer, as_bits, cast_params, positions_from_mask
 
 FINISH_EOS = 0
 FINISH_LENGTH = 1
@@ -199,12 +199,40 @@ def sample_token(
 # ----------------------------------------------------------------------------- prefill and decode
 
 
+def storage_dtype(dtype) -> jnp.dtype:
+  """How a KV cache of ``dtype`` is stored: on XLA:CPU bf16 as its bits (uint16, ``models.transformer.BITS``: a
+  layer scan over a bf16 cache converted it to float32 and back at every step), else as ``dtype``."""
+  dtype = jnp.dtype(dtype)
+  return BITS if dtype == jnp.bfloat16 and jax.default_backend() == "cpu" else dtype
+
+
 def init_cache(model: Transformer, batch: int, length: int, dtype=None) -> dict[str, jax.Array]:
-  """An empty KV cache (in ``dtype``, default the compute dtype): {"k", "v"} each [L, B, KV, S, Dh]."""
+  """An empty KV cache (in ``dtype``, default the compute dtype; stored as ``storage_dtype``): {"k", "v"} each
+  [L, B, KV, S, Dh]."""
   cfg = model.config
   shape = (cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim)
-  dtype = cfg.dtype if dtype is None else dtype
+  dtype = storage_dtype(cfg.dtype if dtype is None else dtype)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def decode_params(model: Transformer, params):
+  """The params both engines run on.  On XLA:CPU: cast to the compute dtype once and bf16 leaves carried as their
+  bits (``models.transformer.as_bits``) — with bf16 weights stacked over layers, XLA:CPU otherwise converts every
+  layer's weights to float32 and back at every decode step (measured: more time than the matmuls).  Params already
+  in that form, or in float32 for a float32 model, pass through without a copy; on other backends params pass
+  through unchanged."""
+  if jax.default_backend() != "cpu":
+    return params
+  dtype = jnp.dtype(model.config.dtype)
+  floats = [x.dtype for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == BITS]
+  if all(d == (BITS if dtype == jnp.bfloat16 else dtype) for d in floats):
+    return params
+  return _cast_to_bits(params, dtype.name)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _cast_to_bits(params, dtype: str):
+  return as_bits(cast_params(params, dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "cache_len", "kv_dtype"))
@@ -380,6 +408,7 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   t = sp.max_new_tokens
   cache_len = p + t
   check_positions(model, p, t)
+  params = decode_params(model, params)
   last_logits, cache = prefill(model, params, prompt_ids, prompt_mask, cache_len, sp.kv_dtype)
   state = _expand(last_logits, cache, prompt_mask, rng, sp, row_sharding)
   prompt_len = _rows(jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), sp.group_size, row_sharding)

@@ -1,0 +1,130 @@
+"""bf16 on XLA:CPU: what makes it fast, at SmolLM2's decode shapes (issue 21: the vLLM-bf16 gap).
+
+Two findings the samplers now rely on, each measured against its baseline in the same process, interleaved:
+
+1. **A bf16 dot is fast only with a float32 result.** ``jnp.dot(a, b)`` on bf16 operands (bf16 result) runs below
+   the f32 dot; the same operands with ``preferred_element_type=float32`` take XLA:CPU's AVX512-BF16 path
+   (``models.transformer.mm`` does this for every matmul of the model, then casts to the compute dtype).
+2. **A layer scan over stacked bf16 weights converts them to float32.** XLA:CPU slices bf16 arrays in float32: the
+   whole stack is converted to f32 outside the loop and each layer's slice back to bf16 inside it, every step.
+   Carrying the same bytes as uint16 (``models.as_bits``; ``sampler.decode_params``) removes the conversions.
+
+Shapes: 64 rows (8 prompts × G = 8) × d_model 576 × MLP 1536 and the 49,152-token LM head; the scan is 30 layers of
+an MLP (up 576→1536, tanh, down 1536→576) inside an 8-step decode-like loop.  Median of ``--repeats`` interleaved
+timings after a warm-up; the f32 matmul roof (2048², bench_step.py's) measured in the same run.
+
+    python experiments/bench_bf16.py        # ≈ 2 min; writes experiments/results/bench_bf16.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from bench_step import roof_gflops
+
+from jaxgrpo.models import as_bits, from_bits
+
+DOTS = ((64, 576, 1536), (64, 1536, 576), (64, 576, 49152))
+LAYERS, ROWS, D, F, STEPS = 30, 64, 576, 1536, 8
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+  """Median seconds of each no-argument function, timed in turn ``repeats`` times after one warm-up call each."""
+  for f in fns.values():
+    jax.block_until_ready(f())
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, f in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(f())
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def dots(repeats: int) -> list[dict]:
+  rows = []
+  for m, k, n in DOTS:
+    a32 = jax.random.normal(jax.random.PRNGKey(0), (m, k))
+    b32 = jax.random.normal(jax.random.PRNGKey(1), (k, n)) * 0.02
+    a16, b16 = a32.astype(jnp.bfloat16), b32.astype(jnp.bfloat16)
+    plain = jax.jit(lambda a, b: a @ b)
+    wide = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype))
+    fns = {"f32": lambda: plain(a32, b32), "bf16 → bf16": lambda: plain(a16, b16),
+           "bf16 → f32 → bf16 (mm)": lambda: wide(a16, b16)}
+    sec = interleaved(fns, repeats)
+    rows.append({"shape": f"{m}x{k}x{n}", **{name: 2 * m * k * n / s / 1e9 for name, s in sec.items()}})
+  return rows
+
+
+def layer_scan(repeats: int) -> dict:
+  k = jax.random.split(jax.random.PRNGKey(2), 3)
+  up32 = jax.random.normal(k[0], (LAYERS, D, F)) * 0.02
+  down32 = jax.random.normal(k[1], (LAYERS, F, D)) * 0.02
+  x32 = jax.random.normal(k[2], (ROWS, D))
+  up16, down16, x16 = (t.astype(jnp.bfloat16) for t in (up32, down32, x32))
+  up_bits, down_bits = as_bits(up16), as_bits(down16)
+
+  def mm(a, b):
+    return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+
+  @jax.jit
+  def decode(x, up, down):
+    def layer(h, w):
+      u, d = (from_bits(t) for t in w)
+      return h + mm(jnp.tanh(mm(h, u)), d), None
+    return jax.lax.fori_loop(0, STEPS, lambda i, h: jax.lax.scan(layer, h, (up, down))[0], x)
+
+  fns = {"f32": lambda: decode(x32, up32, down32), "bf16 stacks": lambda: decode(x16, up16, down16),
+         "bf16 stacks as bits": lambda: decode(x16, up_bits, down_bits)}
+  hlo = {name: decode.lower(*args).compile().as_text() for name, args in
+         (("bf16 stacks", (x16, up16, down16)), ("bf16 stacks as bits", (x16, up_bits, down_bits)))}
+  f32_stacks = {name: f"f32[{LAYERS},{D},{F}]" in text for name, text in hlo.items()}
+  same = bool(np.array_equal(np.asarray(fns["bf16 stacks"](), np.float32),
+                             np.asarray(fns["bf16 stacks as bits"](), np.float32)))
+  sec = interleaved(fns, repeats)
+  flops = 2 * 2 * ROWS * D * F * LAYERS * STEPS
+  return {"ms_per_step": {n: 1e3 * s / STEPS for n, s in sec.items()},
+          "gflops": {n: flops / s / 1e9 for n, s in sec.items()},
+          "f32_weight_stack_in_program": f32_stacks, "bits_output_identical": same}
+
+
+def main() -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--repeats", type=int, default=9)
+  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_bf16.json"))
+  args = p.parse_args()
+  roof = roof_gflops()
+  out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, f32 matmul roof "
+                    f"{roof:.0f} GFLOP/s (2048², measured in this run)",
+         "repeats": args.repeats, "dots": dots(args.repeats), "layer_scan": layer_scan(args.repeats)}
+  print(out["machine"])
+  names = ["f32", "bf16 → bf16", "bf16 → f32 → bf16 (mm)"]
+  print("\n| dot (GFLOP/s) | " + " | ".join(names) + " | mm vs f32 | mm vs bf16 → bf16 |")
+  print("|---|" + "---:|" * (len(names) + 2))
+  for r in out["dots"]:
+    print(f"| {r['shape']} | " + " | ".join(f"{r[n]:.1f}" for n in names)
+          + f" | {r[names[2]] / r['f32']:.2f}× | {r[names[2]] / r[names[1]]:.2f}× |")
+  s = out["layer_scan"]
+  print(f"\n| {LAYERS}-layer MLP scan in a decode loop | ms/step | GFLOP/s | f32 weight stack in the program |")
+  print("|---|---:|---:|---|")
+  for n, ms in s["ms_per_step"].items():
+    print(f"| {n} | {ms:.1f} | {s['gflops'][n]:.1f} | {s['f32_weight_stack_in_program'].get(n, '—')} |")
+  print(f"bits: output identical to bf16 stacks: {s['bits_output_identical']}; bits vs f32 "
+        f"{s['ms_per_step']['f32'] / s['ms_per_step']['bf16 stacks as bits']:.2f}×, vs bf16 stacks "
+        f"{s['ms_per_step']['bf16 stacks'] / s['ms_per_step']['bf16 stacks as bits']:.2f}×")
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(out, f, indent=1)
+  print(f"\n{args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
