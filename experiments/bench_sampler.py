@@ -6,12 +6,14 @@ Settings (G completions of each prompt, temperature 1, no top-k/top-p):
   f32 and bf16.
 * ``long256`` / ``long512``: 8 word problems × G = 8, EOS on, ``max_new_tokens`` 256 / 512: a long-tailed length
   distribution (most completions end early, a few run to the cap) — where finished rows and empty cache cost the
-  static engine most.
+  static engine most; f32 and bf16.
 * ``arith512``: 8 problems of the ``smollm2_arithmetic`` test split (the trainer's prompts) × G = 8, EOS on,
   ``max_new_tokens`` 512: answers of ~20–40 tokens with the odd sample that rambles to the cap — the long tail
   of an RL step with a generous cap.
 
-Per engine and setting: one warm-up run (compilation), then ``--repeats`` timed runs (the best is reported);
+jaxgrpo's params are cast to the compute dtype once before timing (as the trainer's sampler params are; an uncast
+f32 checkpoint with a bf16 model would be cast again at every call).  Per engine and setting: one warm-up run
+(compilation), then ``--repeats`` timed runs (the best is reported);
 tokens/s counts completion tokens produced; useful/computed = tokens returned / rows decoded summed over decode
 steps (static: B·G × the longest completion).  vLLM runs in its own venv (``--vllm-python``; see
 ``experiments/vllm_sampler.py``), skipped when not given.
@@ -65,8 +67,9 @@ def _settings(tok, args):
                     prompts=encode([e.prompt for e in test.examples[: args.prompts]])))
   for t in (256, 512):
     if f"long{t}" in args.settings:
-      out.append(dict(name=f"long{t}_float32", kind=f"long{t}", dtype="float32", new=t, eos=True,
-                      prompts=encode(words[: args.prompts])))
+      for dtype in ("float32", "bfloat16"):
+        out.append(dict(name=f"long{t}_{dtype}", kind=f"long{t}", dtype=dtype, new=t, eos=True,
+                        prompts=encode(words[: args.prompts])))
   return out
 
 
@@ -110,11 +113,7 @@ def main():
     job = dict(model=path, repeats=args.repeats, max_model_len=1024,
                settings=[dict(name=s["name"], dtype=s["dtype"], group=g, new=s["new"], ignore_eos=not s["eos"],
                               prompt_ids=[[int(t) for t, m in zip(i, k) if m] for i, k in zip(*s["prompts"])])
-                         for s in settings] + [dict(name=s["name"].replace("float32", "bfloat16"), dtype="bfloat16",
-                                                    group=g, new=s["new"], ignore_eos=False,
-                                                    prompt_ids=[[int(t) for t, m in zip(i, k) if m]
-                                                                for i, k in zip(*s["prompts"])])
-                                               for s in settings if s["kind"].startswith("long")])
+                         for s in settings])
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
       json.dump(job, f)
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"))
@@ -133,8 +132,9 @@ def main():
   for s in settings:
     ids, mask = s["prompts"]
     n_prompts = ids.shape[0]
-    if s["dtype"] not in models:
-      models[s["dtype"]] = M.from_pretrained(path, s["dtype"])
+    if s["dtype"] not in models:  # params cast to the compute dtype once, as the trainer's sampler params are
+      model, params = M.from_pretrained(path, s["dtype"])
+      models[s["dtype"]] = model, M.cast_params(params, s["dtype"])
     model, params = models[s["dtype"]]
     eos = tuple(tok.convert_tokens_to_ids(t) for t in [tok.eos_token]) if s["eos"] else ()
     sp = sampler.SamplingParams(group_size=g, max_new_tokens=s["new"], temperature=1.0, eos_ids=eos,

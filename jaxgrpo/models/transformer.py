@@ -290,30 +290,49 @@ def _attend_tree(qg, k, v, tree: TreeMask, scale):
   return jnp.moveaxis(out, 0, 1).reshape(b, s + pad, *qg.shape[2:])[:, :s]
 
 
+def _decode_scores(q: jax.Array, k: jax.Array) -> jax.Array:
+  """float32 scores [N, KV, G, S] of one query per row, q [N, KV, G, Dh], against keys k [N, KV, S, Dh] (both in
+  the compute dtype).  f32: multiply-and-reduce (XLA:CPU ran it faster than many tiny batched dots); bf16: batched
+  dots with f32 accumulation (``mm``, XLA:CPU's AVX512-BF16 path; 1.5× the bf16 multiply-and-reduce, whose
+  elementwise bf16 math XLA:CPU emulates, over 256 cached positions)."""
+  if q.dtype == jnp.float32:
+    return jnp.sum(q[:, :, :, None, :] * k[:, :, None], axis=-1)
+  return mm("nkgd,nksd->nkgs", q, k, jnp.float32)
+
+
+def _decode_values(p: jax.Array, v: jax.Array) -> jax.Array:
+  """float32 [N, KV, G, Dh]: probabilities p [N, KV, G, S] (float32) times values v [N, KV, S, Dh] (compute
+  dtype), as ``_decode_scores`` chooses."""
+  if v.dtype == jnp.float32:
+    return jnp.sum(p[..., None] * v[:, :, None], axis=-2)
+  return mm("nkgs,nksd->nkgd", p.astype(v.dtype), v, jnp.float32)
+
+
 def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
   """One decode step of S slots under a ``SlotMask``: q [S, KV, G, Dh]; the new key/value [S, KV, Dh]; the layer's
   cache {"prompt_k", "prompt_v": [B, KV, P, Dh], "k", "v": [S, KV, T, Dh]}.  Returns [S, KV, G, Dh].
 
-  Scores as in the static decode path (multiply-and-reduce, float32 softmax over [prompt | completion | new]).
+  As the static decode path: scores and value sums by ``_decode_scores``/``_decode_values`` in the compute
+  ``dtype`` with float32 accumulation, the softmax in float32 over [prompt | completion | new].
   """
   neg = jnp.finfo(jnp.float32).min
-  pk = from_bits(jnp.take(layer_cache["prompt_k"], slots.prompt_of, axis=0)).astype(dtype)  # [S, KV, P, Dh]
-  pv = from_bits(jnp.take(layer_cache["prompt_v"], slots.prompt_of, axis=0)).astype(dtype)
-  ck = from_bits(layer_cache["k"][:, :, :slots.read]).astype(dtype)  # [S, KV, R, Dh]: the live part only
-  cv = from_bits(layer_cache["v"][:, :, :slots.read]).astype(dtype)
+  read = lambda c: from_bits(c).astype(dtype)
+  pk = read(jnp.take(layer_cache["prompt_k"], slots.prompt_of, axis=0))  # [S, KV, P, Dh]
+  pv = read(jnp.take(layer_cache["prompt_v"], slots.prompt_of, axis=0))
+  ck = read(layer_cache["k"][:, :, :slots.read])  # [S, KV, R, Dh]: the live part only
+  cv = read(layer_cache["v"][:, :, :slots.read])
   p_valid = jnp.take(slots.prompt_valid, slots.prompt_of, axis=0)  # [S, P]
   c_valid = jnp.arange(slots.read)[None, :] < slots.length[:, None]  # [S, R]
-  s_p = jnp.sum(q[:, :, :, None, :] * pk[:, :, None], axis=-1)  # [S, KV, G, P]
-  s_c = jnp.sum(q[:, :, :, None, :] * ck[:, :, None], axis=-1)  # [S, KV, G, R]
-  s_n = jnp.sum(q * k_new[:, :, None, :], axis=-1)[..., None]  # [S, KV, G, 1]
-  scores = jnp.concatenate([jnp.where(p_valid[:, None, None], s_p.astype(jnp.float32) * scale, neg),
-                            jnp.where(c_valid[:, None, None], s_c.astype(jnp.float32) * scale, neg),
-                            s_n.astype(jnp.float32) * scale], axis=-1)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  q = q.astype(dtype)
+  s_n = jnp.sum(q.astype(jnp.float32) * k_new.astype(jnp.float32)[:, :, None, :], axis=-1)[..., None]  # [S, KV, G, 1]
+  scores = jnp.concatenate([jnp.where(p_valid[:, None, None], _decode_scores(q, pk) * scale, neg),
+                            jnp.where(c_valid[:, None, None], _decode_scores(q, ck) * scale, neg), s_n * scale],
+                           axis=-1)
+  probs = jax.nn.softmax(scores, axis=-1)
   p_len = pk.shape[2]
-  return (jnp.sum(probs[..., :p_len, None] * pv[:, :, None], axis=-2)
-          + jnp.sum(probs[..., p_len:-1, None] * cv[:, :, None], axis=-2)
-          + probs[..., -1:] * v_new[:, :, None, :])
+  out = (_decode_values(probs[..., :p_len], pv) + _decode_values(probs[..., p_len:-1], cv)
+         + probs[..., -1:] * v_new.astype(jnp.float32)[:, :, None, :])
+  return out.astype(dtype)
 
 
 class Attention(nn.Module):
@@ -389,9 +408,10 @@ class Attention(nn.Module):
     old_k, old_v = (from_bits(layer_cache[n]).astype(x.dtype) for n in ("k", "v"))  # [B, KV, S, Dh]
     mask_old = mask & (jnp.arange(s_len) < index)
     mask_new = jax.lax.dynamic_slice_in_dim(mask, index, t, axis=2)  # [B, T, T]
-    if t == 1:  # decoding: multiply-and-reduce beats XLA:CPU's many tiny batched dots (3x)
-      s_old = jnp.sum(qg[:, 0, :, :, None, :] * old_k[:, :, None], axis=-1)[:, :, :, None, :]
-      s_new = jnp.sum(qg * k[:, :, :, None, :], axis=-1).transpose(0, 2, 3, 1)[..., None]
+    if t == 1:  # decoding: one query per row (``_decode_scores``)
+      s_old = _decode_scores(qg[:, 0], old_k)[:, :, :, None, :]
+      s_new = jnp.sum(qg.astype(jnp.float32) * k.astype(jnp.float32)[:, :, :, None, :],
+                      axis=-1).transpose(0, 2, 3, 1)[..., None]
     else:
       s_old = mm("btkgd,bksd->bkgts", qg, old_k, jnp.float32)
       s_new = mm("btkgd,bskd->bkgts", qg, k, jnp.float32)
@@ -399,12 +419,13 @@ class Attention(nn.Module):
         [jnp.where(mask_old[:, None, None], s_old.astype(jnp.float32) * scale, neg),
          jnp.where(mask_new[:, None, None], s_new.astype(jnp.float32) * scale, neg)], axis=-1
     )
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
     if t == 1:
-      p_old = probs[:, :, :, 0, :s_len]  # [B, KV, G, S]
-      out = jnp.sum(p_old[..., None] * old_v[:, :, None], axis=-2) + probs[:, :, :, 0, s_len:] * v[:, 0, :, None, :]
-      out = out.reshape(b, 1, h, dh)
+      probs = jax.nn.softmax(scores, axis=-1)
+      out = (_decode_values(probs[:, :, :, 0, :s_len], old_v)
+             + probs[:, :, :, 0, s_len:] * v[:, 0, :, None, :].astype(jnp.float32))
+      out = out.reshape(b, 1, h, dh).astype(x.dtype)
     else:
+      probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
       out = (mm("bkgts,bksd->btkgd", probs[..., :s_len], old_v)
              + mm("bkgts,bskd->btkgd", probs[..., s_len:], v)).reshape(b, t, h, dh)
     return project_out(out), new_slots

@@ -34,7 +34,7 @@ from jaxgrpo.models.transformer import Transformer
 from jaxgrpo.parallel import distributed as dist
 from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.rollout.engine import Rollout, RolloutEngine
-from jaxgrpo.rollout.sampler import FINISH_EOS
+from jaxgrpo.rollout.sampler import FINISH_EOS, decode_params
 from jaxgrpo.tasks import prm as prm_lib
 from jaxgrpo.tasks import rewards as rewards_lib
 from jaxgrpo.tasks import sources as data_lib
@@ -153,9 +153,12 @@ class Trainer:
 
   def policy_params(self, params=None):
     """Every param (base + adapters), cast once to the sampler's compute dtype: what the sampler runs; of the
-    current state, or of ``params`` (trainable params in the state's form)."""
+    current state, or of ``params`` (trainable params in the state's form).  On XLA:CPU in the engines' decode form
+    (``sampler.decode_params``: bf16 carried as bits), made here in one pass instead of a cast and then a copy."""
     params = self.state["params"] if params is None else params
     full = lora.combine(self.frozen, params) if self.frozen is not None else params
+    if jax.default_backend() == "cpu":
+      return decode_params(self.sampler_model, full)
     return models.cast_params(full, self.sampler_model.config.dtype)
 
   def sampling_params(self):
