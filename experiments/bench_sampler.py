@@ -73,6 +73,27 @@ def _settings(tok, args):
   return out
 
 
+def vllm_job(path: str, settings: list[dict], group: int, repeats: int) -> str:
+  """A job file for ``vllm_sampler.py``: the settings' prompts as unpadded token ids; returns its path."""
+  job = dict(model=path, repeats=repeats, max_model_len=1024,
+             settings=[dict(name=s["name"], dtype=s["dtype"], group=group, new=s["new"], ignore_eos=not s["eos"],
+                            prompt_ids=[[int(t) for t, m in zip(i, k) if m] for i, k in zip(*s["prompts"])])
+                       for s in settings])
+  with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    json.dump(job, f)
+  return f.name
+
+
+def run_vllm(python: str, job: str, dtype: str) -> tuple[list[dict], str | None]:
+  """``vllm_sampler.py`` on ``job``'s settings of ``dtype`` in vLLM's venv (one process per dtype): its result
+  lines, and its stderr tail when it failed (else None)."""
+  env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"))
+  proc = subprocess.run([python, os.path.join(HERE, "vllm_sampler.py"), job, dtype], env=env, capture_output=True,
+                        text=True)
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  return rows, (proc.stderr[-3000:] if proc.returncode else None)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--prompts", type=int, default=8)
@@ -110,22 +131,13 @@ def main():
 
   # vLLM first (its own process; it frees the cores when done)
   if "vllm" in engines and args.vllm_python:
-    job = dict(model=path, repeats=args.repeats, max_model_len=1024,
-               settings=[dict(name=s["name"], dtype=s["dtype"], group=g, new=s["new"], ignore_eos=not s["eos"],
-                              prompt_ids=[[int(t) for t, m in zip(i, k) if m] for i, k in zip(*s["prompts"])])
-                         for s in settings])
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-      json.dump(job, f)
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"))
+    job = vllm_job(path, settings, g, args.repeats)
     for dtype in ("float32", "bfloat16"):
-      proc = subprocess.run([args.vllm_python, os.path.join(HERE, "vllm_sampler.py"), f.name, dtype], env=env,
-                            capture_output=True, text=True)
-      for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-          r = json.loads(line)
-          record({"name": r["name"]}, "vllm", r["seconds"], int(np.mean(r["tokens"])))
-      if proc.returncode:
-        print(f"vLLM ({dtype}) failed:", proc.stderr[-3000:], file=sys.stderr)
+      vrows, failed = run_vllm(args.vllm_python, job, dtype)
+      for r in vrows:
+        record({"name": r["name"]}, "vllm", r["seconds"], int(np.mean(r["tokens"])))
+      if failed:
+        print(f"vLLM ({dtype}) failed:", failed, file=sys.stderr)
 
   torch.set_num_threads(os.cpu_count())
   models = {}

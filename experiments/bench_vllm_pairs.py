@@ -17,27 +17,18 @@ sign-flip p-value (with n pairs the smallest possible p is 2 / 2**n).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 
 import jax
 import numpy as np
-from bench_sampler import HERE, _settings
+from bench_sampler import HERE, _settings, run_vllm, vllm_job
 from bench_step import roof_gflops
 
-
-def sign_flip_p(x: np.ndarray) -> float:
-  """Two-sided exact sign-flip test of mean(log ratio) = 0."""
-  x = np.asarray(x, float)
-  obs = abs(x.mean())
-  flips = [abs((x * np.array(s)).mean()) for s in itertools.product((1, -1), repeat=len(x))]
-  return float(np.mean([f >= obs - 1e-12 for f in flips]))
+from jaxgrpo.analysis.stats import sign_flip_exact
 
 
 def main():
@@ -63,25 +54,13 @@ def main():
   model, params = M.from_pretrained(path, "bfloat16")
   params = sampler.decode_params(model, M.cast_params(params, "bfloat16"))
 
-  job = dict(model=path, repeats=1, max_model_len=1024,
-             settings=[dict(name=s["name"], dtype="bfloat16", group=g, new=s["new"], ignore_eos=not s["eos"],
-                            prompt_ids=[[int(t) for t, m in zip(i, k) if m] for i, k in zip(*s["prompts"])])
-                       for s in settings])
-  with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-    json.dump(job, f)
-  env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4"))
+  job = vllm_job(path, settings, g, repeats=1)
 
-  def run_vllm() -> dict:
-    proc = subprocess.run([args.vllm_python, os.path.join(HERE, "vllm_sampler.py"), f.name, "bfloat16"], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode:
-      sys.exit(f"vLLM failed: {proc.stderr[-3000:]}")
-    out = {}
-    for line in proc.stdout.splitlines():
-      if line.startswith("{"):
-        r = json.loads(line)
-        out[r["name"]] = r["tokens"][0] / r["seconds"][0]
-    return out
+  def vllm_tokens_per_s() -> dict:
+    rows, failed = run_vllm(args.vllm_python, job, "bfloat16")
+    if failed:
+      sys.exit(f"vLLM failed: {failed}")
+    return {r["name"]: r["tokens"][0] / r["seconds"][0] for r in rows}
 
   def jax_once(s, engine, seed) -> float:
     ids, mask = s["prompts"]
@@ -110,7 +89,7 @@ def main():
     rec = {"pair": i, "roof_gflops": roof, "order": list(order), "tokens_per_s": {}}
     for who in order:
       if who == "vllm":
-        for name, v in run_vllm().items():
+        for name, v in vllm_tokens_per_s().items():
           rec["tokens_per_s"][f"{name}/vllm"] = v
       else:
         for s in settings:
@@ -127,7 +106,7 @@ def main():
       ratio = v / ref
       summary[f"{s['name']}/{e}"] = dict(tokens_per_s=v.tolist(), mean_tokens_per_s=float(v.mean()),
                                          ratio_to_vllm=ratio.tolist(), mean_ratio=float(ratio.mean()),
-                                         sign_flip_p=None if e == "vllm" else sign_flip_p(np.log(ratio)))
+                                         sign_flip_p=None if e == "vllm" else sign_flip_exact(np.log(ratio)))
   machine = (f"{platform.machine()}, {os.cpu_count()} cores, f32 matmul roof "
              f"{min(r['roof_gflops'] for r in pairs):.0f}–{max(r['roof_gflops'] for r in pairs):.0f} GFLOP/s "
              f"(measured at each pair), jax {jax.__version__}")

@@ -43,7 +43,9 @@ def _check(a, b) -> tuple[np.ndarray, np.ndarray]:
   return a, b
 
 
-def _sign_flip_exact(d: np.ndarray) -> float:
+def sign_flip_exact(d: np.ndarray) -> float:
+  """Exact two-sided p of mean(d) = 0 over the 2^len(d) sign flips of ``d`` (smallest possible: 2 / 2^len(d))."""
+  d = np.asarray(d, np.float64)
   observed = abs(d.mean())
   signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
   return float(np.mean(np.abs((signs * d).mean(1)) >= observed - 1e-12))
@@ -77,5 +79,5 @@ def paired_difference(a, b, *, level: float = 0.95, n_boot: int = 10_000, n_perm
   lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
   per_seed = d.mean(1)
   return PairedDifference(diff=float(d.mean()), ci=(float(lo), float(hi)), level=level,
-                          per_seed=tuple(float(x) for x in per_seed), seed_sign_flip_p=_sign_flip_exact(per_seed),
+                          per_seed=tuple(float(x) for x in per_seed), seed_sign_flip_p=sign_flip_exact(per_seed),
                           problem_sign_flip_p=_sign_flip_mc(d.mean(0), rng, n_perm), seeds=s, problems=p)

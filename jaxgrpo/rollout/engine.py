@@ -33,13 +33,12 @@ ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots")
 ENGINES = ("auto", "static", "continuous")
 
 
-def resolve_engine(engine: str, mesh, dtype: str = "float32", windowed: bool = False,
+def resolve_engine(engine: str, mesh, windowed: bool = False,
                    rules: shard_lib.MeshRules = shard_lib.MeshRules()) -> str:
-  """The engine that runs for ``sampling.engine`` on ``mesh`` with the sampler computing in ``dtype``: ``auto`` is
-  continuous on one device of one process — where experiments/bench_sampler.py measured it at least as fast as
-  static on CPU in both dtypes (f32: 1.03× fixed length, 1.17× word problems; bf16: 1.00× / 1.25×) — and static
-  otherwise (on several devices nothing was measured).  ``dtype`` no longer changes the choice (before bf16 decoded
-  through f32-accumulating matmuls, static was 1.17× continuous in bf16); it is kept for callers.  An explicit
+  """The engine that runs for ``sampling.engine`` on ``mesh``: ``auto`` is continuous on one device of one process,
+  whatever the sampler's dtype — where experiments/bench_sampler.py measured it at least as fast as static on CPU
+  in both dtypes (f32: 1.03× fixed length, 1.17× word problems; bf16: 1.00× / 1.25×) — and static otherwise (on
+  several devices nothing was measured).  An explicit
   ``continuous`` runs data-parallel on a mesh whose devices all lie on the batch axes (each device a full copy of
   the weights); it is refused on a mesh with tensor parallelism, and for a model with sliding-window layers
   (Gemma 3: its decode slots do not express the window)."""
@@ -53,7 +52,6 @@ def resolve_engine(engine: str, mesh, dtype: str = "float32", windowed: bool = F
   if engine == "continuous" and windowed:
     raise ValueError("sampling.engine = 'continuous' does not support sliding-window attention (this model has "
                      "local layers, e.g. Gemma 3): use 'static' or 'auto'")
-  del dtype  # both dtypes measured: continuous ≥ static on one device
   faster = single and not windowed
   return "continuous" if engine == "continuous" or (engine == "auto" and faster) else "static"
 
@@ -117,7 +115,7 @@ class RolloutEngine:
       mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     if prompt_multiple < 1:
       raise ValueError(f"prompt_multiple must be >= 1; got {prompt_multiple}")
-    self.engine = resolve_engine(engine, mesh, model.config.dtype, model.config.windowed, rules)
+    self.engine = resolve_engine(engine, mesh, model.config.windowed, rules)
     self.continuous = continuous.ContinuousParams(slots=slots)
     self.last_stats: continuous.EngineStats | None = None  # what the last continuous call computed
     self.model, self.tokenizer, self.mesh, self.rules = model, tokenizer, mesh, rules
