@@ -82,8 +82,22 @@ def test_sampled_output_equals_the_static_engine_for_any_slot_count(tiny):
     assert_same_samples(out, ref)
     assert stats.useful_tokens == int(np.asarray(ref.lengths).sum())
     assert stats.host_calls > 1 and min(stats.reads) < sp.max_new_tokens  # reads followed the live length
+    assert len(set(stats.reads)) > 1  # the reads crossed a bucket: the slots' cache grew between calls
     if slots == 2:  # 12 samples through 2 slots: refilled from the queue
       assert max(stats.slot_counts) == 2 and stats.slot_steps >= stats.useful_tokens
+
+
+def test_a_prompt_as_long_as_a_read_bucket_gets_one_more_masked_column_and_the_same_samples(llama):
+  """A prompt cache as long as a read bucket is padded off it (an XLA:CPU slow path in f32); the samples are the
+  static engine's all the same."""
+  model, params = llama
+  ids, mask = prompts(model.config.vocab_size, seed=2, p=8)  # read_block 8: P = 8 is a bucket
+  assert continuous._off_buckets(8, 8, T) == 1 and continuous._off_buckets(16, 8, T) == 1
+  assert continuous._off_buckets(6, 8, T) == 0 and continuous._off_buckets(12, 8, T) == 0
+  sp = sampler.SamplingParams(group_size=2, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
+  key = jax.random.PRNGKey(1)
+  out, _ = run(model, params, ids, mask, key, sp, **SMALL)
+  assert_same_samples(out, sampler.sample_groups(model, params, ids, mask, key, sp))
 
 
 def test_greedy_and_sampled_output_equal_the_static_engine_with_gqa(llama):
