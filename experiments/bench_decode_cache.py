@@ -1,9 +1,9 @@
 """The continuous engine's completion cache sized to the read bucket vs a full-length (T) buffer (issue 21).
 
 A decode step's attention reads each slot's completion keys/values up to the call's read length R.  With a
-buffer of T positions, each layer's read window [S, KV, R, Dh] is a strided slice XLA:CPU copies out before its
-dots; with a buffer of exactly R positions (what ``rollout.continuous`` now keeps, growing it between calls) the
-layer reads its whole slice.  This times one host call of the decode loop (``continuous._run``, ``--steps`` decode
+buffer of T positions (what ``rollout.continuous`` keeps), each layer's read window [S, KV, R, Dh] is a strided
+slice XLA:CPU copies out before its dots; with a buffer of exactly R positions (the engine would resize it
+between calls) the layer reads its whole slice.  This times one host call of the decode loop (``continuous._run``, ``--steps`` decode
 steps, every slot live) both ways, on SmolLM2-135M's architecture (random weights: the time does not depend on
 their values), 64 slots (8 prompts of 41 tokens × G = 8), T = 512, in bf16 and f32, interleaved, medians.
 
@@ -56,7 +56,9 @@ def programs(dtype: str, reads: tuple[int, ...], steps: int) -> dict:
   out = {}
   for read in reads:
     for buffer in ("full", "read"):
-      state = continuous._start(model, ctx, SLOTS, sp, mesh, axes, length=T if buffer == "full" else read)
+      state = continuous._start(model, ctx, SLOTS, sp, mesh, axes)  # cache [D, L, S, KV, T, Dh]
+      if buffer == "read":
+        state = dataclasses.replace(state, cache={k: v[:, :, :, :, :read] for k, v in state.cache.items()})
       state = dataclasses.replace(state, length=jnp.full_like(state.length, read - steps))  # every read position live
 
       def call(state=state, read=read):

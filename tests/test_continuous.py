@@ -82,7 +82,6 @@ def test_sampled_output_equals_the_static_engine_for_any_slot_count(tiny):
     assert_same_samples(out, ref)
     assert stats.useful_tokens == int(np.asarray(ref.lengths).sum())
     assert stats.host_calls > 1 and min(stats.reads) < sp.max_new_tokens  # reads followed the live length
-    assert len(set(stats.reads)) > 1  # the reads crossed a bucket: the slots' cache grew between calls
     if slots == 2:  # 12 samples through 2 slots: refilled from the queue
       assert max(stats.slot_counts) == 2 and stats.slot_steps >= stats.useful_tokens
 

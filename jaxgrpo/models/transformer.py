@@ -319,7 +319,7 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
   read = lambda c: from_bits(c).astype(dtype)
   pk = read(jnp.take(layer_cache["prompt_k"], slots.prompt_of, axis=0))  # [S, KV, P, Dh]
   pv = read(jnp.take(layer_cache["prompt_v"], slots.prompt_of, axis=0))
-  ck = read(layer_cache["k"][:, :, :slots.read])  # [S, KV, R, Dh]: the live part only (all of it once grown to R)
+  ck = read(layer_cache["k"][:, :, :slots.read])  # [S, KV, R, Dh]: the live part only
   cv = read(layer_cache["v"][:, :, :slots.read])
   p_valid = jnp.take(slots.prompt_valid, slots.prompt_of, axis=0)  # [S, P]
   c_valid = jnp.arange(slots.read)[None, :] < slots.length[:, None]  # [S, R]

@@ -14,11 +14,8 @@ preallocated cache (P + T slots), and copies each prompt's KV G times.  This eng
 * **live-length reads** — each host call reads only the first ``read`` completion positions, ``read`` being the
   longest live completion plus the call's steps, rounded up to ``read_block`` or the next power of two: decode
   attention follows the live length (one compilation per bucket and slot count, reused across calls and steps).
-  The slots' completion cache is itself ``read`` positions long, resized between calls when the bucket changes
-  (zero-padded as it grows, cut as it shrinks, which drops only positions past every live completion): the KV
-  memory follows the live length too, and a layer reads its whole cache slice instead of a window copied out of a
-  T-long buffer (≈ 0.95× the step time at reads 64–128 in bf16, no difference measured at 256:
-  experiments/bench_decode_cache.py).
+  The slots' cache stays T long: a cache resized to the bucket between calls measured 0.93–1.00× the step time
+  (experiments/bench_decode_cache.py) and its last growth would hold both sizes at once (1.5× the peak KV).
 
 Randomness is per sample (``sampler.sample_keys``: the token at completion position j of sample i is drawn with
 ``fold_in(fold_in(rng, i), j)``), exactly as in the static sampler, so a sample's tokens do not depend on the
@@ -103,7 +100,7 @@ class PromptContext:
 class SlotState:
   """The decode loop's state (S slots, N samples, T = max_new_tokens), donated between calls."""
 
-  cache: dict  # {"k", "v"}: [L, S, KV, R, Dh] each slot's completion KV (the KV dtype; R ≤ T, the read bucket)
+  cache: dict  # {"k", "v"}: [L, S, KV, T, Dh] each slot's completion KV (the KV dtype)
   sample: jax.Array  # int32[S] the sample each slot decodes (−1: idle)
   length: jax.Array  # int32[S] completion tokens the slot's sample has so far
   logits: jax.Array  # float32[S, V] each slot's next-token logits
@@ -125,8 +122,9 @@ def _bucket(n: int, block: int, cap: int) -> int:
 def _off_buckets(p: int, block: int, cap: int) -> int:
   """How many masked columns to add to prompts of ``p`` positions so their cache length is no read bucket: in f32,
   a decode step whose prompt part and completion part have the same length ran 3–5× slower on XLA:CPU (SmolLM2, 64
-  slots: 620–740 ms against 150–230 ms at prompt lengths 56, 65, 72, 96 for the same read of 64; the same at 128;
-  experiments/README.md §8).  One more masked position costs nothing measurable."""
+  slots: 620–740 ms against 150–240 ms at prompt lengths 41, 56, 65, 72, 96 for the same read of 64; the same at
+  128; f32 sampling with 64-token prompts 1.84× faster padded, experiments/bench_decode_cache.py).  One more
+  masked position costs nothing measurable."""
   return int(p in {_bucket(1 << k, block, cap) for k in range(cap.bit_length() + 1)})
 
 
@@ -141,11 +139,11 @@ def _prefill_local(model: Transformer, params, prompt_ids, prompt_mask, keys, pr
                        prompt_of=prompt_of)
 
 
-def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, length: int) -> SlotState:
+def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams) -> SlotState:
   cfg = model.config
   n, t = ctx.keys.shape[0], sp.max_new_tokens
   sample = jnp.where(jnp.arange(slots) < n, jnp.arange(slots), -1).astype(jnp.int32)
-  shape = (cfg.num_layers, slots, cfg.num_kv_heads, length, cfg.head_dim)
+  shape = (cfg.num_layers, slots, cfg.num_kv_heads, t, cfg.head_dim)
   dtype = sampler.storage_dtype(sampler.cache_dtype(model, sp))
   return SlotState(
       cache={"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)},
@@ -201,14 +199,6 @@ def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState,
         eos=s.eos.at[out_row].set(hit_eos, mode="drop"))
 
   return jax.lax.while_loop(cond, body, dataclasses.replace(state, steps=jnp.zeros((), jnp.int32)))
-
-
-def _resize_local(state: SlotState, length: int) -> SlotState:
-  """The completion cache cut or zero-padded to ``length`` positions (``length`` ≥ every live slot's length: the
-  positions cut are past every live completion, the ones added are read only once written)."""
-  fit = lambda c: (c[:, :, :, :length] if c.shape[3] >= length
-                   else jnp.pad(c, [(0, 0)] * 3 + [(0, length - c.shape[3]), (0, 0)]))
-  return dataclasses.replace(state, cache=jax.tree.map(fit, state.cache))
 
 
 def _compact_local(state: SlotState, slots: int) -> SlotState:
@@ -277,17 +267,9 @@ def _prefill(model: Transformer, params, prompt_ids, prompt_mask, rng, g: int, k
   return _per_device(fn, mesh, axes, 1)(params, take(prompt_ids), take(prompt_mask), keys, jnp.asarray(prompt_of))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "slots", "sp", "mesh", "axes", "length"))
-def _start(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, mesh, axes,
-           length: int | None = None) -> SlotState:
-  """The first slots' state, their completion cache ``length`` positions long (default: T)."""
-  length = sp.max_new_tokens if length is None else length
-  return _per_device(lambda c: _start_local(model, c, slots, sp, length), mesh, axes, 0)(ctx)
-
-
-@functools.partial(jax.jit, static_argnames=("length", "mesh", "axes"), donate_argnames=("state",))
-def _resize(state: SlotState, length: int, mesh, axes) -> SlotState:
-  return _per_device(lambda s: _resize_local(s, length), mesh, axes, 0)(state)
+@functools.partial(jax.jit, static_argnames=("model", "slots", "sp", "mesh", "axes"))
+def _start(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, mesh, axes) -> SlotState:
+  return _per_device(lambda c: _start_local(model, c, slots, sp), mesh, axes, 0)(ctx)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sp", "allowed", "steps_per_call", "read", "mesh", "axes"),
@@ -345,16 +327,14 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   slots = min(cp.slots // d or n_local, n_local)
   params = sampler.decode_params(model, params)
   ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, g, sp.kv_dtype, mesh, axes)
-  state = _start(model, ctx, slots, sp, mesh, axes, length=_bucket(cp.steps_per_call, cp.read_block, t))
+  state = _start(model, ctx, slots, sp, mesh, axes)
   live, longest, queued = slots, 0, False
   counts, reads, decode_steps, slot_steps = [], [], 0, 0
   while live:
     if cp.compact and queued and live <= slots // 2 and slots // 2 >= cp.min_slots:
       slots = max(cp.min_slots, 1 << (live - 1).bit_length())  # the next power of two ≥ the most live on a device
       state = _compact(state, slots, mesh, axes)
-    read = _bucket(longest + cp.steps_per_call, cp.read_block, t)  # > every position this call writes
-    if read != state.cache["k"].shape[4]:  # [D, L, S, KV, R, Dh]: the cache follows the read bucket
-      state = _resize(state, read, mesh, axes)
+    read = _bucket(longest + cp.steps_per_call, cp.read_block, t)
     state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read, mesh, axes)
     counts.append(slots * d)
     reads.append(read)
