@@ -1,11 +1,11 @@
 """The continuous engine's completion cache sized to the read bucket vs a full-length (T) buffer (issue 21).
 
-A decode step's attention reads each slot's completion keys/values up to the call's read length R.  With a
-buffer of T positions (what ``rollout.continuous`` keeps), each layer's read window [S, KV, R, Dh] is a strided
-slice XLA:CPU copies out before its dots; with a buffer of exactly R positions (the engine would resize it
-between calls) the layer reads its whole slice.  This times one host call of the decode loop (``continuous._run``, ``--steps`` decode
-steps, every slot live) both ways, on SmolLM2-135M's architecture (random weights: the time does not depend on
-their values), 64 slots (8 prompts of 41 tokens × G = 8), T = 512, in bf16 and f32, interleaved, medians.
+A decode step's attention reads each slot's completion keys/values up to the call's read length R. With a buffer of
+T positions (what ``rollout.continuous`` keeps), each layer's read window [S, KV, R, Dh] is a strided slice XLA:CPU
+copies out before its dots; with a buffer of exactly R positions (the engine would resize it between calls) the
+layer reads its whole slice. This times one host call of the decode loop (``continuous._run``, ``--steps`` decode
+steps, every slot live) both ways, on SmolLM2-135M's architecture (random weights: the time does not depend on their
+values), 64 slots (8 prompts of 41 tokens × G = 8), T = 512, in bf16 and f32, interleaved, medians.
 
 A second table isolates decode attention itself (no weights): a 30-layer loop over a stacked bits cache
 [L, S, KV, T, Dh] (64 slots, 3 KV heads × 3 query heads, Dh 64) at read R, in the formulations tried — the
