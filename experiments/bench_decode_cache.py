@@ -37,19 +37,24 @@ import numpy as np
 from bench_bf16 import interleaved
 from bench_step import roof_gflops
 
-from jaxgrpo.models import from_config, from_hf_config, init_params, known
+from jaxgrpo.models import as_bits, from_bits, from_config, from_hf_config, init_params, known
+from jaxgrpo.models import transformer as tr
 from jaxgrpo.rollout import continuous, sampler
 
 B, G, P, T, SLOTS = 8, 8, 41, 512, 64  # P: bench_sampler.py's chat prompts (padded); not a read bucket
 
 
+def smollm2(dtype: str):
+  """SmolLM2-135M's architecture with random weights, in the samplers' parameter form."""
+  model = from_config(from_hf_config(known.CONFIGS["HuggingFaceTB/SmolLM2-135M-Instruct"], dtype=dtype))
+  return model, sampler.decode_params(model, init_params(model, jax.random.PRNGKey(0)))
+
+
 def programs(dtype: str, reads: tuple[int, ...], steps: int) -> dict:
   """{(buffer, read): (no-argument call)} for a buffer of T ("full") or R ("read") positions."""
-  cfg = from_hf_config(known.CONFIGS["HuggingFaceTB/SmolLM2-135M-Instruct"], dtype=dtype)
-  model = from_config(cfg)
-  params = sampler.decode_params(model, init_params(model, jax.random.PRNGKey(0)))
+  model, params = smollm2(dtype)
   sp = sampler.SamplingParams(group_size=G, max_new_tokens=T, temperature=1.0)
-  ids = jax.random.randint(jax.random.PRNGKey(1), (B, P), 3, cfg.vocab_size)
+  ids = jax.random.randint(jax.random.PRNGKey(1), (B, P), 3, model.config.vocab_size)
   mesh, axes = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("rows",)), ("rows",)
   ctx = continuous._prefill(model, params, ids, jnp.ones((B, P), jnp.int32), jax.random.PRNGKey(2), G, None, mesh,
                             axes)
@@ -75,26 +80,24 @@ def programs(dtype: str, reads: tuple[int, ...], steps: int) -> dict:
 
 def attention(reads: tuple[int, ...], repeats: int) -> list[dict]:
   """ms per 30-layer decode-attention pass (one query per slot and head) in each formulation, and GB/s of KV."""
-  from jaxgrpo.models import transformer as tr
-
   L, S, KV, Gq, Dh = 30, SLOTS, 3, 3, 64
-  bits = lambda x: jax.lax.bitcast_convert_type(x.astype(jnp.bfloat16), jnp.uint16)
-  b16 = lambda c: jax.lax.bitcast_convert_type(c, jnp.bfloat16)
-  kc = bits(jax.random.normal(jax.random.PRNGKey(0), (L, S, KV, T, Dh)))
-  vc = bits(jax.random.normal(jax.random.PRNGKey(1), (L, S, KV, T, Dh)))
-  q = jax.random.normal(jax.random.PRNGKey(2), (S, KV, Gq, Dh)).astype(jnp.bfloat16)
+  bf16 = lambda key, shape: jax.random.normal(jax.random.PRNGKey(key), shape).astype(jnp.bfloat16)
+  kc, vc = as_bits(bf16(0, (L, S, KV, T, Dh))), as_bits(bf16(1, (L, S, KV, T, Dh)))
+  vt = jnp.swapaxes(vc, -1, -2)
+  q = bf16(2, (S, KV, Gq, Dh))
+  f32 = lambda c: from_bits(c).astype(jnp.float32)
 
-  def dots(q, k, v):  # the engine's bf16 path (``_decode_scores``/``_decode_values``)
-    p = jax.nn.softmax(tr.mm("nkgd,nksd->nkgs", q, b16(k), jnp.float32), -1)
-    return tr.mm("nkgs,nksd->nkgd", p.astype(jnp.bfloat16), b16(v), jnp.float32).astype(jnp.bfloat16)
+  def dots(q, k, v):  # the engine's bf16 path itself
+    p = jax.nn.softmax(tr._decode_scores(q, from_bits(k)), -1)
+    return tr._decode_values(p, from_bits(v)).astype(jnp.bfloat16)
 
   def reduce(q, k, v):
-    q, k, v = q.astype(jnp.float32), b16(k).astype(jnp.float32), b16(v).astype(jnp.float32)
+    q, k, v = q.astype(jnp.float32), f32(k), f32(v)
     p = jax.nn.softmax(jnp.sum(q[:, :, :, None] * k[:, :, None], -1), -1)
     return jnp.sum(p[..., None] * v[:, :, None], -2).astype(jnp.bfloat16)
 
   def reduce_vt(q, k, vt):
-    q, k, vt = q.astype(jnp.float32), b16(k).astype(jnp.float32), b16(vt).astype(jnp.float32)
+    q, k, vt = q.astype(jnp.float32), f32(k), f32(vt)
     p = jax.nn.softmax(jnp.sum(q[:, :, :, None] * k[:, :, None], -1), -1)
     return jnp.sum(p[:, :, :, None] * vt[:, :, None], -1).astype(jnp.bfloat16)
 
@@ -107,15 +110,13 @@ def attention(reads: tuple[int, ...], repeats: int) -> list[dict]:
       return jax.lax.fori_loop(0, L, body, q)
     return jax.jit(run)
 
+  copy = jax.jit(lambda a, b: (a + jnp.uint16(1), b + jnp.uint16(1)))
   rows = []
   for r in reads:
     kr, vr = kc[:, :, :, :r], vc[:, :, :, :r]
-    vt = jnp.swapaxes(vc, -1, -2)
-    copy = jax.jit(lambda a, b: (a + jnp.uint16(1), b + jnp.uint16(1)))
-    window, fit = layers(dots, r), layers(dots, r)  # separate programs (an R buffer has other shapes anyway)
-    red, red_t = layers(reduce, r), layers(reduce_vt, r, True)
-    fns = {"dots, window of a T buffer": lambda: window(q, kc, vc),
-           "dots, R buffer": lambda: fit(q, kr, vr),
+    attend, red, red_t = layers(dots, r), layers(reduce, r), layers(reduce_vt, r, True)
+    fns = {"dots, window of a T buffer": lambda: attend(q, kc, vc),
+           "dots, R buffer": lambda: attend(q, kr, vr),
            "f32 multiply-reduce, window": lambda: red(q, kc, vc),
            "f32 multiply-reduce, values transposed": lambda: red_t(q, kc, vt),
            "copy of the same KV bytes (read + write)": lambda: copy(kr, vr)}
@@ -129,11 +130,9 @@ def attention(reads: tuple[int, ...], repeats: int) -> list[dict]:
 
 def prompt_bucket(repeats: int) -> list[dict]:
   """Seconds per f32 sampling call with 64-token prompts, padded off the read bucket (as shipped) or not."""
-  cfg = from_hf_config(known.CONFIGS["HuggingFaceTB/SmolLM2-135M-Instruct"], dtype="float32")
-  model = from_config(cfg)
-  params = sampler.decode_params(model, init_params(model, jax.random.PRNGKey(0)))
+  model, params = smollm2("float32")
   sp = sampler.SamplingParams(group_size=G, max_new_tokens=128, temperature=1.0)
-  ids = jax.random.randint(jax.random.PRNGKey(1), (B, 64), 3, cfg.vocab_size)
+  ids = jax.random.randint(jax.random.PRNGKey(1), (B, 64), 3, model.config.vocab_size)
   mask = jnp.ones((B, 64), jnp.int32)
   shipped = continuous._off_buckets
 
