@@ -154,13 +154,6 @@ def finished(run_dir: str, steps: int) -> bool:
   return os.path.exists(path) and any(r.get("step") == steps and "eval/greedy_accuracy" in r for r in read_jsonl(path))
 
 
-def final_outputs(run_dir: str) -> list[dict] | None:
-  """The per-problem eval outputs of the run's last evaluation (None if it saved none)."""
-  d = os.path.join(run_dir, "eval")
-  files = sorted(f for f in os.listdir(d) if f.endswith(".jsonl")) if os.path.isdir(d) else []
-  return [json.loads(line) for line in open(os.path.join(d, files[-1]))] if files else None
-
-
 def transfer_outputs(name: str):
   """The per-problem records of transfer task ``name`` in a run directory (None where not evaluated)."""
   def read(run_dir: str) -> list[dict] | None:
@@ -169,11 +162,10 @@ def transfer_outputs(name: str):
   return read
 
 
-def paired_report(results: dict, args, outputs=final_outputs, label: str = "") -> dict:
+def paired_report(results: dict, args, transfer: str | None = None, label: str = "") -> dict:
   """Each method against its baseline at the same lr — GRPO, or PRPO for PRPO's controls — paired by seed and
-  problem (jaxgrpo.analysis.paired_difference). ``outputs``: a run directory's per-problem records (default:
-  its last evaluation; the transfer task's with ``transfer_outputs``)."""
-  from jaxgrpo.analysis import paired_difference
+  problem (jaxgrpo.analysis.compare_runs) on each run's last evaluation, or on transfer task ``transfer``."""
+  from jaxgrpo.analysis import compare_runs, eval_steps
 
   out = {}
   by = {(r["method"], r["lr"], r["seed"]): r for r in results["runs"].values()}
@@ -183,15 +175,13 @@ def paired_report(results: dict, args, outputs=final_outputs, label: str = "") -
       continue
     base_lr = args.method_lrs.get(base, lr)  # with --method-lrs each method against its base at the base's lr
     seeds = sorted(s for m, l, s in by if (m, l) == (method, lr) and (base, base_lr, s) in by)
-    mats = {}
-    for name, name_lr in ((base, base_lr), (method, lr)):
-      outs = [outputs(os.path.join(args.out, f"{name}_lr{name_lr:g}_s{s}")) for s in seeds]
-      if not seeds or any(o is None for o in outs):
-        break
-      mats[name] = np.array([[r["greedy_correct"] for r in o] for o in outs], float)
-    if len(mats) < 2 or mats[base].shape != mats[method].shape:
+    dirs = {name: [os.path.join(args.out, f"{name}_lr{name_lr:g}_s{s}") for s in seeds]
+            for name, name_lr in ((base, base_lr), (method, lr))}
+    file = transfer_file(transfer) if transfer else None
+    if not seeds or not all(os.path.exists(os.path.join(d, file)) if file else eval_steps(d)
+                            for d in dirs[base] + dirs[method]):
       continue
-    r = paired_difference(mats[base], mats[method])
+    r = compare_runs(dirs[base], dirs[method], file=file)
     key = f"{method}_vs_{base}_lr{lr:g}" if base_lr == lr else f"{method}_lr{lr:g}_vs_{base}_lr{base_lr:g}"
     out[key] = {"lr": lr, "base_lr": base_lr, "seeds": seeds, "diff": r.diff, "ci95": r.ci, "per_seed": r.per_seed,
                 "seed_sign_flip_p": r.seed_sign_flip_p, "problem_sign_flip_p": r.problem_sign_flip_p,
@@ -351,7 +341,7 @@ def main() -> int:
     results[f"base_{key}"] = float(np.mean([r["greedy_correct"] for r in base_records]))
     trained = ", ".join(f"{tag} {r[key]:.3f}" for tag, r in results["runs"].items() if key in r)
     print(f"\n{name} (transfer, {len(base_records)} problems): untrained {results[f'base_{key}']:.3f}; {trained}")
-    paired_t = paired_report(results, args, transfer_outputs(name), label=f"{name}, transfer")
+    paired_t = paired_report(results, args, transfer=name, label=f"{name}, transfer")
     if paired_t:
       results[f"paired_transfer_{name}"] = paired_t
   with open(args.results, "w") as f:

@@ -328,8 +328,87 @@ fig.savefig(os.path.join(OUT, 'run_lambda_by_position.png'), dpi=90)
 """),
 ]
 
+PAIRED = [
+    ("markdown", """
+# Is method B better than method A? Paired comparisons across seeds and problems
+
+A training run evaluated with `eval.save_outputs` (the default) writes one record per held-out problem at each
+eval step (`<run>/eval/step_N.jsonl`: prompt, answer, greedy completion, correct or not). With several seeds per
+method — seed s of both methods sharing initialization and data stream — `jaxgrpo.analysis.compare_runs` pairs the
+runs by seed and the records by problem and returns the difference with a two-way (seeds × problems) bootstrap
+interval and exact sign-flip tests; `plot_paired` draws several such comparisons as a forest plot.
+
+The runs read here are real ones committed under `experiments/results/` (issue 23): SmolLM2-135M-Instruct
+(dequantised Q4_1 GGUF), 20 steps on synthetic arithmetic, 6 seeds per method, 200 test problems, and two
+transfer tasks of another surface form (operators in words; word problems). `NB_A`, `NB_B` (run directories with
+a `{seed}` field) and `NB_SEEDS` point the notebook at other runs.
+"""),
+    ("code", """
+import os
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from jaxgrpo import analysis
+
+ROOT = '..' if os.path.exists('../experiments') else '.'
+RES = os.path.join(ROOT, 'experiments', 'results')
+OUT = os.environ.get('NB_OUT', 'runs/notebooks')
+os.makedirs(OUT, exist_ok=True)
+SEEDS = range(int(os.environ.get('NB_SEEDS', 6)))
+A = os.environ.get('NB_A', os.path.join(RES, 'smollm2_test', 'grpo_lr3e-06_s{seed}'))
+B = os.environ.get('NB_B', os.path.join(RES, 'smollm2_test', 'lambda_grpo_lr3e-06_s{seed}'))
+base = [A.format(seed=s) for s in SEEDS]
+method = [B.format(seed=s) for s in SEEDS]
+print('A:', base[0], '\\nB:', method[0], '\\neval steps:', analysis.eval_steps(base[0]))
+"""),
+    ("code", """
+# B − A on the test split at each eval step (step 0 is the same untrained model for both: a check that the pairing
+# is right), then on the transfer tasks, each with its 95% CI over seeds × problems
+results = {f'test, step {step}': analysis.compare_runs(base, method, step=step)
+           for step in analysis.eval_steps(base[0])}
+for task in ('verbal', 'word_problems'):
+    if all(os.path.exists(os.path.join(d, f'transfer_{task}.jsonl')) for d in base + method):
+        results[f'{task} (transfer)'] = analysis.compare_runs(base, method, file=f'transfer_{task}.jsonl')
+for label, r in results.items():
+    print(f'{label:28s} {100 * r.diff:+6.1f} points  95% CI [{100 * r.ci[0]:+.1f}, {100 * r.ci[1]:+.1f}]  '
+          f'seed p {r.seed_sign_flip_p:.3f}  per seed {[round(100 * d, 1) for d in r.per_seed]}')
+assert results['test, step 0'].diff == 0, 'step 0 should be the same model for A and B'
+"""),
+    ("code", """
+ax = analysis.plot_paired(results)
+ax.set_title(f'B − A, {len(base)} seeds paired')
+ax.figure.tight_layout()
+ax.figure.savefig(os.path.join(OUT, 'paired_forest.png'), dpi=90)
+"""),
+    ("code", """
+# Where the difference comes from: accuracy by operator, then the problems the two methods disagree on most
+# (mean over seeds of B's correctness minus A's)
+a = analysis.outcome_matrix(base)
+b = analysis.outcome_matrix(method)
+problems = analysis.load_outputs(base[0])
+problems['op'] = problems['prompt'].map(lambda p: (re.findall(r' ([-+*×/]) ', p) or ['?'])[0])
+problems['A'] = a.mean(0)
+problems['B'] = b.mean(0)
+problems['B − A'] = problems['B'] - problems['A']
+print(problems.groupby('op')[['A', 'B', 'B − A']].mean().round(3).assign(n=problems.groupby('op').size()))
+problems.sort_values('B − A')[['prompt', 'answer', 'A', 'B', 'B − A']].iloc[np.r_[0:4, -4:0]]
+"""),
+    ("code", """
+# The seed is the unit that varies most: per-seed accuracy of both methods, seed by seed
+fig, ax = plt.subplots(figsize=(5, 3.2))
+ax.plot(a.mean(1), 'o-', label='A')
+ax.plot(b.mean(1), 's-', label='B')
+ax.set_xticks(range(len(base)))
+ax.set_xlabel('seed'); ax.set_ylabel('test accuracy (200 problems)'); ax.legend()
+fig.tight_layout()
+fig.savefig(os.path.join(OUT, 'paired_seeds.png'), dpi=90)
+"""),
+]
+
 BOOKS = {"toy_tree_lambda_grpo.ipynb": TOY, "overlap_analysis.ipynb": OVERLAP, "prpo_segments.ipynb": SEGMENTS,
-         "run_analysis.ipynb": RUN_ANALYSIS}
+         "run_analysis.ipynb": RUN_ANALYSIS, "paired_comparison.ipynb": PAIRED}
 
 if __name__ == "__main__":
   for name, cells in BOOKS.items():

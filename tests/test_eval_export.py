@@ -17,7 +17,7 @@ from hf_tiny import tiny_llama_with_tokenizer
 from meshes import trainer
 
 import jaxgrpo.models as M
-from jaxgrpo import cli
+from jaxgrpo import analysis, cli
 from jaxgrpo.tasks import sources as data_lib
 from jaxgrpo.train import export, presets
 from jaxgrpo.train.config import replace as config_replace
@@ -99,6 +99,8 @@ def test_run_evaluates_then_export_loads_in_transformers_with_equal_logits(tiny_
                                records=recs)
   logged = [json.loads(line) for line in open(run / "eval" / "step_000002.jsonl")]
   assert [r["greedy_completion"] for r in recs] == [r["greedy_completion"] for r in logged]
+  assert analysis.eval_steps(str(run))[-1] == 2  # jaxgrpo.analysis reads the trainer's files back
+  assert analysis.load_outputs(str(run))["greedy_completion"].tolist() == [r["greedy_completion"] for r in logged]
   assert out_params["greedy_accuracy"] == pytest.approx(evals[-1]["eval/greedy_accuracy"])
   assert "pass_at_1" not in out_params
 

@@ -1,11 +1,12 @@
-"""Plots of a run (matplotlib): metric curves of one or more runs, and one group's prefix tree with |λ| and
-advantages."""
+"""Plots of runs (matplotlib): metric curves of one or more runs, one group's prefix tree with |λ| and
+advantages, and paired comparisons as a forest plot."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 from jaxgrpo.analysis.runs import Node, Run, group_tree
+from jaxgrpo.analysis.stats import PairedDifference
 
 
 def _plt():
@@ -94,4 +95,29 @@ def plot_group_tree(run: Run, step: int, group: int, max_depth: int = 24, ax=Non
   ax.set_yticks([])
   ax.set_title(f"step {step}, group {group}: {g} completions, {len(nodes) - 1} distinct prefixes (numbers: |λ|)")
   plt.colorbar(sc, ax=ax, label="advantage (mean over the completions through the node)", fraction=0.03)
+  return ax
+
+
+def plot_paired(results: dict[str, PairedDifference], ax=None, scale: float = 100.0, unit: str = "points"):
+  """A forest plot of paired comparisons (``{label: paired_difference(...)}``, e.g. one per task or method): one
+  row each, its per-seed differences as dots, the mean as a diamond with its confidence interval, a line at 0;
+  ``scale`` multiplies every value (100: accuracy in points).  Returns the axes."""
+  plt = _plt()
+  if not results:
+    raise ValueError("results is empty: give {label: PairedDifference}")
+  if ax is None:
+    _, ax = plt.subplots(figsize=(8, 1.1 + 0.6 * len(results)))
+  for y, (label, r) in enumerate(reversed(list(results.items()))):
+    lo, hi = (scale * c for c in r.ci)
+    ax.plot([lo, hi], [y, y], color="k", lw=2, zorder=2)
+    ax.scatter([scale * r.diff], [y], marker="D", color="k", s=40, zorder=3)
+    ax.scatter([scale * d for d in r.per_seed], [y + 0.18] * len(r.per_seed), color="tab:blue", s=14, alpha=0.7,
+               zorder=2)
+    ax.text(1.02, y, f"{scale * r.diff:+.1f} [{lo:+.1f}, {hi:+.1f}]\nseed p = {r.seed_sign_flip_p:.3f}",
+            transform=ax.get_yaxis_transform(), fontsize=7, va="center")  # in the right margin
+  ax.axvline(0, color="0.5", lw=0.8, ls="--")
+  ax.set_yticks(range(len(results)), list(reversed(list(results))))
+  ax.set_ylim(-0.6, len(results) - 0.3)
+  level = next(iter(results.values())).level
+  ax.set_xlabel(f"difference ({unit}): mean and {100 * level:.0f}% CI over seeds × problems; dots: seeds", fontsize=8)
   return ax

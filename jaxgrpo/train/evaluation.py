@@ -24,6 +24,13 @@ from jaxgrpo.train import build
 from jaxgrpo.train.config import EvalSpec, TrainConfig
 from jaxgrpo.train.progress import Progress
 
+OUTPUTS_DIR = "eval"  # a run directory's per-problem eval outputs: OUTPUTS_DIR/step_NNNNNN.jsonl
+
+
+def outputs_path(run_dir: str, step: int) -> str:
+  """Where a run writes the per-problem outputs of its evaluation at ``step``."""
+  return os.path.join(run_dir, OUTPUTS_DIR, f"step_{step:06d}.jsonl")
+
 
 def write_records(path: str, records: Sequence[dict]) -> None:
   """Per-problem eval outputs as JSONL (written whole, then renamed: a crash leaves the old file or none)."""

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import time
 from typing import Any, Callable
 
@@ -457,7 +456,7 @@ class Trainer:
     out = evaluation.evaluate(self.engine, self.policy_params(), self.eval_set, self.eval_set.examples, ev, key,
                               self.sampling_params(), show_progress=self.cfg.progress, records=records)
     if records is not None and dist.is_primary():
-      evaluation.write_records(os.path.join(self.cfg.output_dir, "eval", f"step_{self.step:06d}.jsonl"), records)
+      evaluation.write_records(evaluation.outputs_path(self.cfg.output_dir, self.step), records)
     return {f"eval/{k}": v for k, v in out.items()}
 
   # ------------------------------------------------------------------ checkpoint state
