@@ -1,4 +1,4 @@
-"""The ``jaxgrpo`` command line: demo, train, eval, export, plan.
+"""The ``jaxgrpo`` command line: demo, train, eval, compare, export, plan, prepare-math.
 
 Errors a user can fix (a bad config value, a busy or stale output directory, a
 checkpoint that cannot be saved or restored, a non-finite step) print one
@@ -152,6 +152,23 @@ def _prepare_math(args: argparse.Namespace) -> int:
   return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+  from jaxgrpo import analysis
+
+  r = analysis.compare_runs(args.base, args.method, column=args.column, step=args.step, file=args.file,
+                            level=args.level)
+  a = analysis.outcome_matrix(args.base, column=args.column, step=args.step, file=args.file).mean()
+  what = args.file or (f"step {args.step}" if args.step is not None else "last eval")
+  print(f"\nmethod − base: {args.column}, {what}, {r.seeds} seed pairs × {r.problems} problems\n")
+  pct = f"{100 * r.level:.0f}% CI (seeds × problems)"
+  print(f"| base | method | method − base | {pct} | per seed | seed sign-flip p | problem sign-flip p |")
+  print("|---:|---:|---:|---|---|---:|---:|")
+  per_seed = ", ".join(f"{d:+.3f}" for d in r.per_seed)
+  print(f"| {a:.3f} | {a + r.diff:.3f} | {r.diff:+.3f} | [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}] | {per_seed} | "
+        f"{r.seed_sign_flip_p:.3f} | {r.problem_sign_flip_p:.4f} |")
+  return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", help="YAML config file (may name a 'preset:')")
   p.add_argument("--preset", help="toy | smollm2_arithmetic | lambda_grpo_paper | lambda_grpo_paper_full | prpo_paper")
@@ -187,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--outputs", help="write each problem's outcome and greedy completion to this JSONL file")
   _add_config_args(ev)
   ev.set_defaults(func=_eval)
+
+  cmp = sub.add_parser("compare", help="two methods' evaluated runs, paired by seed and problem: the difference "
+                                       "with its CI over seeds × problems and exact sign-flip tests")
+  cmp.add_argument("--base", nargs="+", required=True, metavar="RUN_DIR", help="the baseline's runs, one per seed")
+  cmp.add_argument("--method", nargs="+", required=True, metavar="RUN_DIR",
+                   help="the method's runs, one per seed, in the same seed order")
+  cmp.add_argument("--step", type=int, help="the eval step to compare (default: each run's last)")
+  cmp.add_argument("--file", help="a per-problem JSONL file inside each run instead (e.g. a transfer task's)")
+  cmp.add_argument("--column", default="greedy_correct", help="the per-problem score (default: greedy_correct)")
+  cmp.add_argument("--level", type=float, default=0.95, help="the interval's coverage (default: 0.95)")
+  cmp.set_defaults(func=_compare)
 
   ex = sub.add_parser("export", help="write a run's policy as an HF checkpoint (+ PEFT adapter for LoRA)")
   ex.add_argument("run_dir")

@@ -1,6 +1,8 @@
 """jaxgrpo.analysis.outcomes: per-problem eval outputs read back from run directories (written by the trainer's own
 writer) and paired across seeds, against the matrices the records were made from."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -58,14 +60,19 @@ def test_runs_on_other_problems_missing_steps_and_columns_are_refused_by_name(ru
     analysis.outcome_matrix([base[0], short])
   with pytest.raises(ValueError, match="one run per seed.*4 and 3"):
     analysis.compare_runs(base, method[:3])
-  with pytest.raises(KeyError, match="step 5.*steps \\[0, 10, 20\\]"):
+  with pytest.raises(ValueError, match="step 5.*steps \\[0, 10, 20\\]"):
     analysis.load_outputs(base[0], step=5)
-  with pytest.raises(KeyError, match="no column 'sampled_correct'"):
+  with pytest.raises(ValueError, match="no column 'sampled_correct'"):
     analysis.outcome_matrix(base, column="sampled_correct")
   with pytest.raises(FileNotFoundError, match="saved no per-problem eval outputs"):
     analysis.load_outputs(str(tmp_path))
   with pytest.raises(ValueError, match="run_dirs is empty"):
     analysis.outcome_matrix([])
+  for run, seed in ((base[0], 0), (method[0], 0), (method[1], 1)):  # config.yaml's seed, as the trainer writes it
+    (tmp_path / os.path.basename(run) / "config.yaml").write_text(f"seed: {seed}\n")
+  analysis.compare_runs(base[:1], method[:1], n_boot=10, n_perm=10)
+  with pytest.raises(ValueError, match="m0_s0 \\(seed 0\\) is paired with .*m1_s1 \\(seed 1\\)"):
+    analysis.compare_runs(base[:1], method[1:2])
 
 
 def test_the_forest_plot_draws_one_row_per_comparison_at_its_interval(runs):
@@ -82,3 +89,17 @@ def test_the_forest_plot_draws_one_row_per_comparison_at_its_interval(runs):
   assert intervals == sorted(tuple(100 * c for c in r.ci) for r in results.values())
   with pytest.raises(ValueError, match="results is empty"):
     analysis.plot_paired({})
+
+
+def test_the_compare_command_prints_compare_runs_and_refuses_unpaired_runs(runs, capsys):
+  from jaxgrpo import cli
+
+  (base, method), *_ = runs
+  assert cli.main(["compare", "--base", *base, "--method", *method, "--step", "0"]) == 0
+  row = capsys.readouterr().out.strip().splitlines()[-1].strip("|").split("|")
+  r = analysis.compare_runs(base, method, step=0)
+  assert float(row[2]) == pytest.approx(r.diff, abs=5e-4)
+  assert row[3].strip() == f"[{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]" and float(row[5]) == pytest.approx(r.seed_sign_flip_p,
+                                                                                                    abs=5e-4)
+  assert cli.main(["compare", "--base", *base, "--method", *method[:2]]) == 2
+  assert "one run per seed each; got 4 and 2" in capsys.readouterr().err

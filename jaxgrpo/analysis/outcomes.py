@@ -18,11 +18,13 @@ import re
 from typing import Sequence
 
 import numpy as np
+import yaml
 
 from jaxgrpo.analysis.runs import _pandas
 from jaxgrpo.analysis.stats import PairedDifference, paired_difference
 from jaxgrpo.train import metrics as metrics_lib
 from jaxgrpo.train.evaluation import OUTPUTS_DIR, outputs_path
+from jaxgrpo.train.run_dir import CONFIG_FILE
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.jsonl$")
 
@@ -53,7 +55,7 @@ def load_outputs(run_dir: str, step: int | None = None, file: str | None = None)
     if step is None:
       step = steps[-1]
     elif step not in steps:
-      raise KeyError(f"step {step}: {run_dir} has eval outputs at steps {steps} only")
+      raise ValueError(f"step {step}: {run_dir} has eval outputs at steps {steps} only")
     path = outputs_path(run_dir, step)
   rows = metrics_lib.read_jsonl(path)
   if not rows:
@@ -78,7 +80,7 @@ def outcome_matrix(run_dirs: Sequence[str], column: str = "greedy_correct", step
   for run in run_dirs:
     table = load_outputs(run, step=step, file=file)
     if column not in table.columns:
-      raise KeyError(f"{run}: outputs have no column {column!r} (they have {sorted(table.columns)})")
+      raise ValueError(f"{run}: outputs have no column {column!r} (they have {sorted(table.columns)})")
     these = _problem_ids(table)
     if ids is None:
       ids, first = these, run
@@ -90,12 +92,27 @@ def outcome_matrix(run_dirs: Sequence[str], column: str = "greedy_correct", step
   return np.stack(rows)
 
 
+def _run_seed(run_dir: str) -> int | None:
+  """The ``seed`` in a run directory's config.yaml (None without one)."""
+  path = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return (yaml.safe_load(f) or {}).get("seed")
+
+
 def compare_runs(base: Sequence[str], method: Sequence[str], *, column: str = "greedy_correct",
                  step: int | None = None, file: str | None = None, **kwargs) -> PairedDifference:
   """``method`` − ``base`` over seeds × problems: ``base[s]`` and ``method[s]`` are the runs of seed s (same
-  initialization and data stream), both evaluated on the same problems.  ``kwargs`` go to ``paired_difference``
+  initialization and data stream; where both runs' config.yaml record a seed, it must match), both evaluated on
+  the same problems.  ``kwargs`` go to ``paired_difference``
   (``level``, ``n_boot``, ...)."""
   if len(base) != len(method):
     raise ValueError(f"base and method must list one run per seed each; got {len(base)} and {len(method)} runs")
+  for a, b in zip(base, method):  # runs that record their seed (config.yaml) must pair seed with seed
+    seeds = _run_seed(a), _run_seed(b)
+    if None not in seeds and seeds[0] != seeds[1]:
+      raise ValueError(f"{a} (seed {seeds[0]}) is paired with {b} (seed {seeds[1]}): list the runs of both methods "
+                       f"in the same seed order")
   m = outcome_matrix([*base, *method], column=column, step=step, file=file)  # checks all share the problems
   return paired_difference(m[:len(base)], m[len(base):], **kwargs)
