@@ -11,6 +11,9 @@ Two findings the samplers now rely on, each measured against its baseline in the
    A third variant, per-layer arrays in an unrolled loop (no stack, no slice), measures what per-layer weight
    buffers would add on top (the slices of a stack are still copies).
 
+The reference where torch is installed (a benchmark-only dependency): torch's bf16 matmul (oneDNN; it uses AMX
+where the CPU has it, as vLLM-CPU does) on the same dots and the same MLP loop in eager mode, timed interleaved.
+
 Shapes: 64 rows (8 prompts × G = 8) × d_model 576 × MLP 1536 and the 49,152-token LM head; the scan is 30 layers of
 an MLP (up 576→1536, tanh, down 1536→576) inside an 8-step decode-like loop.  Median of ``--repeats`` interleaved
 timings after a warm-up; the f32 matmul roof (2048², bench_step.py's) measured in the same run.
@@ -60,9 +63,23 @@ def dots(repeats: int) -> list[dict]:
     wide = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype))
     fns = {"f32": lambda: plain(a32, b32), "bf16 → bf16": lambda: plain(a16, b16),
            "bf16 → f32 → bf16 (mm)": lambda: wide(a16, b16)}
+    torch = _torch()
+    if torch is not None:  # the reference: torch's bf16 matmul (oneDNN, AMX where the CPU has it), as vLLM-CPU uses
+      ta, tb = (torch.from_numpy(np.asarray(t, np.float32)).to(torch.bfloat16) for t in (a32, b32))
+      fns["torch bf16 (oneDNN)"] = lambda: torch.matmul(ta, tb)
     sec = interleaved(fns, repeats)
     rows.append({"shape": f"{m}x{k}x{n}", **{name: 2 * m * k * n / s / 1e9 for name, s in sec.items()}})
   return rows
+
+
+def _torch():
+  """torch with as many threads as cores, or None where it is not installed (a benchmark-only reference)."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  torch.set_num_threads(os.cpu_count())
+  return torch
 
 
 def layer_scan(repeats: int) -> dict:
@@ -95,6 +112,20 @@ def layer_scan(repeats: int) -> dict:
   fns = {"f32": lambda: decode(x32, up32, down32), "bf16 stacks": lambda: decode(x16, up16, down16),
          "bf16 stacks as bits": lambda: decode(x16, up_bits, down_bits),
          "bf16 per-layer arrays (unrolled)": lambda: decode_unrolled(x16, ups16, downs16)}
+  torch = _torch()
+  if torch is not None:  # the same loop in torch eager (per-layer tensors): the bf16 reference at these shapes
+    t_ups, t_downs = ([torch.from_numpy(np.asarray(t, np.float32)).to(torch.bfloat16) for t in w]
+                      for w in (up32, down32))
+    t_x = torch.from_numpy(np.asarray(x32)).to(torch.bfloat16)
+
+    def torch_decode():
+      h = t_x
+      with torch.no_grad():
+        for _ in range(STEPS):
+          for u, d in zip(t_ups, t_downs):
+            h = h + torch.matmul(torch.tanh(torch.matmul(h, u)), d)
+      return h
+    fns["torch bf16 per-layer tensors (oneDNN)"] = torch_decode
   hlo = {name: decode.lower(*args).compile().as_text() for name, args in
          (("bf16 stacks", (x16, up16, down16)), ("bf16 stacks as bits", (x16, up_bits, down_bits)))}
   f32_stacks = {name: f"f32[{LAYERS},{D},{F}]" in text for name, text in hlo.items()}
@@ -116,16 +147,21 @@ def main() -> int:
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_bf16.json"))
   args = p.parse_args()
   roof = roof_gflops()
-  out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, f32 matmul roof "
-                    f"{roof:.0f} GFLOP/s (2048², measured in this run)",
+  flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+  isa = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "no bf16 ISA flag"
+  torch = _torch()
+  out = {"machine": f"{platform.machine()} ({isa}), {os.cpu_count()} cores, jax {jax.__version__}"
+                    f"{f', torch {torch.__version__}' if torch else ''}, f32 matmul roof {roof:.0f} GFLOP/s (2048², "
+                    f"measured in this run)",
          "repeats": args.repeats, "dots": dots(args.repeats), "layer_scan": layer_scan(args.repeats)}
   print(out["machine"])
-  names = ["f32", "bf16 → bf16", "bf16 → f32 → bf16 (mm)"]
-  print("\n| dot (GFLOP/s) | " + " | ".join(names) + " | mm vs f32 | mm vs bf16 → bf16 |")
-  print("|---|" + "---:|" * (len(names) + 2))
+  names = ["f32", "bf16 → bf16", "bf16 → f32 → bf16 (mm)"] + (["torch bf16 (oneDNN)"] if _torch() else [])
+  print("\n| dot (GFLOP/s) | " + " | ".join(names) + " | mm vs f32 | mm vs bf16 → bf16 | mm vs torch |")
+  print("|---|" + "---:|" * (len(names) + 3))
   for r in out["dots"]:
+    vs_torch = f"{r[names[2]] / r[names[3]]:.2f}×" if len(names) > 3 else "—"
     print(f"| {r['shape']} | " + " | ".join(f"{r[n]:.1f}" for n in names)
-          + f" | {r[names[2]] / r['f32']:.2f}× | {r[names[2]] / r[names[1]]:.2f}× |")
+          + f" | {r[names[2]] / r['f32']:.2f}× | {r[names[2]] / r[names[1]]:.2f}× | {vs_torch} |")
   s = out["layer_scan"]
   print(f"\n| {LAYERS}-layer MLP scan in a decode loop | ms/step | GFLOP/s | f32 weight stack in the program |")
   print("|---|---:|---:|---|")
@@ -136,6 +172,10 @@ def main() -> int:
         f"{s['ms_per_step']['bf16 stacks'] / s['ms_per_step']['bf16 stacks as bits']:.2f}×; per-layer arrays "
         f"(output identical: {s['unrolled_output_identical']}) vs bits "
         f"{s['ms_per_step']['bf16 stacks as bits'] / s['ms_per_step']['bf16 per-layer arrays (unrolled)']:.2f}×")
+  ref = s["ms_per_step"].get("torch bf16 per-layer tensors (oneDNN)")
+  if ref:
+    print(f"torch's loop vs the bits scan (the samplers' form): {s['ms_per_step']['bf16 stacks as bits'] / ref:.2f}× "
+          f"the time")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(out, f, indent=1)
