@@ -172,3 +172,62 @@ def test_the_kl_penalty_in_the_reward_sums_the_token_estimates():
     got = jaxgrpo.kl_reward_penalty(r, logp, ref, mask, 0.05, est)
     per = np.asarray(jaxgrpo.kl_estimate(logp, ref, est)) * mask
     np.testing.assert_allclose(got, r - 0.05 * per.sum(-1), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- high-entropy tokens (80/20)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), rho=st.sampled_from([1.0, 0.8, 0.5, 0.2, 0.05]),
+       ties=st.booleans())
+def test_the_high_entropy_mask_keeps_the_tokens_at_or_above_the_batch_quantile(seed, rho, ties):
+  """Against its definition, in NumPy: τ = the (1 − ρ) quantile (linear, numpy's default) of the valid tokens'
+  entropies over the whole batch; keep = valid & H ≥ τ.  Ties (entropies on a coarse grid) keep all tied tokens."""
+  rng = np.random.default_rng(seed)
+  _, _, _, _, mask = batch(seed, shape=(2, 3, 9))
+  ent = rng.gamma(2.0, 0.5, mask.shape).astype(np.float32)
+  if ties:
+    ent = np.round(ent * 2) / 2
+  ent[mask == 0] = 99.0  # padding never counts, however large
+  keep, tau = jaxgrpo.high_entropy_mask(ent, mask, rho)
+  want_tau = np.quantile(ent[mask > 0], 1 - rho)
+  np.testing.assert_allclose(float(tau), want_tau, rtol=1e-6)
+  want = (mask > 0) & (ent >= np.float32(want_tau))
+  np.testing.assert_array_equal(np.asarray(keep), want.astype(np.float32))
+  assert np.asarray(keep).sum() >= min(1, mask.sum())  # the maximum always stays
+  if rho == 1.0:
+    np.testing.assert_array_equal(np.asarray(keep), mask)
+  else:  # about the top ρ of the tokens (more with ties)
+    assert np.asarray(keep).sum() >= np.floor(rho * mask.sum())
+
+
+def test_the_masked_loss_is_the_8020_objective_and_masked_tokens_get_no_gradient():
+  """At μ = 1 (ratio 1) the DAPO loss with the mask as token weights is −Σ_t 1[H ≥ τ]·A / Σ|o| (arXiv
+  2506.01939, eq. 4: the indicator in the sum, every token in the denominator); masked tokens' log-probs get a
+  zero gradient, kept ones the unmasked loss's."""
+  logp, _, _, adv, mask = batch(3)
+  ent = np.random.default_rng(3).gamma(2.0, 0.5, mask.shape).astype(np.float32)
+  keep, _ = jaxgrpo.high_entropy_mask(ent, mask, 0.2)
+  keep = np.asarray(keep)
+  assert 0 < keep.sum() < mask.sum()
+  loss_fn = lambda lp, w: jaxgrpo.policy_loss(lp, None, None, adv, mask, weights=w)[0]
+  want = -np.sum(keep * adv[..., None]) / mask.sum()
+  np.testing.assert_allclose(float(loss_fn(logp, keep)), want, rtol=1e-5)
+  g = np.asarray(jax.grad(loss_fn)(logp, keep))
+  g_all = np.asarray(jax.grad(loss_fn)(logp, mask))
+  np.testing.assert_array_equal(g[keep == 0], 0.0)
+  np.testing.assert_allclose(g[keep > 0], g_all[keep > 0], rtol=1e-6)
+
+
+def test_the_high_entropy_mask_refuses_bad_input_by_name_and_traces_rho():
+  ent, mask = np.ones((2, 5), np.float32), np.ones((2, 5), np.float32)
+  for bad in (0.0, -0.1, 1.5):
+    with pytest.raises(ValueError, match="keep_frac must be in \\(0, 1\\]"):
+      jaxgrpo.high_entropy_mask(ent, mask, bad)
+  with pytest.raises(ValueError, match="same shape"):
+    jaxgrpo.high_entropy_mask(ent, mask[:, :4], 0.5)
+  ent = np.arange(10, dtype=np.float32).reshape(2, 5)
+  kept = jax.vmap(lambda r: jaxgrpo.high_entropy_mask(ent, mask, r)[0].sum())(jnp.array([1.0, 0.5, 0.1]))
+  np.testing.assert_array_equal(np.asarray(kept), [10, 5, 1])  # 10 distinct entropies: exactly the top ρ
+  keep, tau = jaxgrpo.high_entropy_mask(ent, np.zeros_like(mask), 0.5)  # nothing valid: nothing kept
+  assert np.asarray(keep).sum() == 0 and np.isnan(float(tau))

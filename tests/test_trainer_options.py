@@ -34,6 +34,8 @@ def toy_cfg(tmp_path, **sections):
     ("rewards.overlong_penalty=-1", r"'rewards.overlong_penalty' must be >= 0"),
     ("rewards.normalization=gdpo", r"'rewards.normalization' must be one of \['sum_then_normalize', 'normalize_"),
     ("sampling.dtype=int8", r"'sampling.dtype' must be one of \['float32', 'bfloat16', 'float16'\] or null"),
+    ("objective.top_entropy_quantile=0", r"'objective.top_entropy_quantile' must be in \(0, 1\]"),
+    ("objective.top_entropy_quantile=1.2", r"'objective.top_entropy_quantile' must be in \(0, 1\]"),
 ])
 def test_bad_options_are_refused_when_loaded_naming_the_key(override, match):
   with pytest.raises(ValueError, match=match):
@@ -46,6 +48,10 @@ def test_bad_options_are_refused_when_loaded_naming_the_key(override, match):
     (["rewards.normalization=normalize_then_sum", "objective.name=prpo"], r"'sum_then_normalize' for objective.na"),
     (["objective.ratio_level=sequence", "objective.rollout_correction=tis"],
      r"'objective.rollout_correction_level' must be 'sequence' with objective.ratio_level = sequence"),
+    (["objective.top_entropy_quantile=0.2", "objective.ratio_level=sequence"],
+     r"'objective.ratio_level' must be 'token' or 'sequence_token' with objective.top_entropy_quantile < 1"),
+    (["objective.top_entropy_quantile=0.2", "objective.kl_beta=0.04"],
+     r"'objective.kl_beta' must be 0 \(or objective.kl_in_reward: true\) with objective.top_entropy_quantile"),
 ])
 def test_meaningless_combinations_are_refused_by_name(overrides, match):
   with pytest.raises(ValueError, match=match):
@@ -104,6 +110,22 @@ def test_overlong_punishment_counts_tokens_and_truncated_completions_can_leave_t
   assert all(r["reward_overlong"] == pytest.approx(-0.3) and r["truncated_frac"] == 1 for r in h)
   h = trainer(toy_cfg(tmp_path / "b", objective={"mask_truncated": True})).run(resume=False)
   assert all(r["loss"] == 0 and r["update_norm"] == 0 for r in h)
+
+
+def test_top_entropy_quantile_keeps_the_steps_highest_entropy_tokens_in_the_weights(tmp_path):
+  """The trainer's weights are the objective's own (here λ-GRPO's 1/|λ|) times ``high_entropy_mask`` of the
+  sampler's entropies over the loss's tokens; a run logs the kept fraction and stays finite."""
+  cfg = toy_cfg(tmp_path, objective={"name": "lambda_grpo", "top_entropy_quantile": 0.3})
+  tr = trainer(cfg)
+  ro = tr.score(tr.sample([tr.source[0], tr.source[1]], jax.random.PRNGKey(5)))
+  adv, weights, m = tr.advantages(ro)
+  _, base, _ = tr._advantages(ro)
+  keep, tau = jaxgrpo.high_entropy_mask(ro.entropies, ro.mask, 0.3)
+  np.testing.assert_allclose(np.asarray(weights), np.asarray(base) * np.asarray(keep))
+  assert m["entropy_mask/kept_frac"] == pytest.approx(float(np.asarray(keep).sum() / np.asarray(ro.mask).sum()))
+  assert 0.3 <= float(m["entropy_mask/kept_frac"]) < 1 and float(m["entropy_mask/threshold"]) == float(tau)
+  h = trainer(toy_cfg(tmp_path / "run2", objective={"top_entropy_quantile": 0.3})).run(resume=False)
+  assert all(0 < r["entropy_mask/kept_frac"] < 1 and np.isfinite(r["loss"]) for r in h)
 
 
 def test_normalize_then_sum_gives_gdpo_advantages(tmp_path):

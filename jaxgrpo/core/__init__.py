@@ -1,11 +1,11 @@
 """The core: pure, jit- and vmap-able array functions of the GRPO family (no model, no trainer).
 
 Prefix-overlap kernel (``prefix``), GRPO's implicit PRM (``implicit_prm``), group advantages (``advantages``), the
-clipped policy loss with λ weights (``objectives``), PRPO's segments and advantages (``prpo``), eagerly validated
-entry points (``checked``), the sampler ↔ trainer mismatch and its correction (``mismatch``), reward shaping
-(``shaping``: overlong punishment, multi-reward normalization, KL in the reward), argument handling (``arrays``),
-integer hashing (``hashing``), sort-free top-k / top-p selection (``selection``) and pytree reductions (``trees``).
-Nothing here imports from the rest of jaxgrpo.
+clipped policy loss with λ weights and the high-entropy token mask (``objectives``), PRPO's segments and advantages
+(``prpo``), eagerly validated entry points (``checked``), the sampler ↔ trainer mismatch and its correction
+(``mismatch``), reward shaping (``shaping``: overlong punishment, multi-reward normalization, KL in the reward),
+argument handling (``arrays``), integer hashing (``hashing``), sort-free top-k / top-p selection (``selection``) and
+pytree reductions (``trees``). Nothing here imports from the rest of jaxgrpo.
 """
 
 from jaxgrpo.core import checked
@@ -24,6 +24,7 @@ from jaxgrpo.core.objectives import (
   KL_ESTIMATORS,
   RATIO_LEVELS,
   Aggregation,
+  high_entropy_mask,
   k3_kl,
   kl_estimate,
   lambda_weights,
@@ -57,6 +58,7 @@ __all__ = [
     "control_segments",
     "entropy_segments",
     "group_advantages",
+    "high_entropy_mask",
     "implicit_prm",
     "k3_kl",
     "kl_estimate",

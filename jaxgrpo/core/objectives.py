@@ -58,6 +58,40 @@ def lambda_weights(counts) -> jax.Array:
   return jnp.where(counts > 0, 1.0 / jnp.maximum(c, 1.0), 0.0)
 
 
+def high_entropy_mask(entropies, mask, keep_frac) -> tuple[jax.Array, jax.Array]:
+  """The "80/20" token mask (Wang et al. 2025, arXiv 2506.01939; TRL's ``top_entropy_quantile``): 1 on the tokens
+  whose entropy is at least the (1 − ``keep_frac``) quantile of the entropies of every valid token of the batch,
+  else 0 — the policy gradient then flows through the highest-entropy ``keep_frac`` of the tokens only.
+
+  Args:
+    entropies: float[..., T] the policy's entropy at each sampled position (a constant: no gradient).
+    mask: [..., T] 1 on completion tokens; the quantile is over these tokens of the whole array, one threshold.
+    keep_frac: ρ in (0, 1] (may be traced): 1 keeps every valid token; small ρ keeps the top ρ of them (at least
+      the tokens tied at the maximum).  The quantile interpolates linearly, as ``numpy.quantile`` and
+      ``torch.quantile`` (TRL's) do.
+
+  Returns:
+    (float32 mask [..., T], the threshold τ: a float32 scalar, NaN when no token is valid).  Multiply the mask
+    into the token weights of ``policy_loss``; the aggregation's denominator is unchanged (the paper's
+    objective still divides by every token).
+  """
+  entropies, mask = as_array(entropies, "entropies"), as_array(mask, "mask")
+  if entropies.shape != mask.shape:
+    raise ValueError(f"entropies and mask must have the same shape [..., T]; got {entropies.shape} and "
+                     f"{mask.shape}")
+  if not _is_traced(keep_frac) and not 0 < float(keep_frac) <= 1:
+    raise ValueError(f"keep_frac must be in (0, 1] (the fraction of tokens kept); got {keep_frac}")
+  return _high_entropy_mask(entropies, mask, keep_frac)
+
+
+@jax.jit
+def _high_entropy_mask(entropies, mask, keep_frac):
+  ent = jax.lax.stop_gradient(jnp.asarray(entropies, jnp.float32))
+  valid = jnp.asarray(mask) > 0
+  tau = jnp.nanquantile(jnp.where(valid, ent, jnp.nan), 1.0 - jnp.asarray(keep_frac, jnp.float32))
+  return (valid & (ent >= tau)).astype(jnp.float32), tau
+
+
 def k3_kl(logp, ref_logp) -> jax.Array:
   """The k3 estimator of KL(π_θ‖π_ref) per token: π_ref/π_θ − log(π_ref/π_θ) − 1 (≥ 0, unbiased, low variance).
 

@@ -164,6 +164,9 @@ class ObjectiveSpec:
   kl_in_reward: bool = False  # the KL as a penalty folded into the rewards (r − β·Σ_t KL) instead of a loss term
   entropy_coef: float = 0.0  # entropy bonus c_H ≥ 0 (entropies come from the loss's own log-prob pass)
   mask_truncated: bool = False  # completions cut at max_new_tokens are left out of the loss (DAPO)
+  # ρ in (0, 1]: the policy gradient flows only through the step's highest-entropy ρ of completion tokens (the
+  # "80/20" paper, arXiv 2506.01939; TRL's name; entropies are the sampler's, one threshold per step); 1 = all
+  top_entropy_quantile: float = 1.0
   rollout_correction: Correction = "none"  # sampler↔trainer mismatch: none | tis (truncate) | mis (mask)
   rollout_correction_level: CorrectionLevel = "token"  # weight per token, or the sequence's geometric mean
   rollout_correction_cap: float = 3.0  # C > 1: tis truncates the weight at C; mis zeroes it outside [1/C, C]
@@ -200,6 +203,15 @@ class ObjectiveSpec:
     _require(self.rollout_correction_cap > 1, "objective.rollout_correction_cap", "> 1", self.rollout_correction_cap)
     if self.kl_in_reward:
       _require(self.kl_beta > 0, "objective.kl_beta", "> 0 when objective.kl_in_reward is true", self.kl_beta)
+    _require(0 < self.top_entropy_quantile <= 1, "objective.top_entropy_quantile",
+             "in (0, 1] (the fraction of tokens kept; 1 = all)", self.top_entropy_quantile)
+    if self.top_entropy_quantile < 1:
+      _require(self.ratio_level != "sequence", "objective.ratio_level",
+               "'token' or 'sequence_token' with objective.top_entropy_quantile < 1 (a sequence-level term has no "
+               "tokens to mask)", self.ratio_level)
+      _require(self.kl_beta == 0 or self.kl_in_reward, "objective.kl_beta",
+               "0 (or objective.kl_in_reward: true) with objective.top_entropy_quantile < 1: the mask multiplies "
+               "the token weights, which would drop the masked tokens' KL term too", self.kl_beta)
     if self.ratio_level == "sequence":
       _require(self.name != "prpo", "objective.ratio_level",
                "'token' or 'sequence_token' for objective.name = prpo (its advantages are per token; GSPO's "

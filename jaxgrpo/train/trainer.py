@@ -207,7 +207,17 @@ class Trainer:
     return penalized, {"kl_reward_mean": jnp.mean(rollout.rewards - penalized) / o.kl_beta}
 
   def advantages(self, rollout: Rollout) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Token advantages and weights [N, T] for the configured objective, plus group metrics."""
+    """Token advantages and weights [N, T] for the configured objective, plus group metrics; with
+    ``objective.top_entropy_quantile`` < 1 the weights keep only the step's highest-entropy tokens."""
+    adv, weights, metrics = self._advantages(rollout)
+    rho = self.cfg.objective.top_entropy_quantile
+    if rho < 1:
+      loss_mask = _loss_mask(rollout.mask, rollout.finish_reason, rollout.keep, self.cfg.objective.mask_truncated)
+      weights, em = _entropy_masked(weights, rollout.entropies, loss_mask, rho)
+      metrics = {**metrics, **em}
+    return adv, weights, metrics
+
+  def _advantages(self, rollout: Rollout) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     o = self.cfg.objective
     g = rollout.group_size
     sh = self.engine.row_sharding(rollout.num_rows, 2)
@@ -634,6 +644,15 @@ def _loss_mask(mask, finish_reason, keep, mask_truncated):
   if keep is not None:
     m = m * (keep > 0).astype(m.dtype)[:, None]
   return m
+
+
+@jax.jit
+def _entropy_masked(weights, entropies, loss_mask, rho):
+  """The token weights times ``core.high_entropy_mask`` over the loss's tokens, and what it kept."""
+  keep, tau = core.high_entropy_mask(entropies, loss_mask, rho)
+  valid = jnp.sum(loss_mask > 0)
+  return weights * keep, {"entropy_mask/kept_frac": jnp.sum(keep) / jnp.maximum(valid, 1),
+                          "entropy_mask/threshold": jnp.where(valid > 0, tau, 0.0)}
 
 
 @functools.partial(jax.jit, static_argnames=("g", "o", "part_weights", "sh"))
