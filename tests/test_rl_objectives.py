@@ -231,3 +231,50 @@ def test_the_high_entropy_mask_refuses_bad_input_by_name_and_traces_rho():
   np.testing.assert_array_equal(np.asarray(kept), [10, 5, 1])  # 10 distinct entropies: exactly the top ρ
   keep, tau = jaxgrpo.high_entropy_mask(ent, np.zeros_like(mask), 0.5)  # nothing valid: nothing kept
   assert np.asarray(keep).sum() == 0 and np.isnan(float(tau))
+
+
+# ----------------------------------------------------------------------------- off-policy sequence masking
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), delta=st.sampled_from([0.0, 0.05, 0.2, 1.0]), per_token=st.booleans())
+def test_the_off_policy_mask_is_deepseek_v32s_definition(seed, delta, per_token):
+  """M(i,t) = 0 iff A(i,t) < 0 and mean_s log(π_sampler/π_θ) over completion i's tokens > δ (NumPy, by loops)."""
+  logp, sampler, _, adv, mask = batch(seed)
+  if per_token:
+    adv = np.random.default_rng(seed).normal(size=logp.shape).astype(np.float32)
+  m, metrics = jaxgrpo.off_policy_sequence_mask(logp, sampler, adv, mask, delta)
+  want = np.zeros_like(mask)
+  kls = []
+  for idx in np.ndindex(mask.shape[:-1]):
+    n = int(mask[idx].sum())
+    kl = np.sum((sampler[idx] - logp[idx])[:n]) / n
+    kls.append(kl)
+    for t in range(n):
+      a = adv[idx][t] if per_token else adv[idx]
+      want[idx][t] = 0.0 if (a < 0 and kl > delta) else 1.0
+  np.testing.assert_array_equal(np.asarray(m), want)
+  np.testing.assert_allclose(float(metrics["off_policy/masked_frac"]), 1 - want.sum() / mask.sum(), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["off_policy/seq_kl_mean"]), np.mean(kls), rtol=1e-5, atol=1e-7)
+
+
+def test_pg_mask_gates_the_policy_term_only():
+  """ℓ = w·[M·PG + β·KL]: with M the policy term of masked tokens is gone (value and gradient), the KL term and the
+  denominator are not touched."""
+  logp, old, ref, adv, mask = batch(4)
+  m = (np.random.default_rng(4).random(mask.shape) < 0.5).astype(np.float32) * mask
+  loss = lambda lp, pm, beta: jaxgrpo.policy_loss(lp, old, ref, adv, mask, kl_beta=beta, pg_mask=pm)
+  full, fm = loss(logp, None, 0.1)
+  gated, gm = loss(logp, m, 0.1)
+  np.testing.assert_allclose(float(gm["kl_loss"]), float(fm["kl_loss"]), rtol=1e-6)
+  ratio = np.exp(logp - old)
+  pg = -np.minimum(ratio * adv[..., None], np.clip(ratio, 0.8, 1.2) * adv[..., None])
+  np.testing.assert_allclose(float(gm["pg_loss"]), np.sum(m * pg) / mask.sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(gated), float(gm["pg_loss"]) + 0.1 * float(fm["kl_loss"]), rtol=1e-5)
+  g = np.asarray(jax.grad(lambda lp: loss(lp, m, 0.0)[0])(logp))
+  np.testing.assert_array_equal(g[(mask > 0) & (m == 0)], 0.0)
+  assert np.abs(g[m > 0]).max() > 0
+  with pytest.raises(ValueError, match="pg_mask must have the shape of logp"):
+    jaxgrpo.policy_loss(logp, old, ref, adv, mask, pg_mask=m[..., :3])
+  with pytest.raises(ValueError, match="threshold must be >= 0"):
+    jaxgrpo.off_policy_sequence_mask(logp, old, adv, mask, -0.1)

@@ -35,6 +35,7 @@ def toy_cfg(tmp_path, **sections):
     ("rewards.normalization=gdpo", r"'rewards.normalization' must be one of \['sum_then_normalize', 'normalize_"),
     ("sampling.dtype=int8", r"'sampling.dtype' must be one of \['float32', 'bfloat16', 'float16'\] or null"),
     ("objective.top_entropy_quantile=0", r"'objective.top_entropy_quantile' must be in \(0, 1\]"),
+    ("objective.off_policy_mask_threshold=-1", r"'objective.off_policy_mask_threshold' must be >= 0 .* or null"),
     ("objective.top_entropy_quantile=1.2", r"'objective.top_entropy_quantile' must be in \(0, 1\]"),
 ])
 def test_bad_options_are_refused_when_loaded_naming_the_key(override, match):
@@ -126,6 +127,18 @@ def test_top_entropy_quantile_keeps_the_steps_highest_entropy_tokens_in_the_weig
   assert 0.3 <= float(m["entropy_mask/kept_frac"]) < 1 and float(m["entropy_mask/threshold"]) == float(tau)
   h = trainer(toy_cfg(tmp_path / "run2", objective={"top_entropy_quantile": 0.3})).run(resume=False)
   assert all(0 < r["entropy_mask/kept_frac"] < 1 and np.isfinite(r["loss"]) for r in h)
+
+
+def test_off_policy_masking_drops_stale_negative_completions_from_the_policy_term(tmp_path):
+  """A bf16 sampler beside f32 training is off-policy by rounding: with δ = 0 some negative completions' policy
+  term is masked (and the KL term stays: here kl_beta > 0 is allowed); with a large δ none is."""
+  obj = {"off_policy_mask_threshold": 0.0, "kl_beta": 0.02}
+  a = trainer(toy_cfg(tmp_path / "a", steps=1, sampling={"dtype": "bfloat16"}, objective=obj)).run(resume=False)[-1]
+  b = trainer(toy_cfg(tmp_path / "b", steps=1, sampling={"dtype": "bfloat16"},
+                      objective={**obj, "off_policy_mask_threshold": 10.0})).run(resume=False)[-1]
+  assert 0 < a["off_policy/masked_frac"] < 1 and b["off_policy/masked_frac"] == 0
+  assert a["off_policy/seq_kl_mean"] == pytest.approx(b["off_policy/seq_kl_mean"], rel=1e-5)
+  assert a["kl_loss"] == pytest.approx(b["kl_loss"], rel=1e-5) and np.isfinite(a["loss"])
 
 
 def test_normalize_then_sum_gives_gdpo_advantages(tmp_path):

@@ -18,7 +18,7 @@ from jaxgrpo.core.implicit_prm import (
   tree_stats,
   tree_stats_from_counts,
 )
-from jaxgrpo.core.mismatch import CORRECTIONS, mismatch_metrics, rollout_correction
+from jaxgrpo.core.mismatch import CORRECTIONS, mismatch_metrics, off_policy_sequence_mask, rollout_correction
 from jaxgrpo.core.objectives import (
   AGGREGATIONS,
   KL_ESTIMATORS,
@@ -67,6 +67,7 @@ __all__ = [
     "mismatch_metrics",
     "normalize_process_scores",
     "normalize_then_sum",
+    "off_policy_sequence_mask",
     "overlong_penalty",
     "policy_loss",
     "prefix_counts",

@@ -9,6 +9,8 @@ With r(i,t) = π_old(y_t) / π_sampler(y_t) (π_old: the trainer's log-probs at 
 * ``mis`` (masked importance sampling): weight r inside [1/C, C], 0 outside;
 * ``level="sequence"``: r is the sequence's geometric mean exp(mean_t log r(i,t)), one weight per completion.
 
+``off_policy_sequence_mask`` (DeepSeek-V3.2) gates the policy gradient of stale negative completions instead.
+
 The weights multiply the policy loss's token weights (λ-GRPO's 1/|λ| and PRPO's token advantages compose with them)
 and are constants (``stop_gradient``).  ``mismatch_metrics`` reports the mismatch whatever the correction.
 """
@@ -90,6 +92,49 @@ def _rollout_correction(old_logp, sampler_logp, mask, cap, *, method, level):
   metrics = {"mismatch/weight_mean": jnp.sum(w) / n,
              "mismatch/masked_frac": jnp.sum(valid & (w == 0)) / n}
   return w, metrics
+
+
+def off_policy_sequence_mask(logp, sampler_logp, advantages, mask, threshold) -> tuple[jax.Array, dict]:
+  """DeepSeek-V3.2's off-policy sequence masking (TRL's ``off_policy_mask_threshold``): the tokens of a completion
+  whose advantage is negative and whose mean per-token log(π_sampler / π_θ) exceeds δ are left out of the policy
+  gradient — learning from one's own mistakes only while they are still one's own.
+
+  M(i,t) = 0 if A(i,t) < 0 and (1/|o_i|) Σ_s log(π_sampler(o_i,s) / π_θ(o_i,s)) > δ, else 1 (0 on padding).
+
+  Args:
+    logp: float[..., T] the current policy's log-probs of the sampled tokens (read, not differentiated).
+    sampler_logp: float[..., T] the log-probs the sampler drew them with.
+    advantages: float[...] per completion or float[..., T] per token.
+    mask: [..., T] 1 on completion tokens.
+    threshold: δ ≥ 0 (may be traced).
+
+  Returns:
+    (float32 mask [..., T], a constant; metrics ``off_policy/masked_frac`` (completion tokens masked) and
+    ``off_policy/seq_kl_mean`` (the mean over completions of the per-token mean log-ratio)).  Pass the mask as
+    ``policy_loss(pg_mask=...)``: it gates the policy-gradient term only, not the KL term or the denominator.
+  """
+  logp, sampler_logp, mask = _checked_inputs(logp, sampler_logp, mask)
+  advantages = jnp.asarray(as_array(advantages, "advantages"))
+  if advantages.shape not in (logp.shape[:-1], logp.shape):
+    raise ValueError(f"advantages must have shape {logp.shape[:-1]} (per completion) or {logp.shape} (per token); "
+                     f"got {advantages.shape}")
+  if not isinstance(threshold, jax.core.Tracer) and not float(threshold) >= 0:
+    raise ValueError(f"threshold must be >= 0 (a mean log-ratio in nats); got {threshold}")
+  if advantages.ndim == logp.ndim - 1:
+    advantages = advantages[..., None]
+  return _off_policy_sequence_mask(logp, sampler_logp, advantages, mask, threshold)
+
+
+@jax.jit
+def _off_policy_sequence_mask(logp, sampler_logp, advantages, mask, threshold):
+  log_r, valid = _log_ratio(sampler_logp.astype(jnp.float32), jax.lax.stop_gradient(logp).astype(jnp.float32), mask,
+                            "sequence")  # per token: its completion's mean log(π_sampler / π_θ)
+  seq_kl = jnp.max(log_r, axis=-1, where=valid, initial=-jnp.inf)  # the constant of each completion
+  keep = valid & ((advantages >= 0) | (log_r <= threshold))
+  nonempty = jnp.any(valid, axis=-1)
+  metrics = {"off_policy/masked_frac": jnp.sum(valid & ~keep) / jnp.maximum(jnp.sum(valid), 1),
+             "off_policy/seq_kl_mean": jnp.sum(jnp.where(nonempty, seq_kl, 0.0)) / jnp.maximum(jnp.sum(nonempty), 1)}
+  return jax.lax.stop_gradient(keep.astype(jnp.float32)), metrics
 
 
 def mismatch_metrics(old_logp, sampler_logp, mask) -> dict[str, jax.Array]:

@@ -170,10 +170,11 @@ def policy_loss(
     kl_estimator: KLEstimator = "k3",
     entropies=None,
     entropy_coef=0.0,
+    pg_mask=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Clipped surrogate + KL, with optional per-token weights (and an entropy bonus).
 
-  Per token:  ℓ(i,t) = w(i,t) · [ −min(P·A, clip(P, 1−ε_low, 1+ε_high)·A) + β·KL ]  − c_H · H(i,t)
+  Per token:  ℓ(i,t) = w(i,t) · [ −M(i,t)·min(P·A, clip(P, 1−ε_low, 1+ε_high)·A) + β·KL ]  − c_H · H(i,t)
   with P the PPO ratio at ``ratio_level``:
 
   * "token" (PPO, GRPO): P(i,t) = exp(logp − stop_gradient(old_logp));
@@ -203,6 +204,8 @@ def policy_loss(
     entropies: optional float[..., T] the policy's entropies at the sampled positions, differentiable (needed when
       ``entropy_coef`` ≠ 0); aggregated like the loss.
     entropy_coef: c_H ≥ 0, the entropy bonus (may be traced).
+    pg_mask: optional float[..., T] M: multiplies the policy-gradient term only (not the KL term, not the
+      aggregation's denominator), e.g. ``mismatch.off_policy_sequence_mask``; default 1.
 
   Returns:
     (loss, metrics): the scalar loss (float, logp's dtype) and float scalars ``pg_loss`` and ``kl_loss`` (the
@@ -214,14 +217,15 @@ def policy_loss(
   logp, mask = as_array(logp, "logp"), as_array(mask, "mask")
   old_logp, ref_logp = optional_array(old_logp, "old_logp"), optional_array(ref_logp, "ref_logp")
   advantages, weights = as_array(advantages, "advantages"), optional_array(weights, "weights")
-  entropies = optional_array(entropies, "entropies")
+  entropies, pg_mask = optional_array(entropies, "entropies"), optional_array(pg_mask, "pg_mask")
   if logp.ndim < 1:
     raise ValueError("logp must have shape [..., T]; got a scalar")
   if not jnp.issubdtype(logp.dtype, jnp.floating):
     raise ValueError(f"logp must be floating point log-probabilities; got dtype {logp.dtype}")
   if mask.shape != logp.shape:
     raise ValueError(f"mask must have the shape of logp {logp.shape}; got {mask.shape}")
-  for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("weights", weights), ("entropies", entropies)):
+  for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("weights", weights), ("entropies", entropies),
+                  ("pg_mask", pg_mask)):
     if x is not None and x.shape != logp.shape:
       raise ValueError(f"{name} must have the shape of logp {logp.shape}; got {x.shape}")
   if advantages.shape not in (logp.shape[:-1], logp.shape):
@@ -252,13 +256,13 @@ def policy_loss(
       raise ValueError(f"{name} must be >= 0; got {x}")
   eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
   return _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, clip_eps_low, eps_high, kl_beta,
-                      normalizer, entropies, entropy_coef, aggregation=aggregation, ratio_level=ratio_level,
+                      normalizer, entropies, entropy_coef, pg_mask, aggregation=aggregation, ratio_level=ratio_level,
                       kl_estimator=kl_estimator)
 
 
 @functools.partial(jax.jit, static_argnames=("aggregation", "ratio_level", "kl_estimator"))
 def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, eps_high, kl_beta, normalizer,
-                 entropies, entropy_coef, *, aggregation, ratio_level, kl_estimator):
+                 entropies, entropy_coef, pg_mask, *, aggregation, ratio_level, kl_estimator):
   valid = mask.astype(bool)
   zero = jnp.zeros((), logp.dtype)
   lp = jnp.where(valid, logp, zero)  # padding never reaches an exp, a product or a gradient
@@ -281,6 +285,8 @@ def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, e
   clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
   surrogate = jnp.minimum(ratio * adv, clipped * adv)
   pg = jnp.where(valid, -surrogate, zero)
+  if pg_mask is not None:
+    pg = pg * jax.lax.stop_gradient(jnp.where(valid, pg_mask.astype(logp.dtype), zero))
   if ref_logp is None:
     kl = jnp.zeros_like(lp)
   else:

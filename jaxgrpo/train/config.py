@@ -167,6 +167,9 @@ class ObjectiveSpec:
   # ρ in (0, 1]: the policy gradient flows only through the step's highest-entropy ρ of completion tokens (the
   # "80/20" paper, arXiv 2506.01939; TRL's name; entropies are the sampler's, one threshold per step); 1 = all
   top_entropy_quantile: float = 1.0
+  # δ ≥ 0: DeepSeek-V3.2's off-policy sequence masking (TRL's name): a completion with negative advantage whose mean
+  # per-token log(π_sampler/π_θ) exceeds δ leaves the policy-gradient term (not the KL term); null = off
+  off_policy_mask_threshold: float | None = None
   rollout_correction: Correction = "none"  # sampler↔trainer mismatch: none | tis (truncate) | mis (mask)
   rollout_correction_level: CorrectionLevel = "token"  # weight per token, or the sequence's geometric mean
   rollout_correction_cap: float = 3.0  # C > 1: tis truncates the weight at C; mis zeroes it outside [1/C, C]
@@ -203,6 +206,9 @@ class ObjectiveSpec:
     _require(self.rollout_correction_cap > 1, "objective.rollout_correction_cap", "> 1", self.rollout_correction_cap)
     if self.kl_in_reward:
       _require(self.kl_beta > 0, "objective.kl_beta", "> 0 when objective.kl_in_reward is true", self.kl_beta)
+    if self.off_policy_mask_threshold is not None:
+      _require(self.off_policy_mask_threshold >= 0, "objective.off_policy_mask_threshold",
+               ">= 0 (a mean log-ratio in nats) or null (off)", self.off_policy_mask_threshold)
     _require(0 < self.top_entropy_quantile <= 1, "objective.top_entropy_quantile",
              "in (0, 1] (the fraction of tokens kept; 1 = all)", self.top_entropy_quantile)
     if self.top_entropy_quantile < 1:

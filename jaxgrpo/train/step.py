@@ -84,6 +84,7 @@ class LossSpec:
   correction: mismatch.Correction = "none"  # rollout correction: none | tis | mis
   correction_level: mismatch.CorrectionLevel = "token"  # per token or per sequence
   correction_cap: float = 3.0  # C > 1
+  off_policy_mask: float | None = None  # δ of DeepSeek-V3.2's off-policy sequence masking (None: off)
 
 
 def loss_spec(objective: ObjectiveSpec, temperature: float, allowed: policy.AllowedIds) -> LossSpec:
@@ -94,7 +95,8 @@ def loss_spec(objective: ObjectiveSpec, temperature: float, allowed: policy.Allo
                   kl_beta=0.0 if o.kl_in_reward else o.kl_beta, aggregation=o.aggregation, allowed=allowed,
                   logprob_chunk=o.logprob_chunk, ratio_level=o.ratio_level, kl_estimator=o.kl_estimator,
                   entropy_coef=o.entropy_coef, correction=o.rollout_correction,
-                  correction_level=o.rollout_correction_level, correction_cap=o.rollout_correction_cap)
+                  correction_level=o.rollout_correction_level, correction_cap=o.rollout_correction_cap,
+                  off_policy_mask=o.off_policy_mask_threshold)
 
 
 Reference = Literal["none", "base", "params"]
@@ -247,8 +249,9 @@ def _rows(x):
 def loss_fn(trainable, frozen, batch: AnyBatch, old_logp, ref_logp, model: Transformer, spec: LossSpec):
   """The policy loss of a (micro-)batch and its metrics: the objective's own, the trained policy's entropy, the
   sampler↔trainer mismatch (this pass's log-probs, which are π_old's at a step's first optimizer step, against the
-  sampler's) and, with a rollout correction, its weights (× the token weights).  A ``PackedBatch`` gives the same
-  loss as the ``Batch`` it packs: its slots are rows here."""
+  sampler's), with a rollout correction its weights (× the token weights), and with off-policy masking the
+  policy-gradient mask of stale negative completions (this pass's log-probs against the sampler's).  A
+  ``PackedBatch`` gives the same loss as the ``Batch`` it packs: its slots are rows here."""
   params = lora.combine(frozen, trainable) if frozen is not None else trainable
   logp, ent = batch_logprobs(model, params, batch, spec, with_entropy=True)
   norm = normalizer(batch, spec)
@@ -264,6 +267,10 @@ def loss_fn(trainable, frozen, batch: AnyBatch, old_logp, ref_logp, model: Trans
                                         level=spec.correction_level, cap=spec.correction_cap)
     weights = weights * w
     extra.update(cm)
+  pg_mask = None
+  if spec.off_policy_mask is not None:  # stale negative completions leave the policy gradient (DeepSeek-V3.2)
+    pg_mask, om = mismatch.off_policy_sequence_mask(trainer_logp, sampler_logp, advantages, mask, spec.off_policy_mask)
+    extra.update(om)
   if spec.ratio_level == "sequence":  # GSPO: one advantage per completion, its (per-row constant) weight folded in
     m = mask.astype(jnp.float32)
     advantages = jnp.sum(advantages * weights * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
@@ -272,7 +279,7 @@ def loss_fn(trainable, frozen, batch: AnyBatch, old_logp, ref_logp, model: Trans
       logp, old_logp, ref_logp if spec.kl_beta else None, advantages, mask, weights=weights,
       clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, kl_beta=spec.kl_beta,
       aggregation=spec.aggregation, normalizer=norm, ratio_level=spec.ratio_level, kl_estimator=spec.kl_estimator,
-      entropies=ent if spec.entropy_coef else None, entropy_coef=spec.entropy_coef,
+      entropies=ent if spec.entropy_coef else None, entropy_coef=spec.entropy_coef, pg_mask=pg_mask,
   )
   return loss, {**metrics, **extra, **entropy_metrics(jax.lax.stop_gradient(ent), mask)}
 
