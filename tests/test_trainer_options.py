@@ -51,8 +51,6 @@ def test_bad_options_are_refused_when_loaded_naming_the_key(override, match):
      r"'objective.rollout_correction_level' must be 'sequence' with objective.ratio_level = sequence"),
     (["objective.top_entropy_quantile=0.2", "objective.ratio_level=sequence"],
      r"'objective.ratio_level' must be 'token' or 'sequence_token' with objective.top_entropy_quantile < 1"),
-    (["objective.top_entropy_quantile=0.2", "objective.kl_beta=0.04"],
-     r"'objective.kl_beta' must be 0 \(or objective.kl_in_reward: true\) with objective.top_entropy_quantile"),
 ])
 def test_meaningless_combinations_are_refused_by_name(overrides, match):
   with pytest.raises(ValueError, match=match):
@@ -113,20 +111,23 @@ def test_overlong_punishment_counts_tokens_and_truncated_completions_can_leave_t
   assert all(r["loss"] == 0 and r["update_norm"] == 0 for r in h)
 
 
-def test_top_entropy_quantile_keeps_the_steps_highest_entropy_tokens_in_the_weights(tmp_path):
-  """The trainer's weights are the objective's own (here λ-GRPO's 1/|λ|) times ``high_entropy_mask`` of the
-  sampler's entropies over the loss's tokens; a run logs the kept fraction and stays finite."""
+def test_top_entropy_quantile_keeps_the_steps_highest_entropy_tokens_in_the_policy_term(tmp_path):
+  """The trainer's advantages are the objective's own times ``high_entropy_mask`` of the sampler's entropies over
+  the loss's tokens, its weights (λ-GRPO's 1/|λ|) untouched; a run with a KL term logs the kept fraction, keeps the
+  KL term of every token and stays finite."""
   cfg = toy_cfg(tmp_path, objective={"name": "lambda_grpo", "top_entropy_quantile": 0.3})
   tr = trainer(cfg)
   ro = tr.score(tr.sample([tr.source[0], tr.source[1]], jax.random.PRNGKey(5)))
   adv, weights, m = tr.advantages(ro)
-  _, base, _ = tr._advantages(ro)
+  base_adv, base_w, _ = tr._advantages(ro)
   keep, tau = jaxgrpo.high_entropy_mask(ro.entropies, ro.mask, 0.3)
-  np.testing.assert_allclose(np.asarray(weights), np.asarray(base) * np.asarray(keep))
+  np.testing.assert_allclose(np.asarray(adv), np.asarray(base_adv) * np.asarray(keep))
+  np.testing.assert_array_equal(np.asarray(weights), np.asarray(base_w))
   assert m["entropy_mask/kept_frac"] == pytest.approx(float(np.asarray(keep).sum() / np.asarray(ro.mask).sum()))
   assert 0.3 <= float(m["entropy_mask/kept_frac"]) < 1 and float(m["entropy_mask/threshold"]) == float(tau)
-  h = trainer(toy_cfg(tmp_path / "run2", objective={"top_entropy_quantile": 0.3})).run(resume=False)
+  h = trainer(toy_cfg(tmp_path / "a", objective={"top_entropy_quantile": 0.3, "kl_beta": 0.05})).run(resume=False)
   assert all(0 < r["entropy_mask/kept_frac"] < 1 and np.isfinite(r["loss"]) for r in h)
+  assert h[-1]["kl_loss"] > 0  # step 2 has moved away from the reference: the KL term is live beside the mask
 
 
 def test_off_policy_masking_drops_stale_negative_completions_from_the_policy_term(tmp_path):

@@ -71,9 +71,10 @@ def high_entropy_mask(entropies, mask, keep_frac) -> tuple[jax.Array, jax.Array]
       ``torch.quantile`` (TRL's) do.
 
   Returns:
-    (float32 mask [..., T], the threshold τ: a float32 scalar, NaN when no token is valid).  Multiply the mask
-    into the token weights of ``policy_loss``; the aggregation's denominator is unchanged (the paper's
-    objective still divides by every token).
+    (float32 mask [..., T], the threshold τ: a float32 scalar, NaN when no token is valid).  Pass it as
+    ``policy_loss(pg_mask=...)`` or multiply it into the token advantages (the same loss: the mask is 0/1):
+    the aggregation's denominator is unchanged (the paper's objective still divides by every token) and so is the
+    KL term.
   """
   entropies, mask = as_array(entropies, "entropies"), as_array(mask, "mask")
   if entropies.shape != mask.shape:

@@ -165,7 +165,8 @@ class ObjectiveSpec:
   entropy_coef: float = 0.0  # entropy bonus c_H ≥ 0 (entropies come from the loss's own log-prob pass)
   mask_truncated: bool = False  # completions cut at max_new_tokens are left out of the loss (DAPO)
   # ρ in (0, 1]: the policy gradient flows only through the step's highest-entropy ρ of completion tokens (the
-  # "80/20" paper, arXiv 2506.01939; TRL's name; entropies are the sampler's, one threshold per step); 1 = all
+  # "80/20" paper, arXiv 2506.01939; TRL's name; the sampler's entropies, one threshold per step: the other tokens'
+  # advantages are 0, their KL term and the denominator stay); 1 = all
   top_entropy_quantile: float = 1.0
   # δ ≥ 0: DeepSeek-V3.2's off-policy sequence masking (TRL's name): a completion with negative advantage whose mean
   # per-token log(π_sampler/π_θ) exceeds δ leaves the policy-gradient term (not the KL term); null = off
@@ -215,9 +216,6 @@ class ObjectiveSpec:
       _require(self.ratio_level != "sequence", "objective.ratio_level",
                "'token' or 'sequence_token' with objective.top_entropy_quantile < 1 (a sequence-level term has no "
                "tokens to mask)", self.ratio_level)
-      _require(self.kl_beta == 0 or self.kl_in_reward, "objective.kl_beta",
-               "0 (or objective.kl_in_reward: true) with objective.top_entropy_quantile < 1: the mask multiplies "
-               "the token weights, which would drop the masked tokens' KL term too", self.kl_beta)
     if self.ratio_level == "sequence":
       _require(self.name != "prpo", "objective.ratio_level",
                "'token' or 'sequence_token' for objective.name = prpo (its advantages are per token; GSPO's "

@@ -208,12 +208,13 @@ class Trainer:
 
   def advantages(self, rollout: Rollout) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Token advantages and weights [N, T] for the configured objective, plus group metrics; with
-    ``objective.top_entropy_quantile`` < 1 the weights keep only the step's highest-entropy tokens."""
+    ``objective.top_entropy_quantile`` < 1 the advantages of all but the step's highest-entropy tokens are 0 (their
+    policy-gradient term vanishes; the KL term and the loss's denominator keep every token)."""
     adv, weights, metrics = self._advantages(rollout)
     rho = self.cfg.objective.top_entropy_quantile
     if rho < 1:
       loss_mask = _loss_mask(rollout.mask, rollout.finish_reason, rollout.keep, self.cfg.objective.mask_truncated)
-      weights, em = _entropy_masked(weights, rollout.entropies, loss_mask, rho)
+      adv, em = _entropy_masked(adv, rollout.entropies, loss_mask, rho)
       metrics = {**metrics, **em}
     return adv, weights, metrics
 
@@ -647,11 +648,12 @@ def _loss_mask(mask, finish_reason, keep, mask_truncated):
 
 
 @jax.jit
-def _entropy_masked(weights, entropies, loss_mask, rho):
-  """The token weights times ``core.high_entropy_mask`` over the loss's tokens, and what it kept."""
+def _entropy_masked(adv, entropies, loss_mask, rho):
+  """The token advantages times ``core.high_entropy_mask`` over the loss's tokens (a 0/1 mask: −min(P·A·m,
+  clip(P)·A·m) = m·(−min(P·A, clip(P)·A)), the 80/20 objective's indicator), and what it kept."""
   keep, tau = core.high_entropy_mask(entropies, loss_mask, rho)
   valid = jnp.sum(loss_mask > 0)
-  return weights * keep, {"entropy_mask/kept_frac": jnp.sum(keep) / jnp.maximum(valid, 1),
+  return adv * keep, {"entropy_mask/kept_frac": jnp.sum(keep) / jnp.maximum(valid, 1),
                           "entropy_mask/threshold": jnp.where(valid > 0, tau, 0.0)}
 
 
