@@ -278,3 +278,46 @@ def test_pg_mask_gates_the_policy_term_only():
     jaxgrpo.policy_loss(logp, old, ref, adv, mask, pg_mask=m[..., :3])
   with pytest.raises(ValueError, match="threshold must be >= 0"):
     jaxgrpo.off_policy_sequence_mask(logp, old, adv, mask, -0.1)
+
+
+# ----------------------------------------------------------------------------- CISPO
+
+
+@pytest.mark.parametrize("level", ["token", "sequence_token"])
+def test_cispo_equals_its_formula_in_value_and_gradient(level):
+  """MiniMax-M1 (arXiv 2506.13585, eq. 4): J = Σ_i,t sg(r̂(i,t))·A(i,t)·log π_θ(i,t) / Σ_i |o_i|, r̂ = clip(r, 1 − ε_low,
+  1 + ε_high); with ratio_level sequence_token r is the sequence's geometric-mean ratio (per token its value)."""
+  logp, old, _, adv, mask = batch(7)
+  lo, hi = 0.2, 0.28
+
+  def reference(lp):
+    if level == "token":
+      r = jnp.exp(lp - old)
+    else:
+      r = jnp.exp(jnp.sum((lp - old) * mask, -1, keepdims=True) / jnp.maximum(mask.sum(-1, keepdims=True), 1))
+    w = jax.lax.stop_gradient(jnp.clip(r, 1 - lo, 1 + hi))
+    return -jnp.sum(w * adv[..., None] * lp * mask) / mask.sum()
+
+  ours = lambda lp: jaxgrpo.policy_loss(lp, old, None, adv, mask, clip_eps_low=lo, clip_eps_high=hi,
+                                        ratio_level=level, surrogate="cispo")[0]
+  np.testing.assert_allclose(float(ours(logp)), float(reference(logp)), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax.grad(ours)(logp)), np.asarray(jax.grad(reference)(logp)), rtol=1e-5,
+                             atol=1e-8)
+
+
+def test_cispo_keeps_the_gradient_ppo_clips_away_and_equals_ppo_on_policy():
+  logp, _, _, adv, mask = batch(8)
+  adv = np.abs(adv)  # positive advantages: PPO cuts the gradient off where the ratio exceeds 1 + ε_high
+  old = logp - 0.5 * mask  # every ratio e^0.5 ≈ 1.65 > 1.28
+  grad = lambda s, o: np.asarray(jax.grad(lambda lp: jaxgrpo.policy_loss(lp, o, None, adv, mask, clip_eps_high=0.28,
+                                                                         surrogate=s)[0])(logp))
+  np.testing.assert_array_equal(grad("clip", old), 0.0)
+  cispo = grad("cispo", old)
+  np.testing.assert_allclose(cispo, -1.28 * adv[..., None] * mask / mask.sum(), rtol=1e-5)
+  np.testing.assert_allclose(grad("cispo", None), grad("clip", None), rtol=1e-6)  # μ = 1: r = 1, both −A/Σ|o|
+  _, m = jaxgrpo.policy_loss(logp, old, None, adv, mask, clip_eps_high=0.28, surrogate="cispo")
+  assert float(m["clip_frac_high"]) == 1.0  # every weight truncated
+  with pytest.raises(ValueError, match="surrogate must be one of"):
+    jaxgrpo.policy_loss(logp, old, None, adv, mask, surrogate="ppo")
+  with pytest.raises(ValueError, match="use ratio_level='token' or 'sequence_token'"):
+    jaxgrpo.policy_loss(logp, old, None, adv, mask, surrogate="cispo", ratio_level="sequence")

@@ -35,6 +35,7 @@ def toy_cfg(tmp_path, **sections):
     ("rewards.normalization=gdpo", r"'rewards.normalization' must be one of \['sum_then_normalize', 'normalize_"),
     ("sampling.dtype=int8", r"'sampling.dtype' must be one of \['float32', 'bfloat16', 'float16'\] or null"),
     ("objective.top_entropy_quantile=0", r"'objective.top_entropy_quantile' must be in \(0, 1\]"),
+    ("objective.surrogate=ppo", r"'objective.surrogate' must be one of \['clip', 'cispo'\]"),
     ("objective.off_policy_mask_threshold=-1", r"'objective.off_policy_mask_threshold' must be >= 0 .* or null"),
     ("objective.top_entropy_quantile=1.2", r"'objective.top_entropy_quantile' must be in \(0, 1\]"),
 ])
@@ -49,6 +50,7 @@ def test_bad_options_are_refused_when_loaded_naming_the_key(override, match):
     (["rewards.normalization=normalize_then_sum", "objective.name=prpo"], r"'sum_then_normalize' for objective.na"),
     (["objective.ratio_level=sequence", "objective.rollout_correction=tis"],
      r"'objective.rollout_correction_level' must be 'sequence' with objective.ratio_level = sequence"),
+    (["objective.surrogate=cispo", "objective.ratio_level=sequence"], r"'objective.surrogate' must be 'clip' with"),
     (["objective.top_entropy_quantile=0.2", "objective.ratio_level=sequence"],
      r"'objective.ratio_level' must be 'token' or 'sequence_token' with objective.top_entropy_quantile < 1"),
 ])
@@ -82,6 +84,8 @@ def test_a_bf16_sampler_beside_f32_training_shows_a_mismatch_and_f32_shows_none(
      "prm": "plugins:share_of_l", "entropy_coef": 0.01},
     {"kl_beta": 0.05, "kl_in_reward": True, "kl_estimator": "k2", "num_iterations": 2},
     {"rollout_correction": "mis", "rollout_correction_level": "sequence", "num_minibatches": 2},
+    {"name": "lambda_grpo", "surrogate": "cispo", "clip_eps_low": 1.0, "clip_eps_high": 4.0, "num_iterations": 2,
+     "off_policy_mask_threshold": 0.5, "top_entropy_quantile": 0.5},
 ])
 def test_options_compose_with_lambda_and_prpo_and_report_their_metrics(tmp_path, objective):
   h = trainer(toy_cfg(tmp_path, objective=objective)).run(resume=False)

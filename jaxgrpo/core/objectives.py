@@ -41,6 +41,9 @@ KLEstimator = Literal["k1", "k2", "k3"]
 KL_ESTIMATORS: tuple[str, ...] = typing.get_args(KLEstimator)
 RatioLevel = Literal["token", "sequence", "sequence_token"]
 RATIO_LEVELS: tuple[str, ...] = typing.get_args(RatioLevel)
+# The policy-gradient term: PPO's clipped surrogate, or CISPO's clipped importance weight on REINFORCE (MiniMax-M1).
+Surrogate = Literal["clip", "cispo"]
+SURROGATES: tuple[str, ...] = typing.get_args(Surrogate)
 
 
 def lambda_weights(counts) -> jax.Array:
@@ -172,10 +175,13 @@ def policy_loss(
     entropies=None,
     entropy_coef=0.0,
     pg_mask=None,
+    surrogate: Surrogate = "clip",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Clipped surrogate + KL, with optional per-token weights (and an entropy bonus).
 
   Per token:  ℓ(i,t) = w(i,t) · [ −M(i,t)·min(P·A, clip(P, 1−ε_low, 1+ε_high)·A) + β·KL ]  − c_H · H(i,t)
+  (``surrogate="cispo"``, MiniMax-M1's CISPO: −M·sg(clip(P, 1−ε_low, 1+ε_high))·A·log π_θ in place of the min —
+  the clipped ratio is a constant weight, so no token's gradient is cut off, only scaled)
   with P the PPO ratio at ``ratio_level``:
 
   * "token" (PPO, GRPO): P(i,t) = exp(logp − stop_gradient(old_logp));
@@ -207,6 +213,9 @@ def policy_loss(
     entropy_coef: c_H ≥ 0, the entropy bonus (may be traced).
     pg_mask: optional float[..., T] M: multiplies the policy-gradient term only (not the KL term, not the
       aggregation's denominator), e.g. ``mismatch.off_policy_sequence_mask``; default 1.
+    surrogate: "clip" (PPO) | "cispo" (token or sequence_token ratios; its ``clip_frac_*`` count the weights the
+      clip truncated, whatever the advantage's sign).  TRL's ``loss_type="cispo"`` caps P at ``epsilon_high``
+      itself: ``clip_eps_high = epsilon_high − 1`` here, and ``clip_eps_low`` ≥ 1 leaves P unbounded below.
 
   Returns:
     (loss, metrics): the scalar loss (float, logp's dtype) and float scalars ``pg_loss`` and ``kl_loss`` (the
@@ -243,6 +252,10 @@ def policy_loss(
   if ratio_level == "sequence" and advantages.shape == logp.shape:
     raise ValueError("ratio_level='sequence' (GSPO) needs per-sequence advantages (one per completion); per-token "
                      "advantages (PRPO) need ratio_level='sequence_token'")
+  if surrogate not in SURROGATES:
+    raise ValueError(f"surrogate must be one of {SURROGATES}; got {surrogate!r}")
+  if surrogate == "cispo" and ratio_level == "sequence":
+    raise ValueError("surrogate='cispo' weighs each token's log-prob: use ratio_level='token' or 'sequence_token'")
   if ratio_level == "sequence" and weights is not None:
     raise ValueError("ratio_level='sequence' (GSPO) has one term per completion, so token weights (λ-GRPO) have "
                      "nothing to weigh: use ratio_level='sequence_token'")
@@ -258,12 +271,12 @@ def policy_loss(
   eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
   return _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, clip_eps_low, eps_high, kl_beta,
                       normalizer, entropies, entropy_coef, pg_mask, aggregation=aggregation, ratio_level=ratio_level,
-                      kl_estimator=kl_estimator)
+                      kl_estimator=kl_estimator, surrogate=surrogate)
 
 
-@functools.partial(jax.jit, static_argnames=("aggregation", "ratio_level", "kl_estimator"))
+@functools.partial(jax.jit, static_argnames=("aggregation", "ratio_level", "kl_estimator", "surrogate"))
 def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, eps_high, kl_beta, normalizer,
-                 entropies, entropy_coef, pg_mask, *, aggregation, ratio_level, kl_estimator):
+                 entropies, entropy_coef, pg_mask, *, aggregation, ratio_level, kl_estimator, surrogate):
   valid = mask.astype(bool)
   zero = jnp.zeros((), logp.dtype)
   lp = jnp.where(valid, logp, zero)  # padding never reaches an exp, a product or a gradient
@@ -284,8 +297,10 @@ def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, e
     else:  # sequence_token: the sequence ratio's value, each token's own gradient
       ratio = jax.lax.stop_gradient(jnp.exp(seq_log_ratio)) * jnp.exp(lp - jax.lax.stop_gradient(lp))
   clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
-  surrogate = jnp.minimum(ratio * adv, clipped * adv)
-  pg = jnp.where(valid, -surrogate, zero)
+  if surrogate == "cispo":  # REINFORCE with the clipped ratio as a constant weight
+    pg = jnp.where(valid, -jax.lax.stop_gradient(clipped) * adv * lp, zero)
+  else:
+    pg = jnp.where(valid, -jnp.minimum(ratio * adv, clipped * adv), zero)
   if pg_mask is not None:
     pg = pg * jax.lax.stop_gradient(jnp.where(valid, pg_mask.astype(logp.dtype), zero))
   if ref_logp is None:
@@ -304,8 +319,10 @@ def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, e
 
   n = jnp.maximum(jnp.sum(valid), 1).astype(logp.dtype)
   mean = lambda x: jnp.sum(jnp.where(valid, x, zero)) / n
-  clip_low = (ratio < 1.0 - eps_low) & (adv < 0) & valid
-  clip_high = (ratio > 1.0 + eps_high) & (adv > 0) & valid
+  # clipped: where the clip cut the gradient off (PPO: the min chose the clipped side) or truncated CISPO's weight
+  sign_low, sign_high = (True, True) if surrogate == "cispo" else (adv < 0, adv > 0)
+  clip_low = (ratio < 1.0 - eps_low) & sign_low & valid
+  clip_high = (ratio > 1.0 + eps_high) & sign_high & valid
   metrics = {
       "pg_loss": _aggregate(w * pg, mask, weights, aggregation, normalizer),
       "kl_loss": _aggregate(w * kl, mask, weights, aggregation, normalizer),

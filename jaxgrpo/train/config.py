@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from jaxgrpo.core.mismatch import Correction, CorrectionLevel
-from jaxgrpo.core.objectives import Aggregation, KLEstimator, RatioLevel
+from jaxgrpo.core.objectives import Aggregation, KLEstimator, RatioLevel, Surrogate
 from jaxgrpo.core.prpo import Cuts, Normalization, Outcome
 from jaxgrpo.core.shaping import RewardNormalization
 from jaxgrpo.models import policy
@@ -160,6 +160,10 @@ class ObjectiveSpec:
   logprob_chunk: int = 0  # completion positions per LM-head chunk in the loss (0 = unchunked)
   recompute_old_logp: bool = False  # recompute π_old with a forward pass instead of using the sampler's
   ratio_level: RatioLevel = "token"  # PPO ratio per token | per sequence (GSPO) | sequence_token (GSPO-token)
+  # the policy term: clip (PPO's clipped surrogate) | cispo (MiniMax-M1: clip(ratio, 1 − clip_eps_low,
+  # 1 + clip_eps_high) as a constant weight on log π, so no token's gradient is cut off; TRL's epsilon_high is
+  # 1 + clip_eps_high here, and clip_eps_low >= 1 leaves the ratio unbounded below, as in the paper)
+  surrogate: Surrogate = "clip"
   kl_estimator: KLEstimator = "k3"  # k1 | k2 | k3 estimate of KL(π_θ‖π_ref) (kl_beta > 0)
   kl_in_reward: bool = False  # the KL as a penalty folded into the rewards (r − β·Σ_t KL) instead of a loss term
   entropy_coef: float = 0.0  # entropy bonus c_H ≥ 0 (entropies come from the loss's own log-prob pass)
@@ -217,6 +221,9 @@ class ObjectiveSpec:
                "'token' or 'sequence_token' with objective.top_entropy_quantile < 1 (a sequence-level term has no "
                "tokens to mask)", self.ratio_level)
     if self.ratio_level == "sequence":
+      _require(self.surrogate == "clip", "objective.surrogate",
+               "'clip' with objective.ratio_level = sequence (CISPO weighs each token's log-prob: use "
+               "'sequence_token')", self.surrogate)
       _require(self.name != "prpo", "objective.ratio_level",
                "'token' or 'sequence_token' for objective.name = prpo (its advantages are per token; GSPO's "
                "sequence ratio needs one per completion)", self.ratio_level)
