@@ -152,9 +152,11 @@ def prpo_advantages(token_scores, mask, rewards, *, normalization: _prpo.Normali
 def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, clip_eps_low: float = 0.2,
                 clip_eps_high: float | None = None, kl_beta: float = 0.0, aggregation: _obj.Aggregation = "token_mean",
                 normalizer: float | None = None, ratio_level: _obj.RatioLevel = "token",
-                kl_estimator: _obj.KLEstimator = "k3", entropies=None, entropy_coef: float = 0.0):
-  """``jaxgrpo.policy_loss`` after checking the mask (0/1, right-padded) and that log-probs, advantages and
-  weights are finite on completion tokens (log-probs ≤ 0, weights ≥ 0) and the hyper-parameters are in range."""
+                kl_estimator: _obj.KLEstimator = "k3", entropies=None, entropy_coef: float = 0.0, pg_mask=None,
+                surrogate: _obj.Surrogate = "clip"):
+  """``jaxgrpo.policy_loss`` after checking the mask (0/1, right-padded) and that log-probs, advantages,
+  weights and the policy-term mask are finite on completion tokens (log-probs ≤ 0, weights and mask ≥ 0) and the
+  hyper-parameters are in range."""
   logp, mask = np.asarray(logp), np.asarray(mask)
   if mask.shape != logp.shape or logp.ndim < 1:
     raise ValueError(f"mask must have the shape of logp {logp.shape}; got {mask.shape}")
@@ -175,7 +177,7 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, cli
                      f"got {adv.shape}")
   _finite_on(np.broadcast_to(adv[..., None] if adv.shape == logp.shape[:-1] else adv, logp.shape), valid,
              "advantages")
-  for name, x in (("weights", weights), ("entropies", entropies)):
+  for name, x in (("weights", weights), ("entropies", entropies), ("pg_mask", pg_mask)):
     if x is not None:
       x = np.asarray(x)
       if x.shape != logp.shape:
@@ -190,4 +192,4 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, cli
   return _obj.policy_loss(logp, old_logp, ref_logp, advantages, mask, weights=weights, clip_eps_low=clip_eps_low,
                           clip_eps_high=clip_eps_high, kl_beta=kl_beta, aggregation=aggregation,
                           normalizer=normalizer, ratio_level=ratio_level, kl_estimator=kl_estimator,
-                          entropies=entropies, entropy_coef=entropy_coef)
+                          entropies=entropies, entropy_coef=entropy_coef, pg_mask=pg_mask, surrogate=surrogate)
