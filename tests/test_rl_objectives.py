@@ -321,3 +321,25 @@ def test_cispo_keeps_the_gradient_ppo_clips_away_and_equals_ppo_on_policy():
     jaxgrpo.policy_loss(logp, old, None, adv, mask, surrogate="ppo")
   with pytest.raises(ValueError, match="use ratio_level='token' or 'sequence_token'"):
     jaxgrpo.policy_loss(logp, old, None, adv, mask, surrogate="cispo", ratio_level="sequence")
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_the_importance_weighted_kl_is_deepseek_v32s_estimate_in_value_and_gradient(estimator):
+  """KL term = (π_θ/π_old)·k(π_θ, π_ref) per token, the ratio differentiated (DeepSeek-V3.2, eq. 8)."""
+  logp, old, ref, adv, mask = batch(9)
+  beta = 0.3
+  k = lambda lp: (lp - ref) if estimator == "k1" else jnp.exp(ref - lp) - (ref - lp) - 1
+  weighted = lambda lp: jnp.sum(jnp.exp(lp - old) * k(lp) * mask) / mask.sum()  # the reference KL terms
+  plain = lambda lp: jnp.sum(k(lp) * mask) / mask.sum()
+  loss = lambda lp, iw, o=old: jaxgrpo.policy_loss(lp, o, ref, adv, mask, kl_beta=beta, kl_estimator=estimator,
+                                                   kl_importance_weight=iw)
+  np.testing.assert_allclose(float(loss(logp, True)[1]["kl_loss"]), float(weighted(logp)), rtol=1e-5)
+  np.testing.assert_allclose(float(loss(logp, False)[1]["kl_loss"]), float(plain(logp)), rtol=1e-5)
+  # the policy term is untouched: the losses differ by β·(weighted − plain), in value and in gradient
+  diff = lambda lp: loss(lp, True)[0] - loss(lp, False)[0]
+  np.testing.assert_allclose(float(diff(logp)), beta * float(weighted(logp) - plain(logp)), rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(jax.grad(diff)(logp)),
+                             beta * np.asarray(jax.grad(lambda lp: weighted(lp) - plain(lp))(logp)), rtol=1e-4,
+                             atol=1e-7)
+  # on-policy (π_old = π_θ): the same value as the plain estimate
+  np.testing.assert_allclose(float(loss(logp, True, None)[0]), float(loss(logp, False, None)[0]), rtol=1e-6)

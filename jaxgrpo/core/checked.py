@@ -153,7 +153,7 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, cli
                 clip_eps_high: float | None = None, kl_beta: float = 0.0, aggregation: _obj.Aggregation = "token_mean",
                 normalizer: float | None = None, ratio_level: _obj.RatioLevel = "token",
                 kl_estimator: _obj.KLEstimator = "k3", entropies=None, entropy_coef: float = 0.0, pg_mask=None,
-                surrogate: _obj.Surrogate = "clip"):
+                surrogate: _obj.Surrogate = "clip", kl_importance_weight: bool = False):
   """``jaxgrpo.policy_loss`` after checking the mask (0/1, right-padded) and that log-probs, advantages,
   weights and the policy-term mask are finite on completion tokens (log-probs ≤ 0, weights and mask ≥ 0) and the
   hyper-parameters are in range."""
@@ -192,4 +192,5 @@ def policy_loss(logp, old_logp, ref_logp, advantages, mask, *, weights=None, cli
   return _obj.policy_loss(logp, old_logp, ref_logp, advantages, mask, weights=weights, clip_eps_low=clip_eps_low,
                           clip_eps_high=clip_eps_high, kl_beta=kl_beta, aggregation=aggregation,
                           normalizer=normalizer, ratio_level=ratio_level, kl_estimator=kl_estimator,
-                          entropies=entropies, entropy_coef=entropy_coef, pg_mask=pg_mask, surrogate=surrogate)
+                          entropies=entropies, entropy_coef=entropy_coef, pg_mask=pg_mask, surrogate=surrogate,
+                          kl_importance_weight=kl_importance_weight)

@@ -176,6 +176,7 @@ def policy_loss(
     entropy_coef=0.0,
     pg_mask=None,
     surrogate: Surrogate = "clip",
+    kl_importance_weight: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Clipped surrogate + KL, with optional per-token weights (and an entropy bonus).
 
@@ -213,6 +214,9 @@ def policy_loss(
     entropy_coef: c_H ≥ 0, the entropy bonus (may be traced).
     pg_mask: optional float[..., T] M: multiplies the policy-gradient term only (not the KL term, not the
       aggregation's denominator), e.g. ``mismatch.off_policy_sequence_mask``; default 1.
+    kl_importance_weight: the KL term times the token ratio π_θ/π_old (differentiated): DeepSeek-V3.2's unbiased
+      estimate of KL(π_θ ‖ π_ref) from samples of π_old (TRL's ``use_bias_correction_kl``); at μ = 1 its value is
+      the plain estimate's, its gradient gains the ratio's term.
     surrogate: "clip" (PPO) | "cispo" (token or sequence_token ratios; its ``clip_frac_*`` count the weights the
       clip truncated, whatever the advantage's sign).  TRL's ``loss_type="cispo"`` caps P at ``epsilon_high``
       itself: ``clip_eps_high = epsilon_high − 1`` here, and ``clip_eps_low`` ≥ 1 leaves P unbounded below.
@@ -271,12 +275,14 @@ def policy_loss(
   eps_high = clip_eps_low if clip_eps_high is None else clip_eps_high
   return _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, clip_eps_low, eps_high, kl_beta,
                       normalizer, entropies, entropy_coef, pg_mask, aggregation=aggregation, ratio_level=ratio_level,
-                      kl_estimator=kl_estimator, surrogate=surrogate)
+                      kl_estimator=kl_estimator, surrogate=surrogate, kl_importance_weight=bool(kl_importance_weight))
 
 
-@functools.partial(jax.jit, static_argnames=("aggregation", "ratio_level", "kl_estimator", "surrogate"))
+@functools.partial(jax.jit, static_argnames=("aggregation", "ratio_level", "kl_estimator", "surrogate",
+                                             "kl_importance_weight"))
 def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, eps_high, kl_beta, normalizer,
-                 entropies, entropy_coef, pg_mask, *, aggregation, ratio_level, kl_estimator, surrogate):
+                 entropies, entropy_coef, pg_mask, *, aggregation, ratio_level, kl_estimator, surrogate,
+                 kl_importance_weight):
   valid = mask.astype(bool)
   zero = jnp.zeros((), logp.dtype)
   lp = jnp.where(valid, logp, zero)  # padding never reaches an exp, a product or a gradient
@@ -308,6 +314,8 @@ def _policy_loss(logp, old_logp, ref_logp, advantages, mask, weights, eps_low, e
   else:
     ref = jax.lax.stop_gradient(jnp.where(valid, ref_logp.astype(logp.dtype), zero))
     kl = jnp.where(valid, kl_estimate(lp, ref, kl_estimator), zero)
+    if kl_importance_weight:  # samples of π_old estimating a KL under π_θ: weight by π_θ/π_old (with its gradient)
+      kl = kl * jnp.exp(lp - old)
 
   loss = _aggregate(w * (pg + kl_beta * kl), mask, weights, aggregation, normalizer)
   extra = {}

@@ -166,6 +166,9 @@ class ObjectiveSpec:
   surrogate: Surrogate = "clip"
   kl_estimator: KLEstimator = "k3"  # k1 | k2 | k3 estimate of KL(π_θ‖π_ref) (kl_beta > 0)
   kl_in_reward: bool = False  # the KL as a penalty folded into the rewards (r − β·Σ_t KL) instead of a loss term
+  # the KL loss term times π_θ/π_old per token: DeepSeek-V3.2's unbiased KL estimate from π_old's samples (TRL's
+  # use_bias_correction_kl); matters when μ > 1, minibatches or stale rollouts make π_θ ≠ π_old
+  kl_importance_weight: bool = False
   entropy_coef: float = 0.0  # entropy bonus c_H ≥ 0 (entropies come from the loss's own log-prob pass)
   mask_truncated: bool = False  # completions cut at max_new_tokens are left out of the loss (DAPO)
   # ρ in (0, 1]: the policy gradient flows only through the step's highest-entropy ρ of completion tokens (the
@@ -211,6 +214,9 @@ class ObjectiveSpec:
     _require(self.rollout_correction_cap > 1, "objective.rollout_correction_cap", "> 1", self.rollout_correction_cap)
     if self.kl_in_reward:
       _require(self.kl_beta > 0, "objective.kl_beta", "> 0 when objective.kl_in_reward is true", self.kl_beta)
+    if self.kl_importance_weight:
+      _require(self.kl_beta > 0 and not self.kl_in_reward, "objective.kl_importance_weight",
+               "false without a KL loss term (kl_beta > 0, kl_in_reward false)", self.kl_importance_weight)
     if self.off_policy_mask_threshold is not None:
       _require(self.off_policy_mask_threshold >= 0, "objective.off_policy_mask_threshold",
                ">= 0 (a mean log-ratio in nats) or null (off)", self.off_policy_mask_threshold)

@@ -86,6 +86,7 @@ class LossSpec:
   correction_cap: float = 3.0  # C > 1
   off_policy_mask: float | None = None  # δ of DeepSeek-V3.2's off-policy sequence masking (None: off)
   surrogate: objectives.Surrogate = "clip"  # clip (PPO) | cispo (MiniMax-M1)
+  kl_importance_weight: bool = False  # the KL term × π_θ/π_old (DeepSeek-V3.2's unbiased estimate)
 
 
 def loss_spec(objective: ObjectiveSpec, temperature: float, allowed: policy.AllowedIds) -> LossSpec:
@@ -97,7 +98,8 @@ def loss_spec(objective: ObjectiveSpec, temperature: float, allowed: policy.Allo
                   logprob_chunk=o.logprob_chunk, ratio_level=o.ratio_level, kl_estimator=o.kl_estimator,
                   entropy_coef=o.entropy_coef, correction=o.rollout_correction,
                   correction_level=o.rollout_correction_level, correction_cap=o.rollout_correction_cap,
-                  off_policy_mask=o.off_policy_mask_threshold, surrogate=o.surrogate)
+                  off_policy_mask=o.off_policy_mask_threshold, surrogate=o.surrogate,
+                  kl_importance_weight=o.kl_importance_weight)
 
 
 Reference = Literal["none", "base", "params"]
@@ -281,7 +283,7 @@ def loss_fn(trainable, frozen, batch: AnyBatch, old_logp, ref_logp, model: Trans
       clip_eps_low=spec.clip_eps_low, clip_eps_high=spec.clip_eps_high, kl_beta=spec.kl_beta,
       aggregation=spec.aggregation, normalizer=norm, ratio_level=spec.ratio_level, kl_estimator=spec.kl_estimator,
       entropies=ent if spec.entropy_coef else None, entropy_coef=spec.entropy_coef, pg_mask=pg_mask,
-      surrogate=spec.surrogate,
+      surrogate=spec.surrogate, kl_importance_weight=spec.kl_importance_weight,
   )
   return loss, {**metrics, **extra, **entropy_metrics(jax.lax.stop_gradient(ent), mask)}
 
