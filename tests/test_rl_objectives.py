@@ -186,13 +186,14 @@ def test_the_high_entropy_mask_keeps_the_tokens_at_or_above_the_batch_quantile(s
   rng = np.random.default_rng(seed)
   _, _, _, _, mask = batch(seed, shape=(2, 3, 9))
   ent = rng.gamma(2.0, 0.5, mask.shape).astype(np.float32)
-  if ties:
-    ent = np.round(ent * 2) / 2
+  if ties:  # coarse ties, and ties one float32 ulp apart (where a float32 interpolation can round past them)
+    ent = np.round(ent * 2) / 2 + np.where(rng.random(ent.shape) < 0.5, 0, np.spacing(np.float32(1.0))).astype(
+        np.float32)
   ent[mask == 0] = 99.0  # padding never counts, however large
   keep, tau = jaxgrpo.high_entropy_mask(ent, mask, rho)
-  want_tau = np.quantile(ent[mask > 0], 1 - rho)
+  want_tau = np.quantile(ent[mask > 0].astype(np.float64), 1 - rho)  # in float64: no rounding past a tie
   np.testing.assert_allclose(float(tau), want_tau, rtol=1e-6)
-  want = (mask > 0) & (ent >= np.float32(want_tau))
+  want = (mask > 0) & (ent.astype(np.float64) >= want_tau)
   np.testing.assert_array_equal(np.asarray(keep), want.astype(np.float32))
   assert np.asarray(keep).sum() >= min(1, mask.sum())  # the maximum always stays
   if rho == 1.0:
@@ -337,7 +338,7 @@ def test_the_importance_weighted_kl_is_deepseek_v32s_estimate_in_value_and_gradi
   np.testing.assert_allclose(float(loss(logp, False)[1]["kl_loss"]), float(plain(logp)), rtol=1e-5)
   # the policy term is untouched: the losses differ by β·(weighted − plain), in value and in gradient
   diff = lambda lp: loss(lp, True)[0] - loss(lp, False)[0]
-  np.testing.assert_allclose(float(diff(logp)), beta * float(weighted(logp) - plain(logp)), rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(float(diff(logp)), beta * float(weighted(logp) - plain(logp)), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(np.asarray(jax.grad(diff)(logp)),
                              beta * np.asarray(jax.grad(lambda lp: weighted(lp) - plain(lp))(logp)), rtol=1e-4,
                              atol=1e-7)

@@ -92,8 +92,17 @@ def high_entropy_mask(entropies, mask, keep_frac) -> tuple[jax.Array, jax.Array]
 def _high_entropy_mask(entropies, mask, keep_frac):
   ent = jax.lax.stop_gradient(jnp.asarray(entropies, jnp.float32))
   valid = jnp.asarray(mask) > 0
-  tau = jnp.nanquantile(jnp.where(valid, ent, jnp.nan), 1.0 - jnp.asarray(keep_frac, jnp.float32))
-  return (valid & (ent >= tau)).astype(jnp.float32), tau
+  n = jnp.sum(valid)
+  ordered = jnp.sort(jnp.where(valid, ent, jnp.inf).ravel())  # the valid entropies first, ascending
+  pos = (n - 1).astype(jnp.float32) * (1.0 - jnp.asarray(keep_frac, jnp.float32))
+  lo = jnp.floor(pos).astype(jnp.int32)
+  hi = jnp.minimum(lo + 1, jnp.maximum(n - 1, 0))
+  a, b, frac = ordered[lo], ordered[hi], pos - lo
+  # τ = a + frac·(b − a) lies in [a, b] and no valid entropy lies strictly between the neighbours a and b, so the
+  # tokens ≥ τ are exactly those ≥ b when frac > 0 (≥ a when frac = 0): compared so, a rounded τ cannot drop a tie
+  tau = jnp.where(n > 0, jnp.clip(a + frac * (b - a), a, b), jnp.nan)
+  cut = jnp.where(frac > 0, b, a)
+  return (valid & (ent >= cut)).astype(jnp.float32), tau
 
 
 def k3_kl(logp, ref_logp) -> jax.Array:
