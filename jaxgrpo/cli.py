@@ -157,15 +157,14 @@ def _compare(args: argparse.Namespace) -> int:
 
   r = analysis.compare_runs(args.base, args.method, column=args.column, step=args.step, file=args.file,
                             level=args.level)
-  a = analysis.outcome_matrix(args.base, column=args.column, step=args.step, file=args.file).mean()
   what = args.file or (f"step {args.step}" if args.step is not None else "last eval")
   print(f"\nmethod − base: {args.column}, {what}, {r.seeds} seed pairs × {r.problems} problems\n")
   pct = f"{100 * r.level:.0f}% CI (seeds × problems)"
   print(f"| base | method | method − base | {pct} | per seed | seed sign-flip p | problem sign-flip p |")
   print("|---:|---:|---:|---|---|---:|---:|")
   per_seed = ", ".join(f"{d:+.3f}" for d in r.per_seed)
-  print(f"| {a:.3f} | {a + r.diff:.3f} | {r.diff:+.3f} | [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}] | {per_seed} | "
-        f"{r.seed_sign_flip_p:.3f} | {r.problem_sign_flip_p:.4f} |")
+  print(f"| {r.base_mean:.3f} | {r.base_mean + r.diff:.3f} | {r.diff:+.3f} | [{r.ci[0]:+.3f}, {r.ci[1]:+.3f}] | "
+        f"{per_seed} | {r.seed_sign_flip_p:.3f} | {r.problem_sign_flip_p:.4f} |")
   return 0
 
 

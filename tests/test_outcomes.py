@@ -98,6 +98,8 @@ def test_the_compare_command_prints_compare_runs_and_refuses_unpaired_runs(runs,
   assert cli.main(["compare", "--base", *base, "--method", *method, "--step", "0"]) == 0
   row = capsys.readouterr().out.strip().splitlines()[-1].strip("|").split("|")
   r = analysis.compare_runs(base, method, step=0)
+  assert float(row[0]) == pytest.approx(analysis.outcome_matrix(base, step=0).mean(), abs=5e-4)
+  assert float(row[1]) == pytest.approx(analysis.outcome_matrix(method, step=0).mean(), abs=5e-4)
   assert float(row[2]) == pytest.approx(r.diff, abs=5e-4)
   assert row[3].strip() == f"[{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]" and float(row[5]) == pytest.approx(r.seed_sign_flip_p,
                                                                                                     abs=5e-4)

@@ -19,6 +19,7 @@ def test_exact_seed_test_equals_brute_force_enumeration():
   count = sum(abs(np.mean(np.array(s) * d)) >= abs(d.mean()) - 1e-12 for s in itertools.product((1, -1), repeat=5))
   assert r.seed_sign_flip_p == pytest.approx(count / 32)
   assert r.diff == pytest.approx((b - a).mean()) and r.per_seed == pytest.approx(tuple(d))
+  assert r.base_mean == pytest.approx(a.mean())
   assert r.seed_sign_flip_p >= 2 / 32  # S = 5 cannot reach p < 0.0625 two-sided
   assert r.ci[0] <= r.diff <= r.ci[1]
 

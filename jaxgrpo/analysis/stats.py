@@ -24,6 +24,7 @@ class PairedDifference:
   """mean(b) − mean(a) over seeds × problems, with its uncertainty."""
 
   diff: float  # mean(b) − mean(a)
+  base_mean: float  # mean(a), the baseline's score (the method's is base_mean + diff)
   ci: tuple[float, float]  # two-way (seeds × problems) bootstrap percentile interval at ``level``
   level: float  # the interval's coverage, e.g. 0.95
   per_seed: tuple[float, ...]  # mean(b[s]) − mean(a[s]) for each seed s
@@ -78,6 +79,6 @@ def paired_difference(a, b, *, level: float = 0.95, n_boot: int = 10_000, n_perm
   boots = np.einsum("bs,sp,bp->b", seed_counts, d, prob_counts) / (s * p)
   lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
   per_seed = d.mean(1)
-  return PairedDifference(diff=float(d.mean()), ci=(float(lo), float(hi)), level=level,
+  return PairedDifference(diff=float(d.mean()), base_mean=float(a.mean()), ci=(float(lo), float(hi)), level=level,
                           per_seed=tuple(float(x) for x in per_seed), seed_sign_flip_p=sign_flip_exact(per_seed),
                           problem_sign_flip_p=_sign_flip_mc(d.mean(0), rng, n_perm), seeds=s, problems=p)

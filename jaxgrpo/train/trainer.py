@@ -654,7 +654,7 @@ def _entropy_masked(adv, entropies, loss_mask, rho):
   keep, tau = core.high_entropy_mask(entropies, loss_mask, rho)
   valid = jnp.sum(loss_mask > 0)
   return adv * keep, {"entropy_mask/kept_frac": jnp.sum(keep) / jnp.maximum(valid, 1),
-                          "entropy_mask/threshold": jnp.where(valid > 0, tau, 0.0)}
+                      "entropy_mask/threshold": jnp.where(valid > 0, tau, 0.0)}
 
 
 @functools.partial(jax.jit, static_argnames=("g", "o", "part_weights", "sh"))
