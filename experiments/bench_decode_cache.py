@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -35,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from bench_bf16 import interleaved
-from bench_step import roof_gflops
+from bench_step import roof_gflops, save_result
 
 from jaxgrpo.models import as_bits, from_bits, from_config, from_hf_config, init_params, known
 from jaxgrpo.models import transformer as tr
@@ -190,9 +189,7 @@ def main():
                 roof_gflops_before=roof_before, roof_gflops_after=roof_gflops(), slots=SLOTS, prompts=B, group=G,
                 prompt_len=P, max_new_tokens=T, steps_per_call=args.steps, repeats=args.repeats, rows=rows,
                 attention=attn, prompt_bucket=bucket)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  save_result(args.out, result)
   print(f"roof {roof_before:.0f} -> {result['roof_gflops_after']:.0f} GFLOP/s; wrote {args.out}")
 
 

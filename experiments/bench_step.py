@@ -35,6 +35,13 @@ from jaxgrpo.train.config import replace as config_replace
 from jaxgrpo.train.trainer import Trainer
 
 
+def save_result(path: str, result: dict) -> None:
+  """A benchmark's result record written as indented JSON (its directory made if needed)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as fh:
+    json.dump(result, fh, indent=1)
+
+
 def roof_gflops() -> float:
   x = jnp.ones((2048, 2048), jnp.float32)
   f = jax.jit(lambda a: a @ a)

@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 from bench_sampler import HERE, _settings, run_vllm, vllm_job
-from bench_step import roof_gflops
+from bench_step import roof_gflops, save_result
 
 from jaxgrpo.analysis.stats import sign_flip_exact
 
@@ -112,9 +112,7 @@ def main():
              f"(measured at each pair), jax {jax.__version__}")
   result = dict(machine=machine, model="SmolLM2-135M-Instruct (dequantised Q4_1)", prompts=8, group=g,
                 pairs=pairs, summary=summary)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as fh:
-    json.dump(result, fh, indent=1)
+  save_result(args.out, result)
   print(f"# {result['model']}, bf16, 8 prompts × G = 8, {args.pairs} interleaved pairs — {machine}")
   print("| setting | engine | tokens/s per pair | mean | / vLLM per pair | mean ratio | sign-flip p |")
   print("|---|---|---|---:|---|---:|---:|")

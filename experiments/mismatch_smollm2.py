@@ -1,9 +1,12 @@
 """The sampler↔trainer mismatch on a real model: SmolLM2-135M-Instruct (dequantised Q4_1 GGUF) on the
 ``smollm2_arithmetic`` preset, sampling in bf16 while training in f32, with and without TIS; f32 sampling as the
-control.  Reports the mismatch metrics of each step (a statement about the metrics, not about learning: one seed,
-a few steps).
+control, and an f32 sampler whose KV cache alone is bf16 (``sampling.kv_dtype``). Reports the mismatch metrics of
+each step (a statement about the metrics, not about learning: one seed, a few steps).
 
     python experiments/mismatch_smollm2.py --steps 3
+    python experiments/mismatch_smollm2.py --settings "bf16 KV cache only (f32 weights)"   # add one setting
+
+Settings already in --out are kept unless run again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from jaxgrpo.train.trainer import Trainer
 
 SETTINGS = {
     "f32 sampler": {},
+    "bf16 KV cache only (f32 weights)": {"sampling": {"kv_dtype": "bfloat16"}},
     "bf16 sampler": {"sampling": {"dtype": "bfloat16"}},
     "bf16 sampler + TIS (token, C=3)": {"sampling": {"dtype": "bfloat16"},
                                         "objective": {"rollout_correction": "tis"}},
@@ -40,9 +44,18 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "mismatch_smollm2.json"))
+  p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names from SETTINGS")
   args = p.parse_args(argv)
+  names = [n.strip() for n in args.settings.split(",") if n.strip()]
+  unknown = [n for n in names if n not in SETTINGS]
+  if unknown:
+    p.error(f"--settings: unknown {unknown}; expected names from {list(SETTINGS)}")
   results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}", "runs": {}}
-  for name, over in SETTINGS.items():
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      results["runs"] = json.load(f)["runs"]
+  for name in names:
+    over = SETTINGS[name]
     cfg = config_replace(presets.preset("smollm2_arithmetic"), steps=args.steps, progress=False, checkpoint_every=0,
                          output_dir=f"runs/mismatch/{name.replace(' ', '_')}", eval={"num_examples": 0},
                          mesh={"data": 1, "fsdp": 1, "tensor": 1}, **over)
@@ -59,7 +72,8 @@ def main(argv=None) -> int:
         f"{results['machine']}, one seed\n")
   print("| setting | mismatch/k3 | ratio min | ratio max | mean abs Δ log p | IS weight mean | masked |")
   print("|---|---|---|---|---|---|---|")
-  for name, r in results["runs"].items():
+  for name in [n for n in SETTINGS if n in results["runs"]]:
+    r = results["runs"][name]
     m = lambda k: np.mean([s.get(k, np.nan) for s in r["steps"]])
     print(f"| {name} | {m('mismatch/k3'):.2e} | {m('mismatch/ratio_min'):.3f} | {m('mismatch/ratio_max'):.3f} | "
           f"{m('mismatch/logp_abs_diff'):.2e} | {m('mismatch/weight_mean'):.3f} | {m('mismatch/masked_frac'):.3f} |")

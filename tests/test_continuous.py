@@ -84,6 +84,10 @@ def test_sampled_output_equals_the_static_engine_for_any_slot_count(tiny):
     assert stats.host_calls > 1 and min(stats.reads) < sp.max_new_tokens  # reads followed the live length
     if slots == 2:  # 12 samples through 2 slots: refilled from the queue
       assert max(stats.slot_counts) == 2 and stats.slot_steps >= stats.useful_tokens
+      assert set(stats.groups) == {0}  # slots read any prompt: gathered
+    else:  # one slot per sample: prompt-major (each prompt's KV read once for its G slots) until a compaction
+      assert stats.groups[0] == 4
+      assert all(gr == (4 if n == 12 else 0) for gr, n in zip(stats.groups, stats.slot_counts))
 
 
 def test_a_prompt_as_long_as_a_read_bucket_gets_one_more_masked_column_and_the_same_samples(llama):
@@ -163,6 +167,34 @@ def test_compaction_computes_fewer_rows_than_the_static_batch(llama):
   assert stats.slot_steps < static_rows
   assert stats.useful_frac > lengths.sum() / static_rows
   assert list(stats.slot_counts) == sorted(stats.slot_counts, reverse=True) and stats.slot_counts[-1] < 12
+  # prompt-major reads while every sample has its own slot, gathered ones after the first compaction
+  assert stats.groups[0] == 4 and stats.groups[-1] == 0
+  assert all(gr == (4 if n == 12 else 0) for gr, n in zip(stats.groups, stats.slot_counts))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prompt_major_slots_attend_as_the_gathered_ones(dtype):
+  """``SlotMask.group``: queries grouped by prompt against one copy of its keys give the per-slot gather's
+  attention (random cache, masked prompt positions, ragged completion lengths), in both compute dtypes; a slot count
+  that is not B·group is refused."""
+  from jaxgrpo.models.transformer import SlotMask, _attend_slots
+  rng = np.random.default_rng(0)
+  b, g, kv, hg, dh, p, t, read = 3, 4, 2, 3, 8, 7, 12, 8
+  dt = jnp.dtype(dtype)
+  store = (lambda x: M.as_bits(x)) if dt == jnp.bfloat16 else (lambda x: x)
+  arr = lambda *shape: jnp.asarray(rng.normal(size=shape), dt)
+  cache = {"prompt_k": store(arr(b, kv, p, dh)), "prompt_v": store(arr(b, kv, p, dh)),
+           "k": store(arr(b * g, kv, t, dh)), "v": store(arr(b * g, kv, t, dh))}
+  q, k_new, v_new = arr(b * g, kv, hg, dh), arr(b * g, kv, dh), arr(b * g, kv, dh)
+  valid = jnp.asarray(rng.random((b, p)) > 0.3).at[:, -1].set(True)
+  gathered = SlotMask(prompt_of=jnp.arange(b * g) // g, prompt_valid=valid, length=jnp.asarray(
+      rng.integers(0, read, b * g)), read=read)
+  out = [np.asarray(_attend_slots(q, k_new, v_new, cache, m, 0.3, dt), np.float32)
+         for m in (gathered, dataclasses.replace(gathered, group=g))]
+  np.testing.assert_allclose(out[1], out[0], rtol=0, atol=1e-6 if dtype == "float32" else 1e-2)
+  assert np.abs(out[0]).max() > 0.1
+  with pytest.raises(ValueError, match="B·group"):
+    _attend_slots(q, k_new, v_new, cache, dataclasses.replace(gathered, group=g - 1), 0.3, dt)
 
 
 def test_a_bf16_kv_cache_is_bf16_half_the_bytes_and_close_to_f32(llama):
@@ -218,7 +250,8 @@ def _mesh(data, fsdp):
   return sharding.make_mesh(data, fsdp, 1, devices=jax.devices()[:data * fsdp])
 
 
-@pytest.mark.parametrize("data, fsdp, b, slots", [(4, 1, 3, 4), (2, 2, 4, 8), (8, 1, 3, 0), (4, 2, 3, 8)])
+@pytest.mark.parametrize("data, fsdp, b, slots", [(4, 1, 3, 4), (2, 2, 4, 8), (8, 1, 3, 0), (4, 2, 3, 8),
+                                                   (2, 1, 4, 0)])
 def test_on_several_devices_each_runs_its_share_and_the_output_is_the_static_engines(llama, data, fsdp, b, slots):
   """Data-parallel slots: the same samples whatever the device count (a sample's key is its global index), rows
   sharded over the batch axes (replicated when D does not divide B; then a device's samples may span two prompts,
@@ -240,6 +273,8 @@ def test_on_several_devices_each_runs_its_share_and_the_output_is_the_static_eng
   assert_same_samples(out, ref)
   assert stats.devices == d and stats.useful_tokens == int(np.asarray(ref.lengths).sum())
   assert stats.slot_counts[0] == (slots or -(-b * sp.group_size // d) * d)  # over all devices
+  # prompt-major slots where every device has one slot per sample of whole groups (the last case)
+  assert stats.groups[0] == (sp.group_size if (slots == 0 and b % d == 0) else 0)
   spec = out.tokens.sharding.spec
   assert (len(spec) > 0 and spec[0] is not None) == (b % d == 0), spec  # rows sharded iff D divides B
 

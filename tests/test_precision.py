@@ -190,6 +190,10 @@ def test_bf16_weights_and_cache_as_bits_compute_the_same_and_skip_xla_cpus_float
     return
   assert sampler.decode_params(model, params) is not params  # f32 master weights: cast and carried as bits once
   assert sampler.decode_params(model, bits) is bits  # already in decode form: no copy
+  # sampling_form (the trainer's and evaluate_params' one pass): f32 master weights straight to the decode form
+  formed = sampler.sampling_form(model, params)
+  jax.tree.map(lambda a, b: (np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                             np.testing.assert_equal(a.dtype, b.dtype)), formed, bits)
   sp = sampler.SamplingParams(group_size=2, max_new_tokens=8, temperature=1.0, pad_id=0)
   key = jax.random.PRNGKey(0)
   outs = [sampler.sample_groups(model, p, ids, ones, key, sp) for p in (params, bf16, bits)]

@@ -117,6 +117,9 @@ class SlotMask:
   prompt_valid: jax.Array  # bool[B, P] real (not left-padding) prompt positions
   length: jax.Array  # int32[S] completion tokens already in each slot's cache (the new token's write position)
   read: int = dataclasses.field(metadata={"static": True})  # completion positions read, ≥ max(length) (≤ T)
+  # > 0: the slots are prompt-major (slot s reads prompt s // group, S = B·group, ``prompt_of`` says the same):
+  # each prompt's keys are read once for its `group` slots' queries instead of gathered per slot
+  group: int = dataclasses.field(default=0, metadata={"static": True})
 
 
 _INIT = nn.initializers.normal(0.02)
@@ -313,24 +316,39 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
   cache {"prompt_k", "prompt_v": [B, KV, P, Dh], "k", "v": [S, KV, T, Dh]}.  Returns [S, KV, G, Dh].
 
   As the static decode path: scores and value sums by ``_decode_scores``/``_decode_values`` in the compute
-  ``dtype`` with float32 accumulation, the softmax in float32 over [prompt | completion | new].
+  ``dtype`` with float32 accumulation, the softmax in float32 over [prompt | completion | new]; prompt-major slots
+  (``slots.group``) stack each group's queries against one copy of its prompt's keys.
   """
   neg = jnp.finfo(jnp.float32).min
   read = lambda c: from_bits(c).astype(dtype)
-  pk = read(jnp.take(layer_cache["prompt_k"], slots.prompt_of, axis=0))  # [S, KV, P, Dh]
-  pv = read(jnp.take(layer_cache["prompt_v"], slots.prompt_of, axis=0))
   ck = read(layer_cache["k"][:, :, :slots.read])  # [S, KV, R, Dh]: the live part only
   cv = read(layer_cache["v"][:, :, :slots.read])
-  p_valid = jnp.take(slots.prompt_valid, slots.prompt_of, axis=0)  # [S, P]
   c_valid = jnp.arange(slots.read)[None, :] < slots.length[:, None]  # [S, R]
   q = q.astype(dtype)
+  n, kv, hg, dh = q.shape
+  p_len = layer_cache["prompt_k"].shape[2]
+  if slots.group:  # prompt-major slots: one read of each prompt's keys for its slots' queries (no per-slot copy)
+    b, g = layer_cache["prompt_k"].shape[0], slots.group
+    if b * g != n:
+      raise ValueError(f"SlotMask.group = {g} needs S = B·group slots; got S = {n} for B = {b} prompts")
+    by_prompt = lambda x: x.reshape(b, g, kv, hg, -1).transpose(0, 2, 1, 3, 4).reshape(b, kv, g * hg, -1)
+    by_slot = lambda x: x.reshape(b, kv, g, hg, -1).transpose(0, 2, 1, 3, 4).reshape(n, kv, hg, -1)
+    pv = read(layer_cache["prompt_v"])  # [B, KV, P, Dh]
+    p_scores = by_slot(_decode_scores(by_prompt(q), read(layer_cache["prompt_k"])))  # [S, KV, G, P]
+    p_valid = jnp.repeat(slots.prompt_valid, g, axis=0)  # [S, P]
+    p_values = lambda probs: by_slot(_decode_values(by_prompt(probs), pv))
+  else:  # any slot → prompt map: each slot's prompt keys gathered
+    pk = read(jnp.take(layer_cache["prompt_k"], slots.prompt_of, axis=0))  # [S, KV, P, Dh]
+    pv = read(jnp.take(layer_cache["prompt_v"], slots.prompt_of, axis=0))
+    p_scores = _decode_scores(q, pk)
+    p_valid = jnp.take(slots.prompt_valid, slots.prompt_of, axis=0)  # [S, P]
+    p_values = lambda probs: _decode_values(probs, pv)
   s_n = jnp.sum(q.astype(jnp.float32) * k_new.astype(jnp.float32)[:, :, None, :], axis=-1)[..., None]  # [S, KV, G, 1]
-  scores = jnp.concatenate([jnp.where(p_valid[:, None, None], _decode_scores(q, pk) * scale, neg),
+  scores = jnp.concatenate([jnp.where(p_valid[:, None, None], p_scores * scale, neg),
                             jnp.where(c_valid[:, None, None], _decode_scores(q, ck) * scale, neg), s_n * scale],
                            axis=-1)
   probs = jax.nn.softmax(scores, axis=-1)
-  p_len = pk.shape[2]
-  out = (_decode_values(probs[..., :p_len], pv) + _decode_values(probs[..., p_len:-1], cv)
+  out = (p_values(probs[..., :p_len]) + _decode_values(probs[..., p_len:-1], cv)
          + probs[..., -1:] * v_new.astype(jnp.float32)[:, :, None, :])
   return out.astype(dtype)
 

@@ -6,7 +6,7 @@ happens there)."""
 
 from jaxgrpo.rollout import continuous, engine, sampler
 from jaxgrpo.rollout.engine import Rollout, RolloutEngine
-from jaxgrpo.rollout.sampler import FINISH_EOS, FINISH_LENGTH, SampleOutput, SamplingParams, sample
+from jaxgrpo.rollout.sampler import FINISH_EOS, FINISH_LENGTH, SampleOutput, SamplingParams, sample, sampling_form
 
 __all__ = ["FINISH_EOS", "FINISH_LENGTH", "Rollout", "RolloutEngine", "SampleOutput", "SamplingParams", "continuous",
-           "engine", "sample", "sampler"]
+           "engine", "sample", "sampler", "sampling_form"]

@@ -9,8 +9,10 @@ preallocated cache (P + T slots), and copies each prompt's KV G times.  This eng
   without recompiling.  Once the queue is empty and at most half the slots are live, the live samples move to half
   as many slots (``compact``), so the tail of a long-tailed batch does not keep computing finished rows;
 * **shared prompt KV** — each prompt is prefilled once into a prompt cache [L, B, KV, P, Dh]; a slot reads its
-  prompt's keys through an index (``models.SlotMask.prompt_of``), so the G samples of a prompt share one copy.  A
-  slot's own cache holds its completion only: [L, S, KV, T, Dh];
+  prompt's keys through an index (``models.SlotMask.prompt_of``), so the G samples of a prompt share one copy.  With
+  one slot per sample (``slots`` 0) the slots stay prompt-major until the first compaction, and a decode step reads
+  each prompt's keys once for the G·H/KV queries of its samples (``SlotMask.group``) instead of gathering a copy per
+  slot.  A slot's own cache holds its completion only: [L, S, KV, T, Dh];
 * **live-length reads** — each host call reads only the first ``read`` completion positions, ``read`` being the
   longest live completion plus the call's steps, rounded up to ``read_block`` or the next power of two: decode
   attention follows the live length (one compilation per bucket and slot count, reused across calls and steps).
@@ -54,6 +56,9 @@ class ContinuousParams:
   read_block: int = 64  # the smallest completion-cache read; larger reads are powers of two (one compilation each)
   compact: bool = True  # queue empty and ≤ half the slots live: move the live samples to half as many slots
   min_slots: int = 16  # compaction stops here (below, a decode step costs about the same: it reads the weights)
+  # one slot per sample (slots 0): keep the slots prompt-major and read each prompt's KV once for its G slots
+  # until the first compaction (False: gather each slot's prompt KV, the earlier path; benchmarks compare the two)
+  prompt_major: bool = True
 
   def __post_init__(self):
     for field, low in (("slots", 0), ("steps_per_call", 1), ("read_block", 1), ("min_slots", 1)):
@@ -73,6 +78,7 @@ class EngineStats:
   host_calls: int  # decode-loop calls (each up to steps_per_call steps)
   slot_counts: tuple[int, ...]  # the slot count of each call, over all devices (compaction halves it)
   reads: tuple[int, ...]  # the completion positions read by each call
+  groups: tuple[int, ...] = ()  # per call: G where slots were prompt-major (one prompt-KV read per group), else 0
   devices: int = 1  # devices the slots are split over (data-parallel; counts and steps above are over all)
 
   @property
@@ -156,8 +162,10 @@ def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: Samplin
 
 
 def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: SamplingParams,
-               allowed: policy.AllowedIds, steps_per_call: int, read: int) -> SlotState:
-  """Up to ``steps_per_call`` decode steps of every slot, refilling ended slots from the queue."""
+               allowed: policy.AllowedIds, steps_per_call: int, read: int, group: int) -> SlotState:
+  """Up to ``steps_per_call`` decode steps of every slot, refilling ended slots from the queue; ``group`` > 0: the
+  slots are prompt-major (slot s runs sample s, of prompt s // group; no queue), so each prompt's KV is read once
+  for its slots (``SlotMask.group``)."""
   n, t = ctx.keys.shape[0], sp.max_new_tokens
   eos_ids = jnp.asarray(sp.eos_ids if sp.eos_ids else (-1,), jnp.int32)
   allowed_mask = policy.allowed_mask(model.config.vocab_size, allowed)
@@ -177,7 +185,7 @@ def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState,
     hit_eos = live & jnp.isin(tok, eos_ids)
     ended = live & (hit_eos | (new_len >= t))
     prompt = jnp.take(ctx.prompt_of, sid)
-    mask = SlotMask(prompt_of=prompt, prompt_valid=ctx.valid, length=s.length, read=read)
+    mask = SlotMask(prompt_of=prompt, prompt_valid=ctx.valid, length=s.length, read=read, group=group)
     positions = jnp.take(ctx.length, prompt) + s.length
     out = model.apply({"params": params}, tok[:, None], positions[:, None], mask, {**ctx.cache, **s.cache}, 0)
     # refill: the k-th ended slot takes queue entry next + k (while the queue lasts)
@@ -272,11 +280,11 @@ def _start(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParam
   return _per_device(lambda c: _start_local(model, c, slots, sp), mesh, axes, 0)(ctx)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sp", "allowed", "steps_per_call", "read", "mesh", "axes"),
-                   donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("model", "sp", "allowed", "steps_per_call", "read", "group", "mesh",
+                                             "axes"), donate_argnames=("state",))
 def _run(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: SamplingParams,
-         allowed: policy.AllowedIds, steps_per_call: int, read: int, mesh, axes) -> SlotState:
-  fn = lambda params, c, s: _run_local(model, params, c, s, sp, allowed, steps_per_call, read)
+         allowed: policy.AllowedIds, steps_per_call: int, read: int, mesh, axes, group: int = 0) -> SlotState:
+  fn = lambda params, c, s: _run_local(model, params, c, s, sp, allowed, steps_per_call, read, group)
   return _per_device(fn, mesh, axes, 1)(params, ctx, state)
 
 
@@ -328,14 +336,19 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   params = sampler.decode_params(model, params)
   ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, g, sp.kv_dtype, mesh, axes)
   state = _start(model, ctx, slots, sp, mesh, axes)
+  # one slot per sample, each device's samples whole groups: slot s keeps sample s (no queue) until a compaction,
+  # and reads its prompt's KV as one of the group's queries (measured faster than a gather per slot; §8)
+  group = g if cp.prompt_major and slots == n_local and b % d == 0 else 0
   live, longest, queued = slots, 0, False
-  counts, reads, decode_steps, slot_steps = [], [], 0, 0
+  counts, reads, groups, decode_steps, slot_steps = [], [], [], 0, 0
   while live:
     if cp.compact and queued and live <= slots // 2 and slots // 2 >= cp.min_slots:
       slots = max(cp.min_slots, 1 << (live - 1).bit_length())  # the next power of two ≥ the most live on a device
       state = _compact(state, slots, mesh, axes)
+      group = 0
     read = _bucket(longest + cp.steps_per_call, cp.read_block, t)
-    state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read, mesh, axes)
+    state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read, mesh, axes, group)
+    groups.append(group)
     counts.append(slots * d)
     reads.append(read)
     prog = np.asarray(dist.fetch(_progress(state, mesh, axes)), np.int64)  # [D, 5]
@@ -346,7 +359,7 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   out, useful = _outputs(state, b, g, jax.sharding.NamedSharding(mesh, rows))
   stats = EngineStats(samples=b * g, useful_tokens=int(dist.fetch(useful)), slot_steps=slot_steps,
                       decode_steps=decode_steps, host_calls=len(counts), slot_counts=tuple(counts),
-                      reads=tuple(reads), devices=d)
+                      reads=tuple(reads), groups=tuple(groups), devices=d)
   return out, stats
 
 

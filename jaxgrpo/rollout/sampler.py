@@ -230,6 +230,15 @@ def decode_params(model: Transformer, params):
   return _cast_to_bits(params, dtype.name)
 
 
+def sampling_form(model: Transformer, params):
+  """``params`` (float leaves in any dtype) made once into what the engines run on, in one pass: on XLA:CPU
+  ``decode_params`` (the compute dtype, bf16 as bits), elsewhere cast to the compute dtype.  Callers that sample
+  many times with the same params (the trainer, ``evaluate_params``) call it once instead of a cast per call."""
+  if jax.default_backend() == "cpu":
+    return decode_params(model, params)
+  return cast_params(params, model.config.dtype)
+
+
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _cast_to_bits(params, dtype: str):
   return as_bits(cast_params(params, dtype))

@@ -15,10 +15,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxgrpo.models.transformer import cast_params
 from jaxgrpo.parallel import distributed as dist
 from jaxgrpo.rollout.engine import RolloutEngine
-from jaxgrpo.rollout.sampler import SamplingParams
+from jaxgrpo.rollout.sampler import SamplingParams, sampling_form
 from jaxgrpo.tasks.sources import Example, Source
 from jaxgrpo.train import build
 from jaxgrpo.train.config import EvalSpec, TrainConfig
@@ -121,12 +120,13 @@ def evaluate(engine: RolloutEngine, params, task: Source, examples: Sequence[Exa
 def evaluate_params(model, params, tokenizer, cfg: TrainConfig, task: Source, spec: EvalSpec, *, key=None,
                     show_progress: bool = True, records: list | None = None) -> dict[str, Any]:
   """``evaluate`` on a model outside a trainer (a run's checkpoint from ``export.load_run``, an HF directory):
-  the rollout engine and sampler settings built from ``cfg.sampling``, ``params`` cast to the model's dtype,
-  ``key`` ``PRNGKey(cfg.seed)`` unless given, on the task's own examples.  ``jaxgrpo eval`` is this
-  function plus printing; a script evaluating a task the config cannot name (a transfer task) calls it too."""
+  the rollout engine and sampler settings built from ``cfg.sampling``, ``params`` made once into the engines'
+  form (``sampler.sampling_form``), ``key`` ``PRNGKey(cfg.seed)`` unless given, on the task's own examples.
+  ``jaxgrpo eval`` is this function plus printing; a script evaluating a task the config cannot name (a transfer
+  task) calls it too."""
   engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
                          engine=cfg.sampling.engine, slots=cfg.sampling.slots)
   sampling = build.sampling_params(cfg.sampling, tokenizer.eos_ids, tokenizer.pad_id)
-  return evaluate(engine, cast_params(params, model.config.dtype), task, task.examples, spec,
+  return evaluate(engine, sampling_form(model, params), task, task.examples, spec,
                   jax.random.PRNGKey(cfg.seed) if key is None else key, sampling, show_progress=show_progress,
                   records=records)

@@ -33,7 +33,7 @@ from jaxgrpo.models.transformer import Transformer
 from jaxgrpo.parallel import distributed as dist
 from jaxgrpo.parallel import sharding as shard_lib
 from jaxgrpo.rollout.engine import Rollout, RolloutEngine
-from jaxgrpo.rollout.sampler import FINISH_EOS, decode_params
+from jaxgrpo.rollout.sampler import FINISH_EOS, sampling_form
 from jaxgrpo.tasks import prm as prm_lib
 from jaxgrpo.tasks import rewards as rewards_lib
 from jaxgrpo.tasks import sources as data_lib
@@ -151,14 +151,12 @@ class Trainer:
   # ------------------------------------------------------------------ stages
 
   def policy_params(self, params=None):
-    """Every param (base + adapters), cast once to the sampler's compute dtype: what the sampler runs; of the
-    current state, or of ``params`` (trainable params in the state's form).  On XLA:CPU in the engines' decode form
-    (``sampler.decode_params``: bf16 carried as bits), made here in one pass instead of a cast and then a copy."""
+    """Every param (base + adapters) in the form the sampler runs on (``sampler.sampling_form``: cast once to its
+    compute dtype; on XLA:CPU bf16 carried as bits); of the current state, or of ``params`` (trainable params in
+    the state's form)."""
     params = self.state["params"] if params is None else params
     full = lora.combine(self.frozen, params) if self.frozen is not None else params
-    if jax.default_backend() == "cpu":
-      return decode_params(self.sampler_model, full)
-    return models.cast_params(full, self.sampler_model.config.dtype)
+    return sampling_form(self.sampler_model, full)
 
   def sampling_params(self):
     """The sampler's settings for this run (the config's sampling section, the tokenizer's EOS and pad ids)."""
@@ -190,11 +188,16 @@ class Trainer:
     n = rollout.num_rows
     prompt_ids, prompt_mask = _rows_of_prompts(rollout.prompt_ids, rollout.prompt_mask, rollout.group_size,
                                                self.engine.row_sharding(n, 2))
-    mask = _loss_mask(rollout.mask, rollout.finish_reason, rollout.keep, self.cfg.objective.mask_truncated)
+    mask = self.loss_mask(rollout)
     zeros = lambda: jnp.zeros(rollout.tokens.shape, jnp.float32)
     return ts.Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=rollout.tokens, mask=mask,
                     advantages=zeros() if adv is None else adv, weights=zeros() if weights is None else weights,
                     old_logp=rollout.logprobs)
+
+  def loss_mask(self, rollout: Rollout) -> jax.Array:
+    """The completion mask [N, T] the loss sees: without truncated completions under ``objective.mask_truncated``
+    and without filler rows of dynamic sampling."""
+    return _loss_mask(rollout.mask, rollout.finish_reason, rollout.keep, self.cfg.objective.mask_truncated)
 
   def _kl_penalized_rewards(self, rollout: Rollout) -> tuple[jax.Array, dict[str, jax.Array]]:
     """r − β·Σ_t KL(π_old ‖ π_ref) per completion (``objective.kl_in_reward``): two forward passes."""
@@ -213,8 +216,7 @@ class Trainer:
     adv, weights, metrics = self._advantages(rollout)
     rho = self.cfg.objective.top_entropy_quantile
     if rho < 1:
-      loss_mask = _loss_mask(rollout.mask, rollout.finish_reason, rollout.keep, self.cfg.objective.mask_truncated)
-      adv, em = _entropy_masked(adv, rollout.entropies, loss_mask, rho)
+      adv, em = _entropy_masked(adv, rollout.entropies, self.loss_mask(rollout), rho)
       metrics = {**metrics, **em}
     return adv, weights, metrics
 
