@@ -2,8 +2,9 @@
 
 Greedy output is token-identical to the static engine, sampled output identical for the same key whatever the slot
 count (so a sample does not depend on the slot that ran it), log-probs and entropies equal a teacher-forced forward,
-refills and compaction happen, reads follow the live length, a bf16 KV cache is what it says, and bad settings are
-refused by name."""
+refills and compaction happen, reads follow the live length, prompt-major slots attend as gathered ones (and are
+used exactly while every sample has its own slot), a bf16 KV cache is what it says, and bad settings are refused by
+name."""
 
 import dataclasses
 

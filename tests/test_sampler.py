@@ -197,3 +197,19 @@ def test_inverse_cdf_categorical_over_several_blocks():
   assert (np.abs(freq - want) <= 5 * sigma + 1e-9).all()
   np.testing.assert_allclose(np.asarray(logp[:100]), np.log(want[np.asarray(tok[:100])]), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(float(ent[0]), -np.sum(want[want > 0] * np.log(want[want > 0])), rtol=1e-5)
+
+
+def test_a_draw_landing_on_a_forbidden_token_falls_back_to_the_rows_mode_and_only_that_row():
+  """Inverse-CDF rounding can land on a zero-probability slot at the end of a block; ``categorical`` then returns
+  the row's mode for that row only.  Made exact here:
+  equal allowed logits (every weight exactly 1, so every sum is exact) and a uniform of exactly 1 (outside [0, 1):
+  white-box), which walks each row to the last slot of its last block."""
+  v = 256  # two full blocks of 128
+  logits = np.zeros((2, v), np.float32)
+  logits[0, 0] = logits[0, -3:] = -1e30  # row 0 ends in forbidden slots: fallback to its mode, the first max (1)
+  tok, logp, _ = sampler.categorical(jnp.asarray(logits), None, uniforms=jnp.ones((2,), jnp.float32))
+  assert np.asarray(tok).tolist() == [1, v - 1]  # row 1's last slot is allowed: no fallback there
+  np.testing.assert_allclose(np.asarray(logp), [-np.log(v - 4), -np.log(v)], rtol=1e-6)
+  # no row needs it: the plain inverse-CDF draw
+  tok1, _, _ = sampler.categorical(jnp.asarray(logits[1:]), None, uniforms=jnp.ones((1,), jnp.float32))
+  assert int(tok1[0]) == v - 1

@@ -115,3 +115,13 @@ def test_sampler_truncation_is_row_local_when_sharded():
     kept = np.asarray(f(logits)) > -1e29
     if top_k:
       assert (kept.sum(-1) <= top_k).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=ROWS, t=st.integers(1, 300), levels=st.sampled_from([1, 2, 5, 1000]))
+def test_argmax_is_the_first_maximum(rows, t, levels):
+  """``selection.argmax`` (max, then the first index holding it) is ``jnp.argmax``: ties to the lower index, rows
+  of -inf padding included."""
+  x = jnp.asarray(_rows(rows, t, levels))
+  np.testing.assert_array_equal(np.asarray(selection.argmax(x)), np.asarray(jnp.argmax(x, axis=-1)))
+  assert selection.argmax(x).dtype == jnp.int32

@@ -1,5 +1,5 @@
-"""Row-local selection along the last axis without a sort: the k largest positions, the k-th largest value, and the
-top-p (nucleus) threshold.
+"""Row-local selection along the last axis without a sort: the position of the maximum, the k largest positions, the
+k-th largest value, and the top-p (nucleus) threshold.
 
 Why not ``jax.lax.top_k`` or ``jnp.sort``: on XLA:CPU ``jax.lax.top_k`` on one device lowers to a full stable sort
 of each row (≈ 0.5–0.6 s for [64, 49,152] logits here, every decode step of a top-k sampler), and with the rows
@@ -16,6 +16,15 @@ import jax
 import jax.numpy as jnp
 
 BLOCK = 128  # positions per block in top_k_positions' first pass
+
+
+def argmax(x):
+  """int32[...]: the first position of the maximum along the last axis (``jnp.argmax`` for NaN-free input), as two
+  plain reductions: the maximum, then the first index holding it.  XLA:CPU lowers ``jnp.argmax`` to one variadic
+  reduce that ran 2.8× slower on [64, 49,152] logits (13.7 vs 4.8 ms here) — every greedy decode step pays it."""
+  n = x.shape[-1]
+  best = jnp.max(x, axis=-1, keepdims=True)
+  return jnp.minimum(jnp.min(jnp.where(x == best, jnp.arange(n, dtype=jnp.int32), n), axis=-1), n - 1)
 
 
 def _first_max_rounds(scores, k: int):
