@@ -44,9 +44,10 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "mismatch_smollm2.json"))
-  p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names from SETTINGS")
+  # names contain commas ("token, C=3"): one argument per name
+  p.add_argument("--settings", nargs="+", default=list(SETTINGS), metavar="NAME", help="names from SETTINGS")
   args = p.parse_args(argv)
-  names = [n.strip() for n in args.settings.split(",") if n.strip()]
+  names = args.settings
   unknown = [n for n in names if n not in SETTINGS]
   if unknown:
     p.error(f"--settings: unknown {unknown}; expected names from {list(SETTINGS)}")
