@@ -98,10 +98,45 @@ def test_a_prompt_as_long_as_a_read_bucket_gets_one_more_masked_column_and_the_s
   ids, mask = prompts(model.config.vocab_size, seed=2, p=8)  # read_block 8: P = 8 is a bucket
   assert continuous._off_buckets(8, 8, T) == 1 and continuous._off_buckets(16, 8, T) == 1
   assert continuous._off_buckets(6, 8, T) == 0 and continuous._off_buckets(12, 8, T) == 0
+  assert continuous._off_buckets(12, 8, T, "half_octave") == 1 and continuous._off_buckets(10, 8, T, "linear") == 0
   sp = sampler.SamplingParams(group_size=2, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
   key = jax.random.PRNGKey(1)
   out, _ = run(model, params, ids, mask, key, sp, **SMALL)
   assert_same_samples(out, sampler.sample_groups(model, params, ids, mask, key, sp))
+
+
+@pytest.mark.parametrize("growth", continuous.READ_GROWTHS)
+def test_a_read_bucket_covers_the_need_by_at_most_its_growth_factor(growth):
+  """Brute force over needs n and caps: a read is ≥ n (up to the cap), ≥ read_block, ≤ cap, and at most 2× n
+  (pow2), 1.5× n (half_octave) or n rounded up to read_block (linear) once n is past read_block; reads grow with n."""
+  for block in (1, 8, 32, 48, 64):
+    for cap in (8, 16, 100, 256, 512):
+      reads = [continuous._bucket(n, block, cap, growth) for n in range(1, cap + 1)]
+      assert reads == sorted(reads) and max(reads) == cap
+      for n, r in enumerate(reads, 1):
+        assert n <= r <= cap and r >= min(block, cap)
+        if n > block and r < cap:
+          bound = {"pow2": 2 * n - 1, "half_octave": 1.5 * n, "linear": n + block - 1}[growth]
+          assert r <= bound, (growth, block, cap, n, r)
+  with pytest.raises(ValueError, match="read_growth must be one of"):
+    continuous.ContinuousParams(read_growth="cubic")
+
+
+def test_every_read_growth_gives_the_same_samples_with_its_own_reads(llama):
+  """How the reads grow changes what a call reads, not what it samples: the static engine's samples for each."""
+  model, params = llama
+  ids, mask = prompts(model.config.vocab_size, seed=3, p=5)
+  sp = sampler.SamplingParams(group_size=2, max_new_tokens=24, temperature=1.0, pad_id=0)  # no EOS: reads grow
+  key = jax.random.PRNGKey(2)
+  ref = sampler.sample_groups(model, params, ids, mask, key, sp)
+  reads = {}
+  for growth in continuous.READ_GROWTHS:
+    out, stats = run(model, params, ids, mask, key, sp, steps_per_call=4, read_block=4, read_growth=growth)
+    assert_same_samples(out, ref)
+    reads[growth] = stats.reads
+    assert list(stats.reads) == [continuous._bucket(4 * (c + 1), 4, 24, growth) for c in range(len(stats.reads))]
+  assert reads["linear"] == (4, 8, 12, 16, 20, 24) and reads["pow2"] == (4, 8, 16, 16, 24, 24)
+  assert reads["half_octave"] == (4, 8, 12, 16, 24, 24)
 
 
 def test_greedy_and_sampled_output_equal_the_static_engine_with_gqa(llama):
@@ -292,6 +327,7 @@ def test_several_devices_refuse_slots_they_cannot_split(llama):
 
 @pytest.mark.parametrize("override, match", [
     ("sampling.engine=paged", r"'sampling.engine' must be one of \['auto', 'static', 'continuous'\]"),
+    ("sampling.read_growth=cubic", r"'sampling.read_growth' must be one of \['pow2', 'half_octave', 'linear'\]"),
     ("sampling.slots=-1", r"'sampling.slots' must be >= 0"),
     ("sampling.slots=100000", r"'sampling.slots' must be <= data.prompts_per_step × sampling.group_size"),
     ("sampling.kv_dtype=int8", r"'sampling.kv_dtype' must be one of \['float32', 'bfloat16', 'float16'\]"),
@@ -338,7 +374,8 @@ def test_training_on_a_mesh_with_the_continuous_engine_equals_the_static_engine(
 
 
 def test_auto_picks_the_engine_the_benchmark_measured_faster():
-  """experiments/bench_sampler.py (CPU, one device): continuous 1.03–1.17× static in float32, 1.00–1.25× in bf16."""
+  """experiments/bench_sampler.py (CPU, one device): continuous 1.03–1.17× static in float32, 1.00–1.25× in bf16;
+  bench_engine_mesh.py (2 devices, pure data parallelism) faster still; static where the weights are sharded."""
   from jaxgrpo.parallel import sharding
   from jaxgrpo.rollout.engine import resolve_engine
 
@@ -348,6 +385,9 @@ def test_auto_picks_the_engine_the_benchmark_measured_faster():
   assert resolve_engine("auto", one, windowed=True) == "static"  # Gemma 3's sliding-window layers
   with pytest.raises(ValueError, match="'continuous' does not support sliding-window attention"):
     resolve_engine("continuous", one, windowed=True)
-  if jax.device_count() >= 2:
+  if jax.device_count() >= 2:  # experiments/bench_engine_mesh.py: continuous faster on a 2-device data mesh
     two = sharding.make_mesh(2, 1, 1, devices=jax.devices()[:2])
-    assert resolve_engine("auto", two) == "static"
+    assert resolve_engine("auto", two) == "continuous"
+    assert resolve_engine("auto", two, slots=3) == "static"  # slots not a multiple of the devices
+    for fsdp_or_tensor in ((1, 2, 1), (1, 1, 2)):  # weights sharded: a full copy per device is not what was asked
+      assert resolve_engine("auto", sharding.make_mesh(*fsdp_or_tensor, devices=jax.devices()[:2])) == "static"

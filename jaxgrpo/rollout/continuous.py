@@ -14,8 +14,10 @@ preallocated cache (P + T slots), and copies each prompt's KV G times.  This eng
   each prompt's keys once for the G·H/KV queries of its samples (``SlotMask.group``) instead of gathering a copy per
   slot.  A slot's own cache holds its completion only: [L, S, KV, T, Dh];
 * **live-length reads** — each host call reads only the first ``read`` completion positions, ``read`` being the
-  longest live completion plus the call's steps, rounded up to ``read_block`` or the next power of two: decode
-  attention follows the live length (one compilation per bucket and slot count, reused across calls and steps).
+  longest live completion plus the call's steps, rounded up to ``read_block`` or the next 2^k or 3·2^k
+  (``read_growth``; 1.09× the tokens/s of powers of two on SmolLM2's word problems, experiments/bench_read_growth.py):
+  decode attention follows the live length (one compilation per bucket and slot count, reused across calls and
+  steps).
   The slots' cache stays T long: a cache resized to the bucket between calls measured 0.93–1.00× the step time
   (experiments/bench_decode_cache.py) and its last growth would hold both sizes at once (1.5× the peak KV).
 
@@ -53,7 +55,10 @@ class ContinuousParams:
 
   slots: int = 0  # decode slots (0: one per sample, B·G; more than B·G are never used)
   steps_per_call: int = 32  # decode steps per host call: the on-device loop between host checks
-  read_block: int = 64  # the smallest completion-cache read; larger reads are powers of two (one compilation each)
+  read_block: int = 64  # the smallest completion-cache read (one compilation per read length used)
+  # how reads grow past read_block: pow2 (powers of two) | half_octave (2^k and 3·2^k) | linear (multiples of
+  # read_block: the tightest reads, one compilation per read_block of max_new_tokens)
+  read_growth: str = "half_octave"
   compact: bool = True  # queue empty and ≤ half the slots live: move the live samples to half as many slots
   min_slots: int = 16  # compaction stops here (below, a decode step costs about the same: it reads the weights)
   # one slot per sample (slots 0): keep the slots prompt-major and read each prompt's KV once for its G slots
@@ -65,6 +70,8 @@ class ContinuousParams:
       value = getattr(self, field)
       if not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{field} must be an integer >= {low}; got {value!r}")
+    if self.read_growth not in READ_GROWTHS:
+      raise ValueError(f"read_growth must be one of {READ_GROWTHS}; got {self.read_growth!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -120,18 +127,29 @@ class SlotState:
   eos: jax.Array  # bool[N] the sample ended with an EOS id
 
 
-def _bucket(n: int, block: int, cap: int) -> int:
-  """The read length for ``n`` positions: ``block``, then powers of two (few buckets: few compilations), ≤ cap."""
-  return min(cap, max(block, 1 << (max(n, 1) - 1).bit_length()))
+READ_GROWTHS = ("pow2", "half_octave", "linear")
 
 
-def _off_buckets(p: int, block: int, cap: int) -> int:
+def _bucket(n: int, block: int, cap: int, growth: str = "pow2") -> int:
+  """The read length for ``n`` positions, ≤ cap: at least ``block``, then the next power of two (``pow2``), the
+  next 2^k or 3·2^k (``half_octave``: reads at most 1.5× the need instead of 2×, twice the compilations), or the
+  next multiple of ``block`` (``linear``: one compilation per block of T)."""
+  n = max(n, 1)
+  if growth == "linear":
+    return min(cap, max(block, -(-n // block) * block))
+  up = 1 << (n - 1).bit_length()  # the next power of two ≥ n
+  if growth == "half_octave" and n <= 3 * up // 4:
+    up = 3 * up // 4
+  return min(cap, max(block, up))
+
+
+def _off_buckets(p: int, block: int, cap: int, growth: str = "pow2") -> int:
   """How many masked columns to add to prompts of ``p`` positions so their cache length is no read bucket: in f32,
   a decode step whose prompt part and completion part have the same length ran 3–5× slower on XLA:CPU (SmolLM2, 64
   slots: 620–740 ms against 150–240 ms at prompt lengths 41, 56, 65, 72, 96 for the same read of 64; the same at
   128; f32 sampling with 64-token prompts 1.84× faster padded, experiments/bench_decode_cache.py).  One more
   masked position costs nothing measurable."""
-  return int(p in {_bucket(1 << k, block, cap) for k in range(cap.bit_length() + 1)})
+  return int(_bucket(p, block, cap, growth) == p)
 
 
 # ----------------------------------------------------------------------------- one device's engine
@@ -325,7 +343,7 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   b, p = prompt_ids.shape
   g, t = sp.group_size, sp.max_new_tokens
   sampler.check_positions(model, p, t)
-  extra = _off_buckets(p, cp.read_block, t)
+  extra = _off_buckets(p, cp.read_block, t, cp.read_growth)
   if extra:  # left padding (masked): positions follow the mask, so nothing else moves
     prompt_ids, prompt_mask = (jnp.pad(x, ((0, 0), (extra, 0))) for x in (prompt_ids, prompt_mask))
   if cp.slots % d:
@@ -346,7 +364,7 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
       slots = max(cp.min_slots, 1 << (live - 1).bit_length())  # the next power of two ≥ the most live on a device
       state = _compact(state, slots, mesh, axes)
       group = 0
-    read = _bucket(longest + cp.steps_per_call, cp.read_block, t)
+    read = _bucket(longest + cp.steps_per_call, cp.read_block, t, cp.read_growth)
     state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read, mesh, axes, group)
     groups.append(group)
     counts.append(slots * d)

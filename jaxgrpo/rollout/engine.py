@@ -29,22 +29,28 @@ from jaxgrpo.tasks import rewards as rewards_lib
 from jaxgrpo.tasks.sources import Example, Source
 
 # The engine's own options (beside ``sampler.SamplingParams``); ``models.policy.SAMPLING_OPTIONS`` decides them too.
-ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots")
+ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots", "read_growth")
 ENGINES = ("auto", "static", "continuous")
 
 
+def _axes(mesh_axes) -> tuple[str, ...]:
+  return () if mesh_axes is None else ((mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes))
+
+
 def resolve_engine(engine: str, mesh, windowed: bool = False,
-                   rules: shard_lib.MeshRules = shard_lib.MeshRules()) -> str:
-  """The engine that runs for ``sampling.engine`` on ``mesh``: ``auto`` is continuous on one device of one process,
-  whatever the sampler's dtype — where experiments/bench_sampler.py measured it at least as fast as static on CPU
-  in both dtypes (f32: 1.03× fixed length, 1.17× word problems; bf16: 1.00× / 1.25×) — and static otherwise (on
-  several devices nothing was measured).  An explicit
-  ``continuous`` runs data-parallel on a mesh whose devices all lie on the batch axes (each device a full copy of
-  the weights); it is refused on a mesh with tensor parallelism, and for a model with sliding-window layers
-  (Gemma 3: its decode slots do not express the window)."""
+                   rules: shard_lib.MeshRules = shard_lib.MeshRules(), slots: int = 0) -> str:
+  """The engine that runs for ``sampling.engine`` on ``mesh``: ``auto`` is continuous in one process wherever the
+  weights are replicated (one device, or a mesh whose devices all lie on batch axes that shard no weight: pure data
+  parallelism), whatever the sampler's dtype — where experiments/bench_sampler.py measured it at least as fast as
+  static on one CPU device in both dtypes, and experiments/bench_engine_mesh.py faster on a 2-device data mesh
+  (bf16: 1.21–1.44× fixed length, 1.4× word problems) — and static otherwise (FSDP or tensor parallelism: the
+  continuous engine would hold a full copy of the weights per device; several processes: not measured).  An
+  explicit ``continuous`` runs data-parallel on a mesh whose devices all lie on the batch axes (each device a full
+  copy of the weights); it is refused on a mesh with tensor parallelism, and for a model with sliding-window layers
+  (Gemma 3: its decode slots do not express the window).  ``auto`` also stays static when ``slots`` is not a
+  multiple of the devices (the continuous engine splits its slots evenly)."""
   if engine not in ENGINES:
     raise ValueError(f"sampling.engine must be one of {list(ENGINES)}; got {engine!r}")
-  single = mesh.devices.size == 1 and jax.process_count() == 1
   if engine == "continuous" and shard_lib.batch_shards(mesh, rules) != mesh.devices.size:
     raise ValueError(f"sampling.engine = 'continuous' is data-parallel (each device its own slots and a full copy "
                      f"of the weights): this mesh {dict(mesh.shape)} has devices off the batch axes "
@@ -52,7 +58,12 @@ def resolve_engine(engine: str, mesh, windowed: bool = False,
   if engine == "continuous" and windowed:
     raise ValueError("sampling.engine = 'continuous' does not support sliding-window attention (this model has "
                      "local layers, e.g. Gemma 3): use 'static' or 'auto'")
-  faster = single and not windowed
+  batch = shard_lib.batch_axes(mesh, rules)
+  weight_axes = {a for n in ("vocab", "heads", "kv_heads", "mlp", "embed", "head_dim", "layers")
+                 for a in _axes(rules.lookup(n))}
+  replicated = shard_lib.batch_shards(mesh, rules) == mesh.devices.size and not weight_axes & set(batch)
+  replicated = replicated and slots % mesh.devices.size == 0
+  faster = jax.process_count() == 1 and replicated and not windowed
   return "continuous" if engine == "continuous" or (engine == "auto" and faster) else "static"
 
 
@@ -107,16 +118,18 @@ class RolloutEngine:
       slots fed from a queue, one KV copy per prompt, live-length reads; one device and one process only) |
       ``auto``: continuous where it can run, else static.
     slots: the continuous engine's decode slots (0: one per sample).
+    read_growth: how the continuous engine's reads grow (``continuous.ContinuousParams.read_growth``).
   """
 
   def __init__(self, model: Transformer, tokenizer, mesh=None, rules=shard_lib.MeshRules(), *,
-               prompt_multiple: int = 8, trim: bool = True, engine: str = "auto", slots: int = 0):
+               prompt_multiple: int = 8, trim: bool = True, engine: str = "auto", slots: int = 0,
+               read_growth: str = "half_octave"):
     if mesh is None:
       mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     if prompt_multiple < 1:
       raise ValueError(f"prompt_multiple must be >= 1; got {prompt_multiple}")
-    self.engine = resolve_engine(engine, mesh, model.config.windowed, rules)
-    self.continuous = continuous.ContinuousParams(slots=slots)
+    self.engine = resolve_engine(engine, mesh, model.config.windowed, rules, slots)
+    self.continuous = continuous.ContinuousParams(slots=slots, read_growth=read_growth)
     self.last_stats: continuous.EngineStats | None = None  # what the last continuous call computed
     self.model, self.tokenizer, self.mesh, self.rules = model, tokenizer, mesh, rules
     self.prompt_multiple, self.trim = prompt_multiple, trim

@@ -41,6 +41,7 @@ Schedule = Literal["constant", "cosine", "linear"]
 Optimizer = Literal["adamw", "sgd"]
 NonFinite = Literal["stop", "skip"]
 SamplerEngine = Literal["auto", "static", "continuous"]
+ReadGrowth = Literal["pow2", "half_octave", "linear"]
 ArithmeticSplit = Literal["expression", "commuted"]
 
 
@@ -129,6 +130,9 @@ class SamplingSpec:
   # continuous engine's decode slots (0: one per sample, data.prompts_per_step × group_size; then the slots are
   # prompt-major and read each prompt's KV once per group: 1.11–1.17× per decode step on SmolLM2/CPU)
   slots: int = 0
+  # how the continuous engine's completion-cache reads grow (one compilation per read length): pow2 (up to 2× the
+  # need) | half_octave (2^k and 3·2^k: up to 1.5×, twice the compilations) | linear (multiples of 64)
+  read_growth: ReadGrowth = "half_octave"
   kv_dtype: str | None = None  # the KV cache's dtype (None: the sampler's compute dtype); bfloat16 halves the cache
 
   def __post_init__(self):

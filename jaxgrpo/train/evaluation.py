@@ -125,7 +125,8 @@ def evaluate_params(model, params, tokenizer, cfg: TrainConfig, task: Source, sp
   ``jaxgrpo eval`` is this function plus printing; a script evaluating a task the config cannot name (a transfer
   task) calls it too."""
   engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
-                         engine=cfg.sampling.engine, slots=cfg.sampling.slots)
+                         engine=cfg.sampling.engine, slots=cfg.sampling.slots,
+                         read_growth=cfg.sampling.read_growth)
   sampling = build.sampling_params(cfg.sampling, tokenizer.eos_ids, tokenizer.pad_id)
   return evaluate(engine, sampling_form(model, params), task, task.examples, spec,
                   jax.random.PRNGKey(cfg.seed) if key is None else key, sampling, show_progress=show_progress,

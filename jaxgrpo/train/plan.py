@@ -153,7 +153,7 @@ def _sampler_bytes(cfg, model, mesh, rules, full, full_sh, n, p, t, allowed) -> 
   static_kv = _per_device_bytes(cache, jax.tree.map(lambda c: c.sharding, cache))
   # the engine the trainer picks; the continuous engine's KV is one copy per prompt plus T positions per slot
   # (counted, not lowered: the static loop's temporaries stand for both engines')
-  engine = rollout_engine.resolve_engine(cfg.sampling.engine, mesh, mc.windowed)
+  engine = rollout_engine.resolve_engine(cfg.sampling.engine, mesh, mc.windowed, rules, cfg.sampling.slots)
   shards = shard_lib.batch_shards(mesh, rules)
   kv = continuous.kv_bytes(model, sp, b, p, cfg.sampling.slots, shards)
   # the continuous engine samples with a full copy of the weights on every device (data-parallel)
