@@ -20,7 +20,6 @@ step; experiments/README.md §8), so this only says where to look.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
