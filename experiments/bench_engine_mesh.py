@@ -40,12 +40,10 @@ def main():
                              f" --xla_force_host_platform_device_count={args.devices}").strip()
   import jax
   import numpy as np
-  from bench_sampler import HERE, _settings
+  from bench_sampler import HERE, _settings, sampling_params, smollm2_tokenizer
   from bench_step import roof_gflops, save_result
-  from transformers import AutoTokenizer
 
   import jaxgrpo.models as M
-  from jaxgrpo.models import smollm2
   from jaxgrpo.rollout import continuous, sampler
 
   assert len(jax.devices()) == args.devices, jax.devices()
@@ -54,9 +52,7 @@ def main():
   meshes = {d: jax.sharding.Mesh(np.asarray(jax.devices()[:d]), ("data",)) for _, d in engines}
   sh = {d: (jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec("data")),
             jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec())) for d, m in meshes.items()}
-  path = smollm2.hf_checkpoint_dir()
-  tok = AutoTokenizer.from_pretrained(path)
-  tok.padding_side = "left"
+  path, tok = smollm2_tokenizer()
   g = 8
   roof = roof_gflops()
   rows = []
@@ -65,9 +61,7 @@ def main():
     params = M.cast_params(params, s["dtype"])
     placed = {d: (jax.device_put(params, repl), *(jax.device_put(np.asarray(x), rows) for x in s["prompts"]))
               for d, (rows, repl) in sh.items()}
-    eos = (tok.convert_tokens_to_ids(tok.eos_token),) if s["eos"] else ()  # as bench_sampler.py
-    sp = sampler.SamplingParams(group_size=g, max_new_tokens=s["new"], temperature=1.0, eos_ids=eos,
-                                pad_id=tok.pad_token_id)
+    sp = sampling_params(tok, s, g)
 
     def call(name, seed):
       engine, d = name.split("@")

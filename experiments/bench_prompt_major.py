@@ -25,7 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_sampler import CHAT, HERE
+from bench_sampler import CHAT, HERE, encode_chat, smollm2_tokenizer
 from bench_step import roof_gflops, save_result
 
 
@@ -36,19 +36,11 @@ def main():
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out", default=os.path.join(HERE, "results", "bench_prompt_major.json"))
   args = p.parse_args()
-  from transformers import AutoTokenizer
-
   import jaxgrpo.models as M
-  from jaxgrpo.models import smollm2
   from jaxgrpo.rollout import continuous, sampler
 
-  path = smollm2.hf_checkpoint_dir()
-  tok = AutoTokenizer.from_pretrained(path)
-  tok.padding_side = "left"
-  texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-           for q in CHAT]
-  batch = tok(texts, return_tensors="np", padding=True)
-  ids, mask = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])
+  path, tok = smollm2_tokenizer()
+  ids, mask = (jnp.asarray(x) for x in encode_chat(tok, CHAT))
   g, slots = 8, 8 * len(CHAT)
   one, axes = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("rows",)), ("rows",)
   rows = []

@@ -27,7 +27,7 @@ import time
 
 import jax
 import numpy as np
-from bench_sampler import HERE, _settings
+from bench_sampler import HERE, _settings, sampling_params, smollm2_tokenizer
 from bench_step import roof_gflops, save_result
 
 
@@ -42,15 +42,10 @@ def main():
                  help="read_growth:read_block pairs, the first the baseline")
   p.add_argument("--out", default=os.path.join(HERE, "results", "bench_read_growth.json"))
   args = p.parse_args()
-  from transformers import AutoTokenizer
-
   import jaxgrpo.models as M
-  from jaxgrpo.models import smollm2
-  from jaxgrpo.rollout import continuous, sampler
+  from jaxgrpo.rollout import continuous
 
-  path = smollm2.hf_checkpoint_dir()
-  tok = AutoTokenizer.from_pretrained(path)
-  tok.padding_side = "left"
+  path, tok = smollm2_tokenizer()
   args.settings = args.setting
   policies = tuple((g, int(b)) for g, b in (x.split(":") for x in args.policies.split(",")))
   base_name = policies[0][0]
@@ -62,9 +57,7 @@ def main():
     model, params = M.from_pretrained(path, setting["dtype"])
     params = M.cast_params(params, setting["dtype"])
     ids, mask = (np.asarray(x) for x in setting["prompts"])
-    eos = (tok.convert_tokens_to_ids(tok.eos_token),) if setting["eos"] else ()  # as bench_sampler.py
-    sp = sampler.SamplingParams(group_size=args.group, max_new_tokens=setting["new"], temperature=1.0, eos_ids=eos,
-                                pad_id=tok.pad_token_id)
+    sp = sampling_params(tok, setting, args.group)
 
     def call(policy, seed):
       growth, block = policy

@@ -24,6 +24,7 @@ steps (static: B·G × the longest completion).  vLLM runs in its own venv (``--
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -44,12 +45,39 @@ CHAT = [
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def smollm2_tokenizer():
+  """SmolLM2-135M-Instruct's checkpoint directory and its tokenizer, padding on the left (as the samplers take
+  prompts)."""
+  from transformers import AutoTokenizer
+
+  from jaxgrpo.models import smollm2
+
+  path = smollm2.hf_checkpoint_dir()
+  tok = AutoTokenizer.from_pretrained(path)
+  tok.padding_side = "left"
+  return path, tok
+
+
+def encode_chat(tok, questions) -> tuple[np.ndarray, np.ndarray]:
+  """Questions as one user turn each of the chat template, left-padded: (input_ids, attention_mask) [B, P]."""
+  texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+           for q in questions]
+  batch = tok(texts, return_tensors="np", padding=True)
+  return batch["input_ids"], batch["attention_mask"]
+
+
+def sampling_params(tok, setting: dict, group: int, **extra):
+  """A setting's ``SamplingParams`` (temperature 1; EOS on only where the setting says), as every engine here
+  samples it."""
+  from jaxgrpo.rollout import sampler
+
+  eos = (tok.convert_tokens_to_ids(tok.eos_token),) if setting["eos"] else ()
+  return sampler.SamplingParams(group_size=group, max_new_tokens=setting["new"], temperature=1.0, eos_ids=eos,
+                                pad_id=tok.pad_token_id, **extra)
+
+
 def _settings(tok, args):
-  def encode(questions):
-    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-             for q in questions]
-    batch = tok(texts, return_tensors="np", padding=True)
-    return batch["input_ids"], batch["attention_mask"]
+  encode = functools.partial(encode_chat, tok)
 
   words = [json.loads(line)["prompt"] for line in open(os.path.join(HERE, "..", "data", "word_problems.jsonl"))]
   out = []
@@ -112,15 +140,12 @@ def main():
   args = p.parse_args()
 
   import torch
-  from transformers import AutoModelForCausalLM, AutoTokenizer
+  from transformers import AutoModelForCausalLM
 
   import jaxgrpo.models as M
-  from jaxgrpo.models import smollm2
   from jaxgrpo.rollout import continuous, sampler
 
-  path = smollm2.hf_checkpoint_dir()
-  tok = AutoTokenizer.from_pretrained(path)
-  tok.padding_side = "left"
+  path, tok = smollm2_tokenizer()
   settings = _settings(tok, args)
   engines = args.engines.split(",")
   g = args.group
@@ -152,9 +177,8 @@ def main():
       model, params = M.from_pretrained(path, s["dtype"])
       models[s["dtype"]] = model, M.cast_params(params, s["dtype"])
     model, params = models[s["dtype"]]
-    eos = tuple(tok.convert_tokens_to_ids(t) for t in [tok.eos_token]) if s["eos"] else ()
-    sp = sampler.SamplingParams(group_size=g, max_new_tokens=s["new"], temperature=1.0, eos_ids=eos,
-                                pad_id=tok.pad_token_id)
+    sp = sampling_params(tok, s, g)
+    eos = sp.eos_ids
     kv = continuous.kv_bytes(model, sp, n_prompts, ids.shape[1], 0)
     for engine in engines:
       if engine == "static":

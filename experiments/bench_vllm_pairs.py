@@ -25,7 +25,7 @@ import time
 
 import jax
 import numpy as np
-from bench_sampler import HERE, _settings, run_vllm, vllm_job
+from bench_sampler import HERE, _settings, run_vllm, sampling_params, smollm2_tokenizer, vllm_job
 from bench_step import roof_gflops, save_result
 
 from jaxgrpo.analysis.stats import sign_flip_exact
@@ -41,15 +41,10 @@ def main():
   args = p.parse_args()
   args.prompts, g = 8, 8
 
-  from transformers import AutoTokenizer
-
   import jaxgrpo.models as M
-  from jaxgrpo.models import smollm2
   from jaxgrpo.rollout import continuous, sampler
 
-  path = smollm2.hf_checkpoint_dir()
-  tok = AutoTokenizer.from_pretrained(path)
-  tok.padding_side = "left"
+  path, tok = smollm2_tokenizer()
   settings = [s for s in _settings(tok, args) if s["dtype"] == "bfloat16"]
   model, params = M.from_pretrained(path, "bfloat16")
   params = sampler.decode_params(model, M.cast_params(params, "bfloat16"))
@@ -64,9 +59,7 @@ def main():
 
   def jax_once(s, engine, seed) -> float:
     ids, mask = s["prompts"]
-    eos = (tok.convert_tokens_to_ids(tok.eos_token),) if s["eos"] else ()
-    sp = sampler.SamplingParams(group_size=g, max_new_tokens=s["new"], temperature=1.0, eos_ids=eos,
-                                pad_id=tok.pad_token_id, kv_dtype="bfloat16")
+    sp = sampling_params(tok, s, g, kv_dtype="bfloat16")
     t0 = time.perf_counter()
     if engine == "static":
       out = sampler.sample_groups(model, params, ids, mask, jax.random.PRNGKey(seed), sp)

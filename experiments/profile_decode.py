@@ -26,7 +26,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_sampler import CHAT, HERE
+from bench_sampler import CHAT, HERE, encode_chat, smollm2_tokenizer
 from bench_step import roof_gflops, save_result
 
 
@@ -44,29 +44,21 @@ def main():
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--out", default=os.path.join(HERE, "results", "profile_decode.json"))
   args = p.parse_args()
-  from transformers import AutoTokenizer
-
   import jaxgrpo.models as M
-  from jaxgrpo.models import smollm2
   from jaxgrpo.rollout import continuous, sampler
 
-  path = smollm2.hf_checkpoint_dir()
-  tok = AutoTokenizer.from_pretrained(path)
-  tok.padding_side = "left"
-  texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-           for q in CHAT]
-  batch = tok(texts, return_tensors="np", padding=True)
-  ids, mask = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])
+  path, tok = smollm2_tokenizer()
+  ids, mask = (jnp.asarray(x) for x in encode_chat(tok, CHAT))
   g, slots, steps = 8, 8 * len(CHAT), 16
   one, axes = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("rows",)), ("rows",)
   model, params = M.from_pretrained(path, "bfloat16")
   params = sampler.decode_params(model, M.cast_params(params, "bfloat16"))
   roof = roof_gflops()
+  ctx = continuous._prefill(model, params, ids, mask, jax.random.PRNGKey(0), g, None, one, axes)  # any read's
   out = []
   for read in map(int, args.reads.split(",")):
     sp = sampler.SamplingParams(group_size=g, max_new_tokens=max(read, 64), temperature=1.0,
                                 pad_id=tok.pad_token_id)
-    ctx = continuous._prefill(model, params, ids, mask, jax.random.PRNGKey(0), g, None, one, axes)
 
     def call(n, state=None):
       state = continuous._start(model, ctx, slots, sp, one, axes) if state is None else state

@@ -96,8 +96,8 @@ def test_a_prompt_as_long_as_a_read_bucket_gets_one_more_masked_column_and_the_s
   static engine's all the same."""
   model, params = llama
   ids, mask = prompts(model.config.vocab_size, seed=2, p=8)  # read_block 8: P = 8 is a bucket
-  assert continuous._off_buckets(8, 8, T) == 1 and continuous._off_buckets(16, 8, T) == 1
-  assert continuous._off_buckets(6, 8, T) == 0 and continuous._off_buckets(12, 8, T) == 0
+  assert continuous._off_buckets(8, 8, T, "pow2") == 1 and continuous._off_buckets(16, 8, T, "pow2") == 1
+  assert continuous._off_buckets(6, 8, T, "pow2") == 0 and continuous._off_buckets(12, 8, T, "pow2") == 0
   assert continuous._off_buckets(12, 8, T, "half_octave") == 1 and continuous._off_buckets(10, 8, T, "linear") == 0
   sp = sampler.SamplingParams(group_size=2, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
   key = jax.random.PRNGKey(1)

@@ -76,11 +76,15 @@ def mesh_size(mesh: Mesh, axes) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
+def rule_axes(rules: MeshRules, logical: str | None) -> tuple[str, ...]:
+  """The mesh axes the rule table maps a logical axis to, as a tuple (empty: unsharded)."""
+  axes = rules.lookup(logical)
+  return () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+
+
 def batch_axes(mesh: Mesh, rules: MeshRules = MeshRules()) -> tuple[str, ...]:
   """The mesh axes the rule table puts the batch (row) axis on, without axes of size 1."""
-  axes = rules.lookup("batch")
-  axes_t = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-  return tuple(a for a in axes_t if mesh.shape[a] > 1)
+  return tuple(a for a in rule_axes(rules, "batch") if mesh.shape[a] > 1)
 
 
 def batch_shards(mesh: Mesh, rules: MeshRules = MeshRules()) -> int:
@@ -93,9 +97,7 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, ru
   used: set[str] = set()
   out = []
   for name, dim in zip(logical, shape):
-    axes = rules.lookup(name)
-    axes_t = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-    axes_t = tuple(a for a in axes_t if a not in used and mesh.shape[a] > 1)
+    axes_t = tuple(a for a in rule_axes(rules, name) if a not in used and mesh.shape[a] > 1)
     if axes_t and dim % mesh_size(mesh, axes_t) == 0:
       used.update(axes_t)
       out.append(axes_t[0] if len(axes_t) == 1 else axes_t)

@@ -130,7 +130,7 @@ class SlotState:
 READ_GROWTHS = ("pow2", "half_octave", "linear")
 
 
-def _bucket(n: int, block: int, cap: int, growth: str = "pow2") -> int:
+def _bucket(n: int, block: int, cap: int, growth: str) -> int:
   """The read length for ``n`` positions, ≤ cap: at least ``block``, then the next power of two (``pow2``), the
   next 2^k or 3·2^k (``half_octave``: reads at most 1.5× the need instead of 2×, twice the compilations), or the
   next multiple of ``block`` (``linear``: one compilation per block of T)."""
@@ -143,7 +143,7 @@ def _bucket(n: int, block: int, cap: int, growth: str = "pow2") -> int:
   return min(cap, max(block, up))
 
 
-def _off_buckets(p: int, block: int, cap: int, growth: str = "pow2") -> int:
+def _off_buckets(p: int, block: int, cap: int, growth: str) -> int:
   """How many masked columns to add to prompts of ``p`` positions so their cache length is no read bucket: in f32,
   a decode step whose prompt part and completion part have the same length ran 3–5× slower on XLA:CPU (SmolLM2, 64
   slots: 620–740 ms against 150–240 ms at prompt lengths 41, 56, 65, 72, 96 for the same read of 64; the same at

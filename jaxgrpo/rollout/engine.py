@@ -33,10 +33,6 @@ ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots", "read_growth")
 ENGINES = ("auto", "static", "continuous")
 
 
-def _axes(mesh_axes) -> tuple[str, ...]:
-  return () if mesh_axes is None else ((mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes))
-
-
 def resolve_engine(engine: str, mesh, windowed: bool = False,
                    rules: shard_lib.MeshRules = shard_lib.MeshRules(), slots: int = 0) -> str:
   """The engine that runs for ``sampling.engine`` on ``mesh``: ``auto`` is continuous in one process wherever the
@@ -58,12 +54,11 @@ def resolve_engine(engine: str, mesh, windowed: bool = False,
   if engine == "continuous" and windowed:
     raise ValueError("sampling.engine = 'continuous' does not support sliding-window attention (this model has "
                      "local layers, e.g. Gemma 3): use 'static' or 'auto'")
-  batch = shard_lib.batch_axes(mesh, rules)
   weight_axes = {a for n in ("vocab", "heads", "kv_heads", "mlp", "embed", "head_dim", "layers")
-                 for a in _axes(rules.lookup(n))}
-  replicated = shard_lib.batch_shards(mesh, rules) == mesh.devices.size and not weight_axes & set(batch)
-  replicated = replicated and slots % mesh.devices.size == 0
-  faster = jax.process_count() == 1 and replicated and not windowed
+                 for a in shard_lib.rule_axes(rules, n)}
+  replicated = (shard_lib.batch_shards(mesh, rules) == mesh.devices.size
+                and not weight_axes & set(shard_lib.batch_axes(mesh, rules)))
+  faster = (jax.process_count() == 1 and replicated and slots % mesh.devices.size == 0 and not windowed)
   return "continuous" if engine == "continuous" or (engine == "auto" and faster) else "static"
 
 
@@ -115,15 +110,15 @@ class RolloutEngine:
     prompt_multiple: prompts are left-padded to a multiple of this (fewer shapes, fewer compilations).
     trim: drop the all-padding tail of the completion buffer (rounded up to a bucket of T/4).
     engine: ``static`` (``sampler``: one batch of B·G rows, the oracle) | ``continuous`` (``continuous``: decode
-      slots fed from a queue, one KV copy per prompt, live-length reads; one device and one process only) |
-      ``auto``: continuous where it can run, else static.
+      slots fed from a queue, one KV copy per prompt, live-length reads; data-parallel on a mesh) | ``auto``:
+      continuous where ``resolve_engine`` finds it measured faster (replicated weights, one process), else static.
     slots: the continuous engine's decode slots (0: one per sample).
     read_growth: how the continuous engine's reads grow (``continuous.ContinuousParams.read_growth``).
   """
 
   def __init__(self, model: Transformer, tokenizer, mesh=None, rules=shard_lib.MeshRules(), *,
                prompt_multiple: int = 8, trim: bool = True, engine: str = "auto", slots: int = 0,
-               read_growth: str = "half_octave"):
+               read_growth: str = continuous.ContinuousParams.read_growth):
     if mesh is None:
       mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     if prompt_multiple < 1:
