@@ -40,6 +40,9 @@ def main():
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--policies", default="pow2:64,half_octave:64,linear:32",
                  help="read_growth:read_block pairs, the first the baseline")
+  p.add_argument("--variants", default="",
+                 help="instead of --policies: ContinuousParams settings to compare, ';'-separated, each "
+                      "'field=value,...' (e.g. 'kv_layout=stacked;kv_layout=layers'), the first the baseline")
   p.add_argument("--out", default=os.path.join(HERE, "results", "bench_read_growth.json"))
   args = p.parse_args()
   import jaxgrpo.models as M
@@ -47,7 +50,11 @@ def main():
 
   path, tok = smollm2_tokenizer()
   args.settings = args.setting
-  policies = tuple((g, int(b)) for g, b in (x.split(":") for x in args.policies.split(",")))
+  if args.variants:
+    policies = tuple((v, dict(_setting(kv) for kv in v.split(","))) for v in args.variants.split(";"))
+  else:
+    policies = tuple((f"{g}:{b}", dict(read_growth=g, read_block=int(b)))
+                     for g, b in (x.split(":") for x in args.policies.split(",")))
   base_name = policies[0][0]
   roof_start = roof_gflops()
   rows = []
@@ -60,8 +67,7 @@ def main():
     sp = sampling_params(tok, setting, args.group)
 
     def call(policy, seed):
-      growth, block = policy
-      cp = continuous.ContinuousParams(read_growth=growth, read_block=block)
+      cp = continuous.ContinuousParams(**policy[1])
       t0 = time.perf_counter()
       out, stats = continuous.sample_groups(model, params, ids, mask, jax.random.PRNGKey(seed), sp, cp=cp)
       jax.block_until_ready(out)
@@ -87,11 +93,11 @@ def main():
       same.append({k: float(np.mean(v == toks[base_name])) for k, v in toks.items()})
       print(json.dumps(dict(round=r, walls={k: v[-1] for k, v in walls.items()}, same_tokens=same[-1])), flush=True)
     base = np.asarray(walls[base_name])
-    for growth, block in policies:
+    for growth, fields in policies:
       w = np.asarray(walls[growth])
       useful = [i["useful"] for i in info[growth]]
       mean_read = float(np.mean([np.average(i["reads"]) for i in info[growth]]))
-      rows.append(dict(setting=setting["name"], read_growth=growth, read_block=block, first_call_s=first[growth],
+      rows.append(dict(setting=setting["name"], variant=growth, params=fields, first_call_s=first[growth],
                        walls=w.tolist(), median_wall=float(np.median(w)),
                        tokens_per_s=[u / x for u, x in zip(useful, w)], wall_ratio_vs_base=(base / w).tolist(),
                        median_wall_ratio_vs_base=float(np.median(base / w)), mean_read_per_call=mean_read,
@@ -108,14 +114,20 @@ def main():
                 repeats=args.repeats, baseline=base_name, rows=rows)
   save_result(args.out, result)
   print(f"# {result['model']}, {args.prompts} prompts × G = {args.group} — {result['machine']}")
-  print("| setting | read growth | reads of the first round | mean read | first call (s) | median wall (s) | "
+  print("| setting | variant | reads of the first round | mean read | first call (s) | median wall (s) | "
         f"tokens/s (median) | tokens/s / {base_name}'s, per round | median |")
   print("|---|---|---|---:|---:|---:|---:|---|---:|")
   for r in rows:
-    print(f"| {r['setting']} | {r['read_growth']} ({r['read_block']}) | {', '.join(map(str, r['reads']))} | "
+    print(f"| {r['setting']} | {r['variant']} | {', '.join(map(str, r['reads']))} | "
           f"{r['mean_read_per_call']:.0f} | {r['first_call_s']:.1f} | {r['median_wall']:.1f} | "
           f"{np.median(r['tokens_per_s']):.0f} | {', '.join(f'{x:.2f}' for x in r['tokens_per_s_ratio_vs_base'])} | "
           f"{r['median_tokens_per_s_ratio_vs_base']:.2f}× |")
+
+
+def _setting(kv: str) -> tuple[str, object]:
+  """'field=value' → (field, value as int when it is one)."""
+  key, value = kv.split("=")
+  return key.strip(), int(value) if value.strip().lstrip("-").isdigit() else value.strip()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ engine's fast configuration on CPU), one host call of 8 steps then one of 16 (tr
 length.  Ops are grouped as: ``matmul`` (XLA:CPU's ynn fusions: every dot), ``bits copy`` (fusions that convert
 uint16 bits to bf16: weights sliced out of the layer stacks, the completion-KV read window, prompt KV), ``other``.
 Summed op time exceeds wall time (XLA:CPU runs independent ops on both cores at once); the ms/step column is wall.
+``--layouts stacked,layers`` profiles both KV layouts (``ContinuousParams.kv_layout``); for ``layers`` the read is
+the buffer of earlier tokens, and each step also reads the call buffer (the 8 + 16 steps of the two calls).
 
-    python experiments/profile_decode.py --reads 64,256
+    python experiments/profile_decode.py --reads 64,256 --layouts stacked,layers
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def category(name: str) -> str:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--reads", default="64,256")
+  p.add_argument("--layouts", default="stacked")
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--out", default=os.path.join(HERE, "results", "profile_decode.json"))
   args = p.parse_args()
@@ -54,15 +57,22 @@ def main():
   model, params = M.from_pretrained(path, "bfloat16")
   params = sampler.decode_params(model, M.cast_params(params, "bfloat16"))
   roof = roof_gflops()
-  ctx = continuous._prefill(model, params, ids, mask, jax.random.PRNGKey(0), g, None, one, axes)  # any read's
+  split = continuous._split(params)
+  ring = continuous.ContinuousParams.steps_per_call  # the layers layout's call buffer, as the engine sizes it
   out = []
-  for read in map(int, args.reads.split(",")):
+  for layout, read in ((lay, int(r)) for lay in args.layouts.split(",") for r in args.reads.split(",")):
+    ctx = continuous._prefill(model, params, ids, mask, jax.random.PRNGKey(0), g, None, one, axes, layout)
+    weights = split if layout == "layers" else params
     sp = sampler.SamplingParams(group_size=g, max_new_tokens=max(read, 64), temperature=1.0,
                                 pad_id=tok.pad_token_id)
 
     def call(n, state=None):
+      if state is None and layout == "layers":  # 8 steps, then those merged into a buffer of `read` positions
+        state = continuous._start(model, ctx, slots, sp, one, axes, layout, ring)
+        state = continuous._run(model, weights, ctx, state, sp, None, n, 0, one, axes, g)
+        return continuous._merged(state, read, one, axes)
       state = continuous._start(model, ctx, slots, sp, one, axes) if state is None else state
-      return continuous._run(model, params, ctx, state, sp, None, n, read, one, axes, g)
+      return continuous._run(model, weights, ctx, state, sp, None, n, read, one, axes, g)
 
     def timed():
       state = jax.block_until_ready(call(8))
@@ -72,8 +82,7 @@ def main():
 
     timed()
     walls = [timed() for _ in range(3)]
-    hlo = continuous._run.lower(model, params, ctx, continuous._start(model, ctx, slots, sp, one, axes), sp, None,
-                                steps, read, one, axes, g).compile().as_text()
+    hlo = continuous._run.lower(model, weights, ctx, call(8), sp, None, steps, read, one, axes, g).compile().as_text()
     state = jax.block_until_ready(call(8))
     with tempfile.TemporaryDirectory() as tmp:
       jax.profiler.start_trace(tmp, create_perfetto_trace=True)
@@ -95,7 +104,7 @@ def main():
 
     top = [dict(op=n, ms_per_step=ms, category=category(n), shape=describe(n)[0], source=describe(n)[1])
            for n, ms in ops.most_common(args.top)]
-    out.append(dict(read=read, slots=slots, prompt_len=int(ids.shape[1]), wall_ms_per_step=walls,
+    out.append(dict(layout=layout, read=read, slots=slots, prompt_len=int(ids.shape[1]), wall_ms_per_step=walls,
                     summed_op_ms_per_step=sum(ops.values()), categories=dict(cats), top=top))
     print(json.dumps(out[-1]), flush=True)
   result = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, f32 matmul roof {roof:.0f} GFLOP/s (measured "
@@ -103,14 +112,14 @@ def main():
                 rows=out)
   save_result(args.out, result)
   print(f"# {result['model']}, 64 prompt-major slots — {result['machine']}")
-  print("| read | wall ms/step (3 calls) | summed op ms/step | matmul | bits copy | other |")
-  print("|---:|---|---:|---:|---:|---:|")
+  print("| layout | read | wall ms/step (3 calls) | summed op ms/step | matmul | bits copy | other |")
+  print("|---|---:|---|---:|---:|---:|---:|")
   for r in out:
     c, tot = r["categories"], r["summed_op_ms_per_step"]
-    print(f"| {r['read']} | {', '.join(f'{w:.0f}' for w in r['wall_ms_per_step'])} | {tot:.0f} | " +
+    print(f"| {r['layout']} | {r['read']} | {', '.join(f'{w:.0f}' for w in r['wall_ms_per_step'])} | {tot:.0f} | " +
           " | ".join(f"{c.get(k, 0):.1f} ({c.get(k, 0) / tot:.0%})" for k in ("matmul", "bits copy", "other")) + " |")
   for r in out:
-    print(f"\n## read {r['read']}: top ops, ms per step (summed op time)")
+    print(f"\n## {r['layout']}, read {r['read']}: top ops, ms per step (summed op time)")
     for t in r["top"][:12]:
       print(f"  {t['ms_per_step']:6.2f}  {t['category']:9s} {t['shape']:22s} {t['source']}")
 

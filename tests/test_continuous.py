@@ -7,7 +7,10 @@ used exactly while every sample has its own slot), a bf16 KV cache is what it sa
 name."""
 
 import dataclasses
+import functools
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,14 +75,15 @@ def assert_same_samples(a: sampler.SampleOutput, b: sampler.SampleOutput):
   np.testing.assert_allclose(np.asarray(a.entropies), np.asarray(b.entropies), atol=2e-5)
 
 
-def test_sampled_output_equals_the_static_engine_for_any_slot_count(tiny):
+@pytest.mark.parametrize("layout", continuous.KV_LAYOUTS)
+def test_sampled_output_equals_the_static_engine_for_any_slot_count(tiny, layout):
   model, params = tiny
   ids, mask = prompts(model.config.vocab_size, seed=1)
   sp = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0)
   key = jax.random.PRNGKey(5)
   ref = sampler.sample_groups(model, params, ids, mask, key, sp)
   for slots in (0, 2):
-    out, stats = run(model, params, ids, mask, key, sp, slots=slots, **SMALL)
+    out, stats = run(model, params, ids, mask, key, sp, slots=slots, kv_layout=layout, **SMALL)
     assert_same_samples(out, ref)
     assert stats.useful_tokens == int(np.asarray(ref.lengths).sum())
     assert stats.host_calls > 1 and min(stats.reads) < sp.max_new_tokens  # reads followed the live length
@@ -131,22 +135,55 @@ def test_every_read_growth_gives_the_same_samples_with_its_own_reads(llama):
   ref = sampler.sample_groups(model, params, ids, mask, key, sp)
   reads = {}
   for growth in continuous.READ_GROWTHS:
-    out, stats = run(model, params, ids, mask, key, sp, steps_per_call=4, read_block=4, read_growth=growth)
+    out, stats = run(model, params, ids, mask, key, sp, steps_per_call=4, read_block=4, read_growth=growth,
+                     kv_layout="stacked")
     assert_same_samples(out, ref)
     reads[growth] = stats.reads
     assert list(stats.reads) == [continuous._bucket(4 * (c + 1), 4, 24, growth) for c in range(len(stats.reads))]
   assert reads["linear"] == (4, 8, 12, 16, 20, 24) and reads["pow2"] == (4, 8, 16, 16, 24, 24)
   assert reads["half_octave"] == (4, 8, 12, 16, 24, 24)
+  # layers layout: a read ≥ the longest live before each call (none before the first), plus the call's 4 steps
+  out, stats = run(model, params, ids, mask, key, sp, steps_per_call=4, read_block=4, kv_layout="layers")
+  assert_same_samples(out, ref)
+  assert stats.reads == (4, 8, 12, 16, 20, 28)  # 0 + 4, then half_octave buckets of 4, 8, 12, 16 and 24, + 4
 
 
-def test_greedy_and_sampled_output_equal_the_static_engine_with_gqa(llama):
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(data=st.data())
+def test_a_call_buffer_merges_behind_each_slots_earlier_tokens(data):
+  """``_merge_local`` against a per-slot list oracle: slot s's tokens before the call (its first
+  length − (steps − ring_from) positions of the old buffer) followed by its call-buffer columns ring_from .. steps − 1,
+  in a buffer of the new read; the columns past a slot's length are never read (masked), so only its tokens are
+  compared."""
+  s_, r, j = data.draw(st.integers(1, 5)), data.draw(st.integers(0, 9)), data.draw(st.integers(1, 6))
+  steps = data.draw(st.integers(0, j))
+  rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+  buf = rng.normal(size=(s_, 2, r, 3)).astype(np.float32)
+  ring = rng.normal(size=(s_, 2, j, 3)).astype(np.float32)
+  ring_from = np.asarray([data.draw(st.integers(0, steps)) for _ in range(s_)], np.int32)
+  before = np.asarray([data.draw(st.integers(0, r)) if f == 0 else 0 for f in ring_from], np.int32)
+  length = before + steps - ring_from
+  read = data.draw(st.integers(int(length.max()), int(length.max()) + 4))
+  for dtype in (jnp.float32, jnp.bfloat16):
+    out = np.asarray(continuous._merge_local(jnp.asarray(buf, dtype), jnp.asarray(ring), jnp.asarray(length),
+                                             jnp.asarray(ring_from), jnp.asarray(steps, jnp.int32), read),
+                     np.float32)
+    assert out.shape == (s_, 2, read, 3)
+    for i in range(s_):
+      want = np.concatenate([buf[i, :, :before[i]], ring[i, :, ring_from[i]:steps]], axis=1)
+      want = np.asarray(jnp.asarray(want, dtype), np.float32)  # the cache dtype's rounding
+      np.testing.assert_array_equal(out[i, :, :length[i]], want)
+
+
+@pytest.mark.parametrize("layout", continuous.KV_LAYOUTS)
+def test_greedy_and_sampled_output_equal_the_static_engine_with_gqa(llama, layout):
   model, params = llama
   ids, mask = prompts(model.config.vocab_size, seed=7)
   for temperature in (0.0, 1.0):
     sp = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=temperature, eos_ids=(EOS,), pad_id=0)
     ref = sampler.sample_groups(model, params, ids, mask, jax.random.PRNGKey(0), sp)
     key = jax.random.PRNGKey(1 if temperature == 0 else 0)  # greedy: no key matters
-    out, _ = run(model, params, ids, mask, key, sp, slots=5, **SMALL)
+    out, _ = run(model, params, ids, mask, key, sp, slots=5, kv_layout=layout, **SMALL)
     assert_same_samples(out, ref)
 
 
@@ -186,7 +223,8 @@ def test_logprobs_and_entropies_equal_a_teacher_forced_forward(llama, temperatur
     assert (np.asarray(out.logprobs[:, g])[~valid] == 0).all()
 
 
-def test_compaction_computes_fewer_rows_than_the_static_batch(llama):
+@pytest.mark.parametrize("layout", continuous.KV_LAYOUTS)
+def test_compaction_computes_fewer_rows_than_the_static_batch(llama, layout):
   """With EOS the lengths are ragged: the static batch decodes N rows until the longest ends; continuous slots
   drop finished rows (useful / computed closer to 1)."""
   model, params = llama
@@ -197,7 +235,7 @@ def test_compaction_computes_fewer_rows_than_the_static_batch(llama):
   ref = sampler.sample_groups(model, params, ids, mask, key, sp)
   lengths = np.asarray(ref.lengths)
   static_rows = lengths.size * lengths.max()
-  out, stats = run(model, params, ids, mask, key, sp, **SMALL)
+  out, stats = run(model, params, ids, mask, key, sp, kv_layout=layout, **SMALL)
   assert_same_samples(out, ref)
   assert lengths.min() < lengths.max()  # ragged, as the test needs
   assert stats.slot_steps < static_rows
@@ -233,6 +271,25 @@ def test_prompt_major_slots_attend_as_the_gathered_ones(dtype):
     _attend_slots(q, k_new, v_new, cache, dataclasses.replace(gathered, group=g - 1), 0.3, dt)
 
 
+def test_the_layers_layout_refuses_what_it_does_not_express(llama):
+  from jaxgrpo.models.transformer import SlotMask, decode_slots, split_layers
+  model, params = llama
+  with pytest.raises(ValueError, match="kv_layout must be one of"):
+    continuous.ContinuousParams(kv_layout="paged")
+  top, layers = split_layers(params)
+  assert len(layers) == model.config.num_layers and "layers" not in top
+  np.testing.assert_array_equal(np.asarray(layers[1]["attn"]["q_kernel"]),
+                                np.asarray(params["layers"]["attn"]["q_kernel"][1]))
+  mask = SlotMask(prompt_of=jnp.zeros(2, jnp.int32), prompt_valid=jnp.ones((1, 3), bool), length=jnp.zeros(2, int),
+                  read=0)
+  one = jnp.zeros((2, 1), jnp.int32)
+  with pytest.raises(ValueError, match="SlotMask.step and ring_from must be set"):
+    decode_slots(model, top, layers, one, one, mask, (), ())
+  with pytest.raises(ValueError, match=f"needs {model.config.num_layers} layers"):
+    decode_slots(model, top, layers[:1], one, one, dataclasses.replace(
+        mask, step=jnp.zeros((), jnp.int32), ring_from=jnp.zeros(2, jnp.int32)), (), ())
+
+
 def test_a_bf16_kv_cache_is_bf16_half_the_bytes_and_close_to_f32(llama):
   model, params = llama
   ids, mask = prompts(model.config.vocab_size, seed=6)
@@ -244,15 +301,21 @@ def test_a_bf16_kv_cache_is_bf16_half_the_bytes_and_close_to_f32(llama):
   # on XLA:CPU a bf16 cache is stored as its bits (sampler.storage_dtype; tests/test_precision.py)
   assert ctx.cache["prompt_k"].dtype == sampler.storage_dtype("bfloat16") and ctx.cache["prompt_k"].itemsize == 2
   assert M.from_bits(ctx.cache["prompt_k"]).dtype == jnp.bfloat16 and ctx.cache["prompt_k"].shape[:3] == (1, 2, 3)
-  b32 = continuous.kv_bytes(model, sp32, 3, 6, 0)
-  b16 = continuous.kv_bytes(model, sp16, 3, 6, 0)
+  kv_bytes = functools.partial(continuous.kv_bytes, layout="stacked")
+  b32 = kv_bytes(model, sp32, 3, 6, 0)
+  b16 = kv_bytes(model, sp16, 3, 6, 0)
   assert b16["continuous"] * 2 == b32["continuous"] and b16["static"] * 2 == b32["static"]
   assert b32["continuous"] < b32["static"]  # one prompt copy instead of G
-  four = continuous.kv_bytes(model, sp32, 8, 6, 16, devices=4)  # per device: 2 prompts, 4 slots
-  assert four == continuous.kv_bytes(model, sp32, 2, 6, 4)
+  four = kv_bytes(model, sp32, 8, 6, 16, devices=4)  # per device: 2 prompts, 4 slots
+  assert four == kv_bytes(model, sp32, 2, 6, 4)
   # 3 prompts × G 4 on 8 devices: 2 samples each (the last 4 dummies), 1 prompt prefilled each
   per_pos = b32["continuous"] // (3 * 6 + 12 * T)  # 3 prompts of 6 positions once, 12 slots of T
-  assert continuous.kv_bytes(model, sp32, 3, 6, 0, devices=8)["continuous"] == per_pos * (6 + 2 * T)
+  assert kv_bytes(model, sp32, 3, 6, 0, devices=8)["continuous"] == per_pos * (6 + 2 * T)
+  # layers layout: + a call buffer of steps_per_call positions per slot (float32 on XLA:CPU for a bf16 cache)
+  cfg = model.config
+  ring = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4 * 12 * 4
+  assert continuous.kv_bytes(model, sp16, 3, 6, 0, layout="layers", steps_per_call=4)["continuous"] == (
+      b16["continuous"] + ring)
   key = jax.random.PRNGKey(4)
   a, _ = run(model, params, ids, mask, key, sp32, **SMALL)
   b, _ = run(model, params, ids, mask, key, sp16, **SMALL)
@@ -262,6 +325,11 @@ def test_a_bf16_kv_cache_is_bf16_half_the_bytes_and_close_to_f32(llama):
   gap = np.abs(np.asarray(a.logprobs) - np.asarray(b.logprobs))[valid]
   assert 0 < gap.max() < 0.1  # rounded KV: other numbers, not another model
   np.testing.assert_array_equal(np.asarray(st16.tokens)[:, :, 0], np.asarray(b.tokens)[:, :, 0])
+  # the layers layout keeps the bf16 cache bf16 (its call buffer float32 on XLA:CPU, holding bf16-rounded values)
+  c, _ = run(model, params, ids, mask, key, sp16, kv_layout="layers", **SMALL)
+  same = np.asarray(b.tokens) == np.asarray(c.tokens)
+  valid = (np.asarray(b.mask) * np.asarray(c.mask)).astype(bool) & np.cumprod(same, -1).astype(bool)
+  assert same.mean() > 0.9 and np.abs(np.asarray(b.logprobs) - np.asarray(c.logprobs))[valid].max() < 1e-2
   assert not policy.sampler_is_policy({"kv_dtype": "bfloat16"}) and policy.sampler_is_policy({"kv_dtype": None})
 
 
@@ -286,9 +354,11 @@ def _mesh(data, fsdp):
   return sharding.make_mesh(data, fsdp, 1, devices=jax.devices()[:data * fsdp])
 
 
-@pytest.mark.parametrize("data, fsdp, b, slots", [(4, 1, 3, 4), (2, 2, 4, 8), (8, 1, 3, 0), (4, 2, 3, 8),
-                                                   (2, 1, 4, 0)])
-def test_on_several_devices_each_runs_its_share_and_the_output_is_the_static_engines(llama, data, fsdp, b, slots):
+@pytest.mark.parametrize("data, fsdp, b, slots, layout", [
+    (4, 1, 3, 4, "stacked"), (2, 2, 4, 8, "stacked"), (8, 1, 3, 0, "stacked"), (4, 2, 3, 8, "stacked"),
+    (2, 1, 4, 0, "stacked"), (4, 1, 3, 4, "layers"), (2, 1, 4, 0, "layers")])
+def test_on_several_devices_each_runs_its_share_and_the_output_is_the_static_engines(llama, data, fsdp, b, slots,
+                                                                                     layout):
   """Data-parallel slots: the same samples whatever the device count (a sample's key is its global index), rows
   sharded over the batch axes (replicated when D does not divide B; then a device's samples may span two prompts,
   or D may exceed B), params sharded by FSDP gathered for sampling, and the slots split over the devices."""
@@ -305,7 +375,7 @@ def test_on_several_devices_each_runs_its_share_and_the_output_is_the_static_eng
   if fsdp > 1:  # the weights really are split: the engine gathers them
     assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded))
   out, stats = continuous.sample_groups(model, sharded, ids, mask, key, sp, cp=continuous.ContinuousParams(
-      slots=slots, **SMALL), mesh=mesh, axes=sharding.batch_axes(mesh))
+      slots=slots, kv_layout=layout, **SMALL), mesh=mesh, axes=sharding.batch_axes(mesh))
   assert_same_samples(out, ref)
   assert stats.devices == d and stats.useful_tokens == int(np.asarray(ref.lengths).sum())
   assert stats.slot_counts[0] == (slots or -(-b * sp.group_size // d) * d)  # over all devices
@@ -328,6 +398,7 @@ def test_several_devices_refuse_slots_they_cannot_split(llama):
 @pytest.mark.parametrize("override, match", [
     ("sampling.engine=paged", r"'sampling.engine' must be one of \['auto', 'static', 'continuous'\]"),
     ("sampling.read_growth=cubic", r"'sampling.read_growth' must be one of \['pow2', 'half_octave', 'linear'\]"),
+    ("sampling.kv_layout=paged", r"'sampling.kv_layout' must be one of \['layers', 'stacked'\]"),
     ("sampling.slots=-1", r"'sampling.slots' must be >= 0"),
     ("sampling.slots=100000", r"'sampling.slots' must be <= data.prompts_per_step × sampling.group_size"),
     ("sampling.kv_dtype=int8", r"'sampling.kv_dtype' must be one of \['float32', 'bfloat16', 'float16'\]"),

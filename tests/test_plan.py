@@ -1,10 +1,12 @@
 """`jaxgrpo plan`: per-device memory from XLA's analysis of the trainer's own compiled programs."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxgrpo import cli
+from jaxgrpo.rollout import continuous
 from jaxgrpo.train import plan, presets
 from jaxgrpo.train import step as ts
 from jaxgrpo.train.config import replace as config_replace
@@ -50,11 +52,16 @@ def test_plan_shows_what_lora_and_sharding_save():
   assert lora["bytes"]["frozen"] > 0 and full["bytes"]["frozen"] == 0
   assert full["params_total"] > 1.5e9 and full["bytes"]["params"] == pytest.approx(4 * full["params_total"], rel=1e-6)
   # one device in bfloat16: ``auto`` runs the continuous engine (measured at least as fast there), which holds one
-  # KV copy per prompt (G = 6 here) instead of the static engine's one per completion
+  # KV copy per prompt (G = 6 here) instead of the static engine's one per completion; its default layout adds a
+  # call buffer of steps_per_call positions per slot (float32 on XLA:CPU: twice a bf16 position's bytes)
   kv = full["bytes"]
-  assert full["engine"] == "continuous" and kv["kv_cache"] == kv["kv_cache_continuous"] < kv["kv_cache_static"]
+  assert full["engine"] == "continuous" and kv["kv_cache"] == kv["kv_cache_continuous"]
   g, p, t = base.sampling.group_size, 16, 64
-  assert kv["kv_cache_continuous"] / kv["kv_cache_static"] == pytest.approx((p + g * t) / (g * (p + t)))
+  ring = continuous.ContinuousParams.steps_per_call * continuous._ring_dtype(jnp.bfloat16).itemsize // 2
+  assert kv["kv_cache_continuous"] / kv["kv_cache_static"] == pytest.approx((p + g * (t + ring)) / (g * (p + t)))
+  stacked = plan.plan(config_replace(base, sampling={"kv_layout": "stacked"}), devices=1, prompt_len=16)["bytes"]
+  assert stacked["kv_cache_continuous"] / stacked["kv_cache_static"] == pytest.approx((p + g * t) / (g * (p + t)))
+  assert stacked["kv_cache_continuous"] < stacked["kv_cache_static"]
 
 
 def test_plan_cli_prints_a_table_and_says_whether_it_fits(capsys):

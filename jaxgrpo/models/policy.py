@@ -77,6 +77,7 @@ SAMPLING_OPTIONS: dict[str, Callable[[Any], bool] | None] = {
     "engine": None,  # which decode loop (static or continuous batching): the same distribution, summed in another order
     "slots": None,  # how many samples decode at once
     "read_growth": None,  # how far past the live length a decode step reads (masked: the same distribution)
+    "kv_layout": None,  # where the continuous engine keeps the slots' KV (the same distribution, another sum order)
     "kv_dtype": lambda d: d is not None,  # a KV cache in another dtype computes other numbers
     "dtype": lambda d: d is not None,  # a sampler in its own compute dtype (bf16 beside f32) computes other numbers
 }

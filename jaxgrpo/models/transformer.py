@@ -120,6 +120,14 @@ class SlotMask:
   # > 0: the slots are prompt-major (slot s reads prompt s // group, S = B·group, ``prompt_of`` says the same):
   # each prompt's keys are read once for its `group` slots' queries instead of gathered per slot
   group: int = dataclasses.field(default=0, metadata={"static": True})
+  # a call buffer (``decode_slots``): the layer cache also holds ``ring_k``/``ring_v`` [S, KV, J, Dh], where every
+  # slot wrote its tokens of this host call at column = the call's step; ``k``/``v`` (read-only in the call) hold
+  # what came before.  ``step``: int32[] this step (the column written now); ``ring_from``: int32[S] the first
+  # column of each slot's current sample (its later refill step + 1, or 0), so slot s has
+  # length[s] − (step − ring_from[s]) tokens in ``k``/``v``.  None: no call buffer (the new token goes to
+  # ``k``/``v`` at ``length``)
+  step: jax.Array | None = None
+  ring_from: jax.Array | None = None
 
 
 _INIT = nn.initializers.normal(0.02)
@@ -317,13 +325,22 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
 
   As the static decode path: scores and value sums by ``_decode_scores``/``_decode_values`` in the compute
   ``dtype`` with float32 accumulation, the softmax in float32 over [prompt | completion | new]; prompt-major slots
-  (``slots.group``) stack each group's queries against one copy of its prompt's keys.
+  (``slots.group``) stack each group's queries against one copy of its prompt's keys.  With a call buffer
+  (``slots.ring_from``, ``decode_slots``): [prompt | completion before the call | the call's tokens], the cache's
+  ``ring_k``/``ring_v`` [S, KV, J, Dh] holding the call's tokens with the new one already written (read in their
+  own dtype), and no separate new key (``k_new``, ``v_new`` None).
   """
   neg = jnp.finfo(jnp.float32).min
   read = lambda c: from_bits(c).astype(dtype)
   ck = read(layer_cache["k"][:, :, :slots.read])  # [S, KV, R, Dh]: the live part only
   cv = read(layer_cache["v"][:, :, :slots.read])
-  c_valid = jnp.arange(slots.read)[None, :] < slots.length[:, None]  # [S, R]
+  before = slots.length
+  if slots.ring_from is not None:  # this call's tokens are in the call buffer, the earlier ones in k/v
+    before = slots.length - (slots.step - slots.ring_from)
+    rk, rv = layer_cache["ring_k"], layer_cache["ring_v"]  # [S, KV, J, Dh], read as stored (no conversion)
+    j = jnp.arange(rk.shape[2])[None, :]
+    r_valid = (j >= slots.ring_from[:, None]) & (j <= slots.step)  # [S, J]: the new token's column included
+  c_valid = jnp.arange(slots.read)[None, :] < before[:, None]  # [S, R]
   q = q.astype(dtype)
   n, kv, hg, dh = q.shape
   p_len = layer_cache["prompt_k"].shape[2]
@@ -343,13 +360,24 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
     p_scores = _decode_scores(q, pk)
     p_valid = jnp.take(slots.prompt_valid, slots.prompt_of, axis=0)  # [S, P]
     p_values = lambda probs: _decode_values(probs, pv)
-  s_n = jnp.sum(q.astype(jnp.float32) * k_new.astype(jnp.float32)[:, :, None, :], axis=-1)[..., None]  # [S, KV, G, 1]
-  scores = jnp.concatenate([jnp.where(p_valid[:, None, None], p_scores * scale, neg),
-                            jnp.where(c_valid[:, None, None], _decode_scores(q, ck) * scale, neg), s_n * scale],
-                           axis=-1)
-  probs = jax.nn.softmax(scores, axis=-1)
-  out = (p_values(probs[..., :p_len]) + _decode_values(probs[..., p_len:-1], cv)
-         + probs[..., -1:] * v_new.astype(jnp.float32)[:, :, None, :])
+  parts = [jnp.where(p_valid[:, None, None], p_scores * scale, neg)]
+  if slots.read:
+    parts.append(jnp.where(c_valid[:, None, None], _decode_scores(q, ck) * scale, neg))
+  if slots.ring_from is not None:
+    parts.append(jnp.where(r_valid[:, None, None], _decode_scores(q.astype(rk.dtype), rk) * scale, neg))
+  if k_new is not None:  # the new token's key apart (without a call buffer)
+    s_n = jnp.sum(q.astype(jnp.float32) * k_new.astype(jnp.float32)[:, :, None, :], axis=-1)[..., None]
+    parts.append(s_n * scale)  # [S, KV, G, 1]
+  probs = jax.nn.softmax(jnp.concatenate(parts, axis=-1), axis=-1)
+  r_len = rk.shape[2] if slots.ring_from is not None else 0
+  c_end = p_len + slots.read
+  out = p_values(probs[..., :p_len])
+  if k_new is not None:
+    out = out + probs[..., -1:] * v_new.astype(jnp.float32)[:, :, None, :]
+  if slots.read:
+    out = out + _decode_values(probs[..., p_len:c_end], cv)
+  if r_len:
+    out = out + _decode_values(probs[..., c_end:c_end + r_len], rv)
   return out.astype(dtype)
 
 
@@ -403,6 +431,14 @@ class Attention(nn.Module):
     if isinstance(mask, SlotMask):
       if layer_cache is None or t != 1:
         raise ValueError("a SlotMask (continuous-batching decode) needs the slot cache and one token per slot")
+      if mask.ring_from is not None:  # written into the call buffers first, then read with them (``decode_slots``)
+        # rounded to the cache dtype, held in the call buffer's (float32 on XLA:CPU: ``decode_slots``)
+        ring = {n: jax.lax.dynamic_update_slice_in_dim(
+            layer_cache[f"ring_{n}"], new.transpose(0, 2, 1, 3).astype(layer_cache[n].dtype).astype(
+                layer_cache[f"ring_{n}"].dtype), mask.step, axis=2) for n, new in (("k", k), ("v", v))}
+        out = _attend_slots(qg[:, 0], None, None, {**layer_cache, "ring_k": ring["k"], "ring_v": ring["v"]}, mask,
+                            scale, x.dtype)
+        return project_out(out.reshape(b, 1, h, dh)), ring
       out = _attend_slots(qg[:, 0], k[:, 0], v[:, 0], layer_cache, mask, scale, x.dtype)
       new_slots = {"k": to_storage(k.transpose(0, 2, 1, 3), layer_cache["k"].dtype),
                    "v": to_storage(v.transpose(0, 2, 1, 3), layer_cache["v"].dtype)}
@@ -521,15 +557,10 @@ class Transformer(nn.Module):
   ) -> Output:
     cfg = self.config
     embed = _param(self, "embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
-    x = jnp.take(embed, input_ids, axis=0)
-    if cfg.embed_scale:  # Gemma: × √D, the factor in the embeddings' dtype (as transformers)
-      x = x * jnp.asarray(math.sqrt(cfg.hidden_size), x.dtype)
-    rope = None
+    pos_embed = None
     if cfg.is_gpt2:
       pos_embed = _param(self, "pos_embed", (cfg.max_position_embeddings, cfg.hidden_size), (None, "embed"))
-      x = x + jnp.take(pos_embed, positions, axis=0)
-    else:
-      rope = rope_tables(cfg, positions)
+    x, rope = _embed(cfg, embed, pos_embed, input_ids, positions)
     local = None
     if cfg.windowed:  # each layer picks (global, local) RoPE tables and masks
       if isinstance(mask, (TreeMask, SlotMask)):
@@ -579,6 +610,62 @@ class Transformer(nn.Module):
     if cfg.final_logit_softcap:
       logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
     return logits
+
+
+def _embed(cfg: ModelConfig, embed, pos_embed, input_ids, positions):
+  """Token embeddings [B, T, D] (plus GPT-2's learned positions) and the RoPE tables (None for GPT-2)."""
+  x = jnp.take(embed, input_ids, axis=0)
+  if cfg.embed_scale:  # Gemma: × √D, the factor in the embeddings' dtype (as transformers)
+    x = x * jnp.asarray(math.sqrt(cfg.hidden_size), x.dtype)
+  if pos_embed is not None:
+    return x + jnp.take(pos_embed, positions, axis=0), None
+  return x, rope_tables(cfg, positions)
+
+
+def split_layers(params: Params) -> tuple[Params, tuple[Params, ...]]:
+  """(the params without the layer stack, each layer's params on its own): what ``decode_slots`` runs on, made
+  once per sampling call so no decode step slices a layer out of the stack."""
+  stack = params["layers"]
+  n = jax.tree.leaves(stack)[0].shape[0]
+  top = {k: v for k, v in params.items() if k != "layers"}
+  return top, tuple(jax.tree.map(lambda x, i=i: x[i], stack) for i in range(n))
+
+
+def decode_slots(model: Transformer, top: Params, layers: tuple[Params, ...], input_ids: jax.Array,
+                 positions: jax.Array, mask: SlotMask, prompt_cache: tuple[Cache, ...],
+                 caches: tuple[Cache, ...]) -> tuple[jax.Array, tuple[Cache, ...]]:
+  """One continuous-batching decode step with the layers unrolled and each layer's KV in its own buffers: S slots,
+  one token each (``input_ids``, ``positions`` int[S, 1]); ``prompt_cache[l]`` {"prompt_k", "prompt_v"} [B, KV,
+  P, Dh]; ``caches[l]`` {"k", "v"} [S, KV, R, Dh] (R = ``mask.read``: what the slots decoded before this host
+  call, read-only here) and {"ring_k", "ring_v"} [S, KV, J, Dh] (this call's tokens: every slot writes its new
+  key/value at column ``mask.step``).
+
+  Why: on XLA:CPU a bf16 buffer that a loop updates is updated through float32 (whole buffer, every step) or, kept
+  as uint16 bits, copied to bf16 before every read; the slots' earlier tokens here are a bf16 buffer nobody writes
+  in the loop, so the attention dots read it in place, and only the J-column call buffer is written.  No window is
+  sliced out of a longer cache, no layer out of a stack.  Returns (float32 logits [S, V], the caches with the call
+  buffer's new column written).  The same arithmetic as ``Transformer.__call__`` with a ``SlotMask`` over
+  layer-stacked caches (attention is order-free: keys carry their RoPE positions)."""
+  cfg = model.config
+  if cfg.windowed:
+    raise ValueError(f"decode_slots does not express sliding-window attention ({cfg.family})")
+  if mask.ring_from is None or mask.step is None:
+    raise ValueError("decode_slots writes a call buffer: SlotMask.step and ring_from must be set")
+  if len(layers) != cfg.num_layers or len(caches) != cfg.num_layers or len(prompt_cache) != cfg.num_layers:
+    raise ValueError(f"decode_slots needs {cfg.num_layers} layers of params, prompt caches and caches; got "
+                     f"{len(layers)}, {len(prompt_cache)}, {len(caches)}")
+  param = lambda x: from_bits(x).astype(cfg.dtype)
+  pos_embed = param(top["pos_embed"]) if cfg.is_gpt2 else None
+  x, rope = _embed(cfg, param(top["embed"]), pos_embed, input_ids, positions)
+  block = Block(cfg)
+  new_caches = []
+  for p, pc, c in zip(layers, prompt_cache, caches):
+    if c["k"].shape[2] != mask.read:
+      raise ValueError(f"decode_slots: each layer's cache must hold the read ({mask.read}); got {c['k'].shape}")
+    x, new = block.apply({"params": p}, x, ({**pc, **c}, None), rope, mask, 0)
+    new_caches.append({**c, "ring_k": new["k"], "ring_v": new["v"]})
+  x = Norm(cfg).apply({"params": top["final_norm"]}, x)
+  return model.apply({"params": top}, x[:, 0], method=Transformer.head), tuple(new_caches)
 
 
 def _window(mask, positions, cache, cache_index, window: int):

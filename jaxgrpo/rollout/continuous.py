@@ -13,6 +13,11 @@ preallocated cache (P + T slots), and copies each prompt's KV G times.  This eng
   one slot per sample (``slots`` 0) the slots stay prompt-major until the first compaction, and a decode step reads
   each prompt's keys once for the G·H/KV queries of its samples (``SlotMask.group``) instead of gathering a copy per
   slot.  A slot's own cache holds its completion only: [L, S, KV, T, Dh];
+* **KV layout** (``kv_layout``) — ``stacked``: the slots' KV in one [L, S, KV, T, Dh] buffer per K and V, read by a
+  layer scan (the model's own ``SlotMask`` path), each layer's read window copied out of the stack every step;
+  ``layers``: one buffer per layer holding each slot's tokens before the host call, sized to the call's read and
+  written only between calls (``_merged``), plus a small per-call buffer every step writes, the layers unrolled
+  (``models.decode_slots``): nothing copied per step (experiments/README.md §8 has the measurements);
 * **live-length reads** — each host call reads only the first ``read`` completion positions, ``read`` being the
   longest live completion plus the call's steps, rounded up to ``read_block`` or the next 2^k or 3·2^k
   (``read_growth``; 1.09× the tokens/s of powers of two on SmolLM2's word problems, experiments/bench_read_growth.py):
@@ -43,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgrpo.models import policy
-from jaxgrpo.models.transformer import SlotMask, Transformer
+from jaxgrpo.models.transformer import SlotMask, Transformer, decode_slots, from_bits, split_layers, to_storage
 from jaxgrpo.parallel import distributed as dist
 from jaxgrpo.rollout import sampler
 from jaxgrpo.rollout.sampler import SampleOutput, SamplingParams
@@ -64,12 +69,18 @@ class ContinuousParams:
   # one slot per sample (slots 0): keep the slots prompt-major and read each prompt's KV once for its G slots
   # until the first compaction (False: gather each slot's prompt KV, the earlier path; benchmarks compare the two)
   prompt_major: bool = True
+  # where the slots' KV lives: layers (one buffer per layer of the tokens before the host call, sized to its read,
+  # plus a per-call buffer; the layers unrolled: nothing copied per step; 1.22x tokens/s on the word problems in
+  # bf16, experiments/README.md §8) | stacked ([L, S, KV, T, Dh], a layer scan copying each layer's read window)
+  kv_layout: str = "layers"
 
   def __post_init__(self):
     for field, low in (("slots", 0), ("steps_per_call", 1), ("read_block", 1), ("min_slots", 1)):
       value = getattr(self, field)
       if not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{field} must be an integer >= {low}; got {value!r}")
+    if self.kv_layout not in KV_LAYOUTS:
+      raise ValueError(f"kv_layout must be one of {KV_LAYOUTS}; got {self.kv_layout!r}")
     if self.read_growth not in READ_GROWTHS:
       raise ValueError(f"read_growth must be one of {READ_GROWTHS}; got {self.read_growth!r}")
 
@@ -84,7 +95,7 @@ class EngineStats:
   decode_steps: int  # decode steps taken (per call, the most any device took)
   host_calls: int  # decode-loop calls (each up to steps_per_call steps)
   slot_counts: tuple[int, ...]  # the slot count of each call, over all devices (compaction halves it)
-  reads: tuple[int, ...]  # the completion positions read by each call
+  reads: tuple[int, ...]  # the completion positions read by each call (layers layout: the read + the call buffer)
   groups: tuple[int, ...] = ()  # per call: G where slots were prompt-major (one prompt-KV read per group), else 0
   devices: int = 1  # devices the slots are split over (data-parallel; counts and steps above are over all)
 
@@ -100,7 +111,9 @@ class PromptContext:
   """What every slot reads and nobody writes (B prompts of P positions, N samples; on several devices, per device:
   the prompts its samples belong to and its share of the samples)."""
 
-  cache: dict  # {"prompt_k", "prompt_v"}: [L, B, KV, P, Dh] each prompt's KV, once (the KV dtype)
+  # {"prompt_k", "prompt_v"}: [L, B, KV, P, Dh] each prompt's KV, once (the KV dtype); layers layout: a tuple of L
+  # such dicts of [B, KV, P, Dh]
+  cache: dict | tuple
   valid: jax.Array  # bool[B, P] real prompt positions (left padding False)
   length: jax.Array  # int32[B] prompt lengths (a completion token's position is length + its index)
   logits: jax.Array  # float32[B, V] next-token logits after each prompt (a new sample's first logits)
@@ -113,7 +126,10 @@ class PromptContext:
 class SlotState:
   """The decode loop's state (S slots, N samples, T = max_new_tokens), donated between calls."""
 
-  cache: dict  # {"k", "v"}: [L, S, KV, T, Dh] each slot's completion KV (the KV dtype)
+  # stacked layout: {"k", "v"} [L, S, KV, T, Dh] each slot's completion KV (the KV dtype).  layers layout: a tuple
+  # of L {"k", "v": [S, KV, R, Dh] the slot's tokens before this call (the KV dtype, R the call's read), "ring_k",
+  # "ring_v": [S, KV, J, Dh] its tokens of this call (J = steps_per_call; ``_ring_dtype``)}
+  cache: dict | tuple
   sample: jax.Array  # int32[S] the sample each slot decodes (−1: idle)
   length: jax.Array  # int32[S] completion tokens the slot's sample has so far
   logits: jax.Array  # float32[S, V] each slot's next-token logits
@@ -125,9 +141,12 @@ class SlotState:
   entropies: jax.Array  # float32[N, T] the policy's entropies where they were drawn (0 elsewhere)
   lengths: jax.Array  # int32[N] completion lengths (EOS included)
   eos: jax.Array  # bool[N] the sample ended with an EOS id
+  ring_from: jax.Array  # int32[S] layers layout: each slot's first call-buffer column of its current sample
 
 
 READ_GROWTHS = ("pow2", "half_octave", "linear")
+KV_LAYOUTS = ("layers", "stacked")
+
 
 
 def _bucket(n: int, block: int, cap: int, growth: str) -> int:
@@ -156,27 +175,43 @@ def _off_buckets(p: int, block: int, cap: int, growth: str) -> int:
 # Each function below is what one device runs on its own share (B/D prompts, their N/D samples, S slots).
 
 
-def _prefill_local(model: Transformer, params, prompt_ids, prompt_mask, keys, prompt_of, kv_dtype) -> PromptContext:
+def _prefill_local(model: Transformer, params, prompt_ids, prompt_mask, keys, prompt_of, kv_dtype,
+                   layout: str) -> PromptContext:
   logits, cache = sampler.prefill(model, params, prompt_ids, prompt_mask, prompt_ids.shape[1], kv_dtype)
-  return PromptContext(cache={"prompt_k": cache["k"], "prompt_v": cache["v"]}, valid=prompt_mask.astype(bool),
+  if layout == "layers":
+    pc = tuple({"prompt_k": from_bits(cache["k"][i]), "prompt_v": from_bits(cache["v"][i])}
+               for i in range(cache["k"].shape[0]))
+  else:
+    pc = {"prompt_k": cache["k"], "prompt_v": cache["v"]}
+  return PromptContext(cache=pc, valid=prompt_mask.astype(bool),
                        length=jnp.sum(prompt_mask, axis=-1).astype(jnp.int32), logits=logits, keys=keys,
                        prompt_of=prompt_of)
 
 
-def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams) -> SlotState:
+def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, layout: str,
+                 steps: int) -> SlotState:
   cfg = model.config
   n, t = ctx.keys.shape[0], sp.max_new_tokens
   sample = jnp.where(jnp.arange(slots) < n, jnp.arange(slots), -1).astype(jnp.int32)
-  shape = (cfg.num_layers, slots, cfg.num_kv_heads, t, cfg.head_dim)
-  dtype = sampler.storage_dtype(sampler.cache_dtype(model, sp))
+  if layout == "layers":  # nothing decoded yet (0 columns) and a call buffer of ``steps`` columns
+    dtype = sampler.cache_dtype(model, sp)
+    zeros = lambda r, dt: jnp.zeros((slots, cfg.num_kv_heads, r, cfg.head_dim), dt)
+    ring = _ring_dtype(dtype)
+    cache = tuple({"k": zeros(0, dtype), "v": zeros(0, dtype), "ring_k": zeros(steps, ring),
+                   "ring_v": zeros(steps, ring)} for _ in range(cfg.num_layers))
+  else:
+    shape = (cfg.num_layers, slots, cfg.num_kv_heads, t, cfg.head_dim)
+    dtype = sampler.storage_dtype(sampler.cache_dtype(model, sp))
+    cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
   return SlotState(
-      cache={"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)},
+      cache=cache,
       sample=sample, length=jnp.zeros((slots,), jnp.int32),
       logits=jnp.take(ctx.logits, jnp.take(ctx.prompt_of, jnp.maximum(sample, 0)), axis=0),
       next=jnp.asarray(min(slots, n), jnp.int32), steps=jnp.zeros((), jnp.int32),
       slot_steps=jnp.zeros((), jnp.int32),
       tokens=jnp.full((n, t), sp.pad_id, jnp.int32), logprobs=jnp.zeros((n, t), jnp.float32),
-      entropies=jnp.zeros((n, t), jnp.float32), lengths=jnp.zeros((n,), jnp.int32), eos=jnp.zeros((n,), bool))
+      entropies=jnp.zeros((n, t), jnp.float32), lengths=jnp.zeros((n,), jnp.int32), eos=jnp.zeros((n,), bool),
+      ring_from=jnp.zeros((slots,), jnp.int32))
 
 
 def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: SamplingParams,
@@ -203,9 +238,16 @@ def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState,
     hit_eos = live & jnp.isin(tok, eos_ids)
     ended = live & (hit_eos | (new_len >= t))
     prompt = jnp.take(ctx.prompt_of, sid)
-    mask = SlotMask(prompt_of=prompt, prompt_valid=ctx.valid, length=s.length, read=read, group=group)
+    ring = isinstance(s.cache, tuple)
+    mask = SlotMask(prompt_of=prompt, prompt_valid=ctx.valid, length=s.length, read=read, group=group,
+                    step=s.steps if ring else None, ring_from=s.ring_from if ring else None)
     positions = jnp.take(ctx.length, prompt) + s.length
-    out = model.apply({"params": params}, tok[:, None], positions[:, None], mask, {**ctx.cache, **s.cache}, 0)
+    if ring:
+      next_logits, new_cache = decode_slots(model, *params, tok[:, None], positions[:, None], mask, ctx.cache,
+                                            s.cache)
+    else:
+      out = model.apply({"params": params}, tok[:, None], positions[:, None], mask, {**ctx.cache, **s.cache}, 0)
+      next_logits, new_cache = out.logits[:, 0], {"k": out.cache["k"], "v": out.cache["v"]}
     # refill: the k-th ended slot takes queue entry next + k (while the queue lasts)
     rank = jnp.cumsum(ended.astype(jnp.int32)) - 1
     new_sid = s.next + rank
@@ -213,16 +255,17 @@ def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState,
     sample = jnp.where(refill, new_sid, jnp.where(ended, -1, s.sample)).astype(jnp.int32)
     new_prompt = jnp.take(ctx.prompt_of, jnp.minimum(new_sid, n - 1))
     logits = jnp.where(refill[:, None], jnp.take(ctx.logits, new_prompt, axis=0),
-                       out.logits[:, 0])
+                       next_logits)
     return SlotState(
-        cache={"k": out.cache["k"], "v": out.cache["v"]}, sample=sample,
+        cache=new_cache, sample=sample,
         length=jnp.where(ended, 0, new_len), logits=logits,
         next=jnp.minimum(s.next + jnp.sum(ended.astype(jnp.int32)), n).astype(jnp.int32),
         steps=s.steps + 1, slot_steps=s.slot_steps + s.sample.shape[0],
         tokens=put(s.tokens, tok), logprobs=put(s.logprobs, jnp.where(live, logp, 0.0)),
         entropies=put(s.entropies, jnp.where(live, ent, 0.0)),
         lengths=s.lengths.at[out_row].set(new_len, mode="drop"),
-        eos=s.eos.at[out_row].set(hit_eos, mode="drop"))
+        eos=s.eos.at[out_row].set(hit_eos, mode="drop"),
+        ring_from=jnp.where(refill, s.steps + 1, s.ring_from) if ring else s.ring_from)
 
   return jax.lax.while_loop(cond, body, dataclasses.replace(state, steps=jnp.zeros((), jnp.int32)))
 
@@ -231,7 +274,9 @@ def _compact_local(state: SlotState, slots: int) -> SlotState:
   """The live slots moved to the first ``slots`` rows (they must fit)."""
   order = jnp.argsort(jnp.where(state.sample >= 0, 0, 1), stable=True)[:slots]
   take = lambda x, axis=0: jnp.take(x, order, axis=axis)
-  return dataclasses.replace(state, cache=jax.tree.map(lambda c: take(c, 1), state.cache), sample=take(state.sample),
+  axis = 0 if isinstance(state.cache, tuple) else 1
+  return dataclasses.replace(state, cache=jax.tree.map(lambda c: take(c, axis), state.cache),
+                             sample=take(state.sample), ring_from=take(state.ring_from),
                              length=take(state.length), logits=take(state.logits))
 
 
@@ -280,22 +325,60 @@ def _shares(b: int, g: int, d: int) -> tuple[int, np.ndarray, np.ndarray]:
   return n_local, prompts, (prompt - first[:, None]).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "g", "kv_dtype", "mesh", "axes"))
-def _prefill(model: Transformer, params, prompt_ids, prompt_mask, rng, g: int, kv_dtype, mesh, axes):
+@functools.partial(jax.jit, static_argnames=("model", "g", "kv_dtype", "mesh", "axes", "layout"))
+def _prefill(model: Transformer, params, prompt_ids, prompt_mask, rng, g: int, kv_dtype, mesh, axes,
+             layout: str = "stacked"):
   """Prompts [B, P] → the per-device contexts of their B·G samples (``_shares``); sample i's key is
   ``fold_in(rng, i)`` wherever it runs."""
   d = _devices(mesh, axes)
   b = prompt_ids.shape[0]
   n_local, prompts, prompt_of = _shares(b, g, d)
   keys = sampler.sample_keys(rng, d * n_local).reshape(d, n_local, 2)
-  fn = lambda params, ids, mask, keys, of: _prefill_local(model, params, ids, mask, keys, of, kv_dtype)
+  fn = lambda params, ids, mask, keys, of: _prefill_local(model, params, ids, mask, keys, of, kv_dtype, layout)
   take = lambda x: jnp.take(x, jnp.asarray(prompts), axis=0)  # [D, Bd, P]
   return _per_device(fn, mesh, axes, 1)(params, take(prompt_ids), take(prompt_mask), keys, jnp.asarray(prompt_of))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "slots", "sp", "mesh", "axes"))
-def _start(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, mesh, axes) -> SlotState:
-  return _per_device(lambda c: _start_local(model, c, slots, sp), mesh, axes, 0)(ctx)
+@functools.partial(jax.jit, static_argnames=("model", "slots", "sp", "mesh", "axes", "layout", "steps"))
+def _start(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, mesh, axes, layout="stacked",
+           steps: int = 0) -> SlotState:
+  return _per_device(lambda c: _start_local(model, c, slots, sp, layout, steps), mesh, axes, 0)(ctx)
+
+
+def _ring_dtype(dtype) -> jnp.dtype:
+  """The call buffers' dtype for a cache of ``dtype``: on XLA:CPU float32 for a 16-bit cache (a bf16 buffer that
+  the loop writes is written through float32, whole buffer, every step; kept as bits, it is copied before every
+  read and around every write — float32 is written in place and read by the dots as it is), else ``dtype``."""
+  dtype = jnp.dtype(dtype)
+  return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" and dtype.itemsize == 2 else dtype
+
+
+def _merge_local(buf, ring, length, ring_from, steps, read: int):
+  """One layer's K or V after a host call of ``steps`` steps: what each slot decoded before the call (``buf`` [S,
+  KV, R, Dh], the cache dtype) then its tokens in the call buffer (``ring`` [S, KV, J, Dh], the storage dtype:
+  from column ``ring_from``) as one buffer of the slot's first ``read`` completion positions (≥ the longest
+  live).  Moved as stored bits (a gather, no float math)."""
+  r = buf.shape[2]
+  before = length - (steps - ring_from)  # [S]
+  c = jnp.arange(read)[None, :]
+  src = jnp.where(c < before[:, None], c, r + ring_from[:, None] + c - before[:, None])
+  src = jnp.clip(src, 0, r + ring.shape[2] - 1)  # past a slot's length: anything already there (masked)
+  bits = sampler.storage_dtype(buf.dtype)
+  both = jnp.concatenate([to_storage(buf, bits), to_storage(ring.astype(buf.dtype), bits)], axis=2)
+  return from_bits(jnp.take_along_axis(both, src[:, None, :, None], axis=2)).astype(buf.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("read", "mesh", "axes"))
+def _merge(buf, ring, length, ring_from, steps, read: int, mesh, axes):
+  """``_merge_local`` on every device (one layer's K or V per call: the peak holds one layer twice, not the
+  cache)."""
+  return _per_device(lambda *a: _merge_local(*a, read), mesh, axes, 0)(buf, ring, length, ring_from, steps)
+
+
+@jax.jit
+def _split(params):
+  """``models.split_layers`` in the compute dtype (bf16 as bf16, not bits: no layer is sliced out of a stack)."""
+  return jax.tree.map(from_bits, split_layers(params))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sp", "allowed", "steps_per_call", "read", "group", "mesh",
@@ -317,6 +400,17 @@ def _progress(state: SlotState, mesh, axes) -> jax.Array:
   decoded — replicated, so every process reads it."""
   out = _per_device(_progress_local, mesh, axes, 0)(state)
   return jax.lax.with_sharding_constraint(out, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def _merged(state: SlotState, read: int, mesh, axes) -> SlotState:
+  """The layers layout after a host call: each layer's call buffer merged into its earlier tokens, a buffer of
+  ``read`` positions (layer by layer, the old buffers freed as it goes); the call buffer starts over."""
+  layers = list(state.cache)
+  state = dataclasses.replace(state, cache=())
+  for i, c in enumerate(layers):
+    layers[i] = {**c, **{n: _merge(c[n], c[f"ring_{n}"], state.length, state.ring_from, state.steps, read, mesh,
+                                   axes) for n in ("k", "v")}}
+  return dataclasses.replace(state, cache=tuple(layers), ring_from=jnp.zeros_like(state.ring_from))
 
 
 def _devices(mesh, axes) -> int:
@@ -352,8 +446,11 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   n_local = _shares(b, g, d)[0]
   slots = min(cp.slots // d or n_local, n_local)
   params = sampler.decode_params(model, params)
-  ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, g, sp.kv_dtype, mesh, axes)
-  state = _start(model, ctx, slots, sp, mesh, axes)
+  layout = cp.kv_layout
+  ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, g, sp.kv_dtype, mesh, axes, layout)
+  state = _start(model, ctx, slots, sp, mesh, axes, layout, cp.steps_per_call)
+  if layout == "layers":
+    params = _split(params)
   # one slot per sample, each device's samples whole groups: slot s keeps sample s (no queue) until a compaction,
   # and reads its prompt's KV as one of the group's queries (measured faster than a gather per slot; §8)
   group = g if cp.prompt_major and slots == n_local and b % d == 0 else 0
@@ -364,11 +461,16 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
       slots = max(cp.min_slots, 1 << (live - 1).bit_length())  # the next power of two ≥ the most live on a device
       state = _compact(state, slots, mesh, axes)
       group = 0
-    read = _bucket(longest + cp.steps_per_call, cp.read_block, t, cp.read_growth)
+    if layout == "layers":  # the tokens before this call (a bucket ≥ the longest live), then the call buffer
+      read = _bucket(longest, cp.read_block, t, cp.read_growth) if longest else 0
+      if counts:
+        state = _merged(state, read, mesh, axes)
+    else:
+      read = _bucket(longest + cp.steps_per_call, cp.read_block, t, cp.read_growth)
     state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read, mesh, axes, group)
     groups.append(group)
     counts.append(slots * d)
-    reads.append(read)
+    reads.append(read + (cp.steps_per_call if layout == "layers" else 0))
     prog = np.asarray(dist.fetch(_progress(state, mesh, axes)), np.int64)  # [D, 5]
     live, longest, queued = int(prog[:, 0].max()), int(prog[:, 1].max()), bool((prog[:, 2] >= n_local).all())
     decode_steps += int(prog[:, 3].max())
@@ -402,14 +504,19 @@ def _outputs(state: SlotState, b: int, g: int, row_sharding) -> SampleOutput:
 
 
 def kv_bytes(model: Transformer, sp: SamplingParams, prompts: int, prompt_len: int, slots: int,
-             devices: int = 1) -> dict[str, int]:
+             devices: int = 1, layout: str = ContinuousParams.kv_layout,
+             steps_per_call: int = ContinuousParams.steps_per_call) -> dict[str, int]:
   """KV-cache bytes per device of both engines for ``prompts`` prompts of ``prompt_len`` positions on ``devices``
   data-parallel devices: the static sampler's (P + T slots for each of its ⌈B·G/D⌉ rows) and this engine's (P for
-  each prompt its samples belong to, once, plus T per slot; ``_shares``)."""
+  each prompt its samples belong to, once, plus T per slot; ``_shares``); the layers layout adds its call buffers
+  (``steps_per_call`` positions per slot, ``_ring_dtype``), and while it merges them, one layer's K or V twice."""
   cfg = model.config
   per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * sampler.cache_dtype(model, sp).itemsize
   n_local, local_prompts, _ = _shares(prompts, sp.group_size, devices)
   t = sp.max_new_tokens
   slots = min(slots // devices or n_local, n_local)
-  return {"static": per_pos * n_local * (prompt_len + t),
-          "continuous": per_pos * (local_prompts.shape[1] * prompt_len + slots * t)}
+  cont = per_pos * (local_prompts.shape[1] * prompt_len + slots * t)
+  if layout == "layers":
+    dtype = sampler.cache_dtype(model, sp)
+    cont += 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * _ring_dtype(dtype).itemsize * slots * steps_per_call
+  return {"static": per_pos * n_local * (prompt_len + t), "continuous": cont}

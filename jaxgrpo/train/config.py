@@ -42,6 +42,7 @@ Optimizer = Literal["adamw", "sgd"]
 NonFinite = Literal["stop", "skip"]
 SamplerEngine = Literal["auto", "static", "continuous"]
 ReadGrowth = Literal["pow2", "half_octave", "linear"]
+KvLayout = Literal["layers", "stacked"]
 ArithmeticSplit = Literal["expression", "commuted"]
 
 
@@ -133,6 +134,10 @@ class SamplingSpec:
   # how the continuous engine's completion-cache reads grow (one compilation per read length): pow2 (up to 2× the
   # need) | half_octave (2^k and 3·2^k: up to 1.5×, twice the compilations) | linear (multiples of 64)
   read_growth: ReadGrowth = "half_octave"
+  # where the continuous engine keeps the slots' KV: layers (a buffer per layer sized to the read plus a per-call
+  # buffer, the layers unrolled: nothing copied per decode step) | stacked ([L, S, KV, T, Dh], a layer scan that
+  # copies each layer's read window every step; the earlier layout)
+  kv_layout: KvLayout = "layers"
   kv_dtype: str | None = None  # the KV cache's dtype (None: the sampler's compute dtype); bfloat16 halves the cache
 
   def __post_init__(self):

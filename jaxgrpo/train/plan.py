@@ -155,7 +155,7 @@ def _sampler_bytes(cfg, model, mesh, rules, full, full_sh, n, p, t, allowed) -> 
   # (counted, not lowered: the static loop's temporaries stand for both engines')
   engine = rollout_engine.resolve_engine(cfg.sampling.engine, mesh, mc.windowed, rules, cfg.sampling.slots)
   shards = shard_lib.batch_shards(mesh, rules)
-  kv = continuous.kv_bytes(model, sp, b, p, cfg.sampling.slots, shards)
+  kv = continuous.kv_bytes(model, sp, b, p, cfg.sampling.slots, shards, cfg.sampling.kv_layout)
   # the continuous engine samples with a full copy of the weights on every device (data-parallel)
   weights_sh = jax.tree.map(lambda _: shard_lib.replicated(mesh), full_sh) if engine == "continuous" else full_sh
   return {"sampler_weights": _per_device_bytes(cast, weights_sh),
