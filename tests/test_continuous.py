@@ -276,8 +276,10 @@ def test_the_layers_layout_refuses_what_it_does_not_express(llama):
   model, params = llama
   with pytest.raises(ValueError, match="kv_layout must be one of"):
     continuous.ContinuousParams(kv_layout="paged")
-  top, layers = split_layers(params)
+  top, layers = split_layers(model, params)
   assert len(layers) == model.config.num_layers and "layers" not in top
+  head = params["embed"].T if model.config.tie_word_embeddings else params["lm_head"]
+  np.testing.assert_array_equal(np.asarray(top["head"]), np.asarray(head))
   np.testing.assert_array_equal(np.asarray(layers[1]["attn"]["q_kernel"]),
                                 np.asarray(params["layers"]["attn"]["q_kernel"][1]))
   mask = SlotMask(prompt_of=jnp.zeros(2, jnp.int32), prompt_valid=jnp.ones((1, 3), bool), length=jnp.zeros(2, int),

@@ -255,7 +255,8 @@ def test_the_off_policy_mask_is_deepseek_v32s_definition(seed, delta, per_token)
       a = adv[idx][t] if per_token else adv[idx]
       want[idx][t] = 0.0 if (a < 0 and kl > delta) else 1.0
   np.testing.assert_array_equal(np.asarray(m), want)
-  np.testing.assert_allclose(float(metrics["off_policy/masked_frac"]), 1 - want.sum() / mask.sum(), rtol=1e-6)
+  # the fraction is float32 arithmetic on both sides (1 − 59/60 lands 1.0e-6 apart relative)
+  np.testing.assert_allclose(float(metrics["off_policy/masked_frac"]), 1 - want.sum() / mask.sum(), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["off_policy/seq_kl_mean"]), np.mean(kls), rtol=1e-5, atol=1e-7)
 
 

@@ -605,11 +605,15 @@ class Transformer(nn.Module):
     cfg = self.config
     params = self.variables["params"]
     w = from_bits(nn.meta.unbox(params["embed"] if cfg.tie_word_embeddings else params["lm_head"]))
-    w = w.T if cfg.tie_word_embeddings else w
-    logits = mm("...d,dv->...v", hidden, w.astype(cfg.dtype), jnp.float32)
-    if cfg.final_logit_softcap:
-      logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
-    return logits
+    return _head(cfg, hidden, w.T if cfg.tie_word_embeddings else w)
+
+
+def _head(cfg: ModelConfig, hidden: jax.Array, w: jax.Array) -> jax.Array:
+  """float32 logits [..., V] of hidden states [..., D] under the LM head's kernel ``w`` [D, V] (Gemma: soft-capped)."""
+  logits = mm("...d,dv->...v", hidden, w.astype(cfg.dtype), jnp.float32)
+  if cfg.final_logit_softcap:
+    logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
+  return logits
 
 
 def _embed(cfg: ModelConfig, embed, pos_embed, input_ids, positions):
@@ -622,12 +626,15 @@ def _embed(cfg: ModelConfig, embed, pos_embed, input_ids, positions):
   return x, rope_tables(cfg, positions)
 
 
-def split_layers(params: Params) -> tuple[Params, tuple[Params, ...]]:
+def split_layers(model: Transformer, params: Params) -> tuple[Params, tuple[Params, ...]]:
   """(the params without the layer stack, each layer's params on its own): what ``decode_slots`` runs on, made
-  once per sampling call so no decode step slices a layer out of the stack."""
+  once per sampling call so no decode step slices a layer out of the stack.  The first also holds the LM head's
+  kernel as [D, V] (``head``; for tied embeddings a transposed copy: a dot against the transposed embedding ran at
+  half the speed on XLA:CPU, experiments/README.md §8)."""
   stack = params["layers"]
   n = jax.tree.leaves(stack)[0].shape[0]
   top = {k: v for k, v in params.items() if k != "layers"}
+  top["head"] = params["embed"].T if model.config.tie_word_embeddings else params["lm_head"]
   return top, tuple(jax.tree.map(lambda x, i=i: x[i], stack) for i in range(n))
 
 
@@ -642,10 +649,13 @@ def decode_slots(model: Transformer, top: Params, layers: tuple[Params, ...], in
 
   Why: on XLA:CPU a bf16 buffer that a loop updates is updated through float32 (whole buffer, every step) or, kept
   as uint16 bits, copied to bf16 before every read; the slots' earlier tokens here are a bf16 buffer nobody writes
-  in the loop, so the attention dots read it in place, and only the J-column call buffer is written.  No window is
-  sliced out of a longer cache, no layer out of a stack.  Returns (float32 logits [S, V], the caches with the call
-  buffer's new column written).  The same arithmetic as ``Transformer.__call__`` with a ``SlotMask`` over
-  layer-stacked caches (attention is order-free: keys carry their RoPE positions)."""
+  in the loop, so the attention dots read it in place, and only the J-column call buffer is written — before the
+  layer reads it (a write that does not depend on the read made XLA copy the buffer to keep the read's view), in
+  the buffer's own dtype (the caller's choice: float32 on XLA:CPU, which it updates in place and its dots read as
+  stored).  No window is sliced out of a longer cache, no layer out of a stack.  Returns (float32 logits [S, V],
+  the caches with the call buffer's new column written).  The same arithmetic as ``Transformer.__call__`` with a
+  ``SlotMask`` over layer-stacked caches, summed in another order (attention is order-free: keys carry their RoPE
+  positions)."""
   cfg = model.config
   if cfg.windowed:
     raise ValueError(f"decode_slots does not express sliding-window attention ({cfg.family})")
@@ -665,7 +675,7 @@ def decode_slots(model: Transformer, top: Params, layers: tuple[Params, ...], in
     x, new = block.apply({"params": p}, x, ({**pc, **c}, None), rope, mask, 0)
     new_caches.append({**c, "ring_k": new["k"], "ring_v": new["v"]})
   x = Norm(cfg).apply({"params": top["final_norm"]}, x)
-  return model.apply({"params": top}, x[:, 0], method=Transformer.head), tuple(new_caches)
+  return _head(cfg, x[:, 0], param(top["head"])), tuple(new_caches)
 
 
 def _window(mask, positions, cache, cache_index, window: int):

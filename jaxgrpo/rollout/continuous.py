@@ -12,19 +12,20 @@ preallocated cache (P + T slots), and copies each prompt's KV G times.  This eng
   prompt's keys through an index (``models.SlotMask.prompt_of``), so the G samples of a prompt share one copy.  With
   one slot per sample (``slots`` 0) the slots stay prompt-major until the first compaction, and a decode step reads
   each prompt's keys once for the G·H/KV queries of its samples (``SlotMask.group``) instead of gathering a copy per
-  slot.  A slot's own cache holds its completion only: [L, S, KV, T, Dh];
-* **KV layout** (``kv_layout``) — ``stacked``: the slots' KV in one [L, S, KV, T, Dh] buffer per K and V, read by a
-  layer scan (the model's own ``SlotMask`` path), each layer's read window copied out of the stack every step;
-  ``layers``: one buffer per layer holding each slot's tokens before the host call, sized to the call's read and
-  written only between calls (``_merged``), plus a small per-call buffer every step writes, the layers unrolled
-  (``models.decode_slots``): nothing copied per step (experiments/README.md §8 has the measurements);
-* **live-length reads** — each host call reads only the first ``read`` completion positions, ``read`` being the
-  longest live completion plus the call's steps, rounded up to ``read_block`` or the next 2^k or 3·2^k
-  (``read_growth``; 1.09× the tokens/s of powers of two on SmolLM2's word problems, experiments/bench_read_growth.py):
-  decode attention follows the live length (one compilation per bucket and slot count, reused across calls and
-  steps).
-  The slots' cache stays T long: a cache resized to the bucket between calls measured 0.93–1.00× the step time
-  (experiments/bench_decode_cache.py) and its last growth would hold both sizes at once (1.5× the peak KV).
+  slot.  A slot's own cache holds its completion only;
+* **KV layout** (``kv_layout``) — ``layers`` (the default): one buffer per layer holding each slot's tokens before
+  the host call, sized to the call's read and written only between calls (``_merged``, one layer at a time), plus
+  a per-call buffer of ``steps_per_call`` columns that every step writes, the layers unrolled
+  (``models.decode_slots``): nothing is copied per step (1.22× the tokens/s of ``stacked`` on SmolLM2's word
+  problems in bf16, 1.10× in f32, 1.05× at fixed length; experiments/README.md §8).  ``stacked``: [L, S, KV, T, Dh]
+  per K and V, T long, read by a layer scan (the model's own ``SlotMask`` path) that copies each layer's read window
+  every step (a stacked cache resized to the bucket between calls measured 0.93–1.00×: the layer slice still
+  copies; experiments/bench_decode_cache.py);
+* **live-length reads** — each host call reads only the completion positions its samples can reach: the longest
+  live completion (``layers``: plus the call buffer; ``stacked``: plus the call's steps), rounded up to
+  ``read_block`` or the next 2^k or 3·2^k (``read_growth``; 1.09× the tokens/s of powers of two on SmolLM2's word
+  problems, experiments/bench_read_growth.py): decode attention follows the live length (one compilation per
+  bucket and slot count, reused across calls and steps).
 
 Randomness is per sample (``sampler.sample_keys``: the token at completion position j of sample i is drawn with
 ``fold_in(fold_in(rng, i), j)``), exactly as in the static sampler, so a sample's tokens do not depend on the
@@ -375,10 +376,10 @@ def _merge(buf, ring, length, ring_from, steps, read: int, mesh, axes):
   return _per_device(lambda *a: _merge_local(*a, read), mesh, axes, 0)(buf, ring, length, ring_from, steps)
 
 
-@jax.jit
-def _split(params):
+@functools.partial(jax.jit, static_argnames=("model",))
+def _split(model: Transformer, params):
   """``models.split_layers`` in the compute dtype (bf16 as bf16, not bits: no layer is sliced out of a stack)."""
-  return jax.tree.map(from_bits, split_layers(params))
+  return jax.tree.map(from_bits, split_layers(model, params))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sp", "allowed", "steps_per_call", "read", "group", "mesh",
@@ -450,7 +451,7 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, g, sp.kv_dtype, mesh, axes, layout)
   state = _start(model, ctx, slots, sp, mesh, axes, layout, cp.steps_per_call)
   if layout == "layers":
-    params = _split(params)
+    params = _split(model, params)
   # one slot per sample, each device's samples whole groups: slot s keeps sample s (no queue) until a compaction,
   # and reads its prompt's KV as one of the group's queries (measured faster than a gather per slot; §8)
   group = g if cp.prompt_major and slots == n_local and b % d == 0 else 0
