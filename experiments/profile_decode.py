@@ -57,7 +57,7 @@ def main():
   model, params = M.from_pretrained(path, "bfloat16")
   params = sampler.decode_params(model, M.cast_params(params, "bfloat16"))
   roof = roof_gflops()
-  split = continuous._split(model, params)
+  split = continuous._split(model, params) if "layers" in args.layouts.split(",") else None
   ring = continuous.ContinuousParams.steps_per_call  # the layers layout's call buffer, as the engine sizes it
   out = []
   for layout, read in ((lay, int(r)) for lay in args.layouts.split(",") for r in args.reads.split(",")):

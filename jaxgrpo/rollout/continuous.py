@@ -149,7 +149,6 @@ READ_GROWTHS = ("pow2", "half_octave", "linear")
 KV_LAYOUTS = ("layers", "stacked")
 
 
-
 def _bucket(n: int, block: int, cap: int, growth: str) -> int:
   """The read length for ``n`` positions, ≤ cap: at least ``block``, then the next power of two (``pow2``), the
   next 2^k or 3·2^k (``half_octave``: reads at most 1.5× the need instead of 2×, twice the compilations), or the
@@ -512,12 +511,13 @@ def kv_bytes(model: Transformer, sp: SamplingParams, prompts: int, prompt_len: i
   each prompt its samples belong to, once, plus T per slot; ``_shares``); the layers layout adds its call buffers
   (``steps_per_call`` positions per slot, ``_ring_dtype``), and while it merges them, one layer's K or V twice."""
   cfg = model.config
-  per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * sampler.cache_dtype(model, sp).itemsize
+  dtype = sampler.cache_dtype(model, sp)
+  values_per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim  # K and V, every layer
+  per_pos = values_per_pos * dtype.itemsize
   n_local, local_prompts, _ = _shares(prompts, sp.group_size, devices)
   t = sp.max_new_tokens
   slots = min(slots // devices or n_local, n_local)
   cont = per_pos * (local_prompts.shape[1] * prompt_len + slots * t)
   if layout == "layers":
-    dtype = sampler.cache_dtype(model, sp)
-    cont += 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * _ring_dtype(dtype).itemsize * slots * steps_per_call
+    cont += values_per_pos * _ring_dtype(dtype).itemsize * slots * steps_per_call
   return {"static": per_pos * n_local * (prompt_len + t), "continuous": cont}
