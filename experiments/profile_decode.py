@@ -7,7 +7,8 @@ length.  Ops are grouped as: ``matmul`` (XLA:CPU's ynn fusions: every dot), ``bi
 uint16 bits to bf16: weights sliced out of the layer stacks, the completion-KV read window, prompt KV), ``other``.
 Summed op time exceeds wall time (XLA:CPU runs independent ops on both cores at once); the ms/step column is wall.
 ``--layouts stacked,layers`` profiles both KV layouts (``ContinuousParams.kv_layout``); for ``layers`` the read is
-the buffer of earlier tokens, and each step also reads the call buffer (the 8 + 16 steps of the two calls).
+the buffer of earlier tokens, and each step also reads the call buffer (the 8 + 16 steps of the two calls);
+``layers:cpu`` is the layers layout with the CPU decode-attention kernel (``decode_kernel``; category ``cpu kernel``).
 
     python experiments/profile_decode.py --reads 64,256 --layouts stacked,layers
 """
@@ -37,6 +38,8 @@ def category(name: str) -> str:
     return "matmul"
   if "bitcast-convert" in name or "convert_bitcast" in name:
     return "bits copy"
+  if "custom-call" in name or "custom_call" in name or "jaxgrpo" in name:
+    return "cpu kernel"
   return "other"
 
 
@@ -57,10 +60,11 @@ def main():
   model, params = M.from_pretrained(path, "bfloat16")
   params = sampler.decode_params(model, M.cast_params(params, "bfloat16"))
   roof = roof_gflops()
-  split = continuous._split(model, params) if "layers" in args.layouts.split(",") else None
+  split = continuous._split(model, params) if "layers" in args.layouts else None
   ring = continuous.ContinuousParams.steps_per_call  # the layers layout's call buffer, as the engine sizes it
   out = []
-  for layout, read in ((lay, int(r)) for lay in args.layouts.split(",") for r in args.reads.split(",")):
+  for variant, read in ((lay, int(r)) for lay in args.layouts.split(",") for r in args.reads.split(",")):
+    layout, kernel = variant.split(":")[0], variant.endswith(":cpu")  # layers:cpu — the CPU decode-attention kernel
     ctx = continuous._prefill(model, params, ids, mask, jax.random.PRNGKey(0), g, None, one, axes, layout)
     weights = split if layout == "layers" else params
     sp = sampler.SamplingParams(group_size=g, max_new_tokens=max(read, 64), temperature=1.0,
@@ -68,11 +72,11 @@ def main():
 
     def call(n, state=None):
       if state is None and layout == "layers":  # 8 steps, then those merged into a buffer of `read` positions
-        state = continuous._start(model, ctx, slots, sp, one, axes, layout, ring)
-        state = continuous._run(model, weights, ctx, state, sp, None, n, 0, one, axes, g)
-        return continuous._merged(state, read, one, axes)
+        state = continuous._start(model, ctx, slots, sp, one, axes, layout, ring, kernel)
+        state = continuous._run(model, weights, ctx, state, sp, None, n, 0, one, axes, g, kernel)
+        return continuous._merged(state, read, one, axes, kernel)
       state = continuous._start(model, ctx, slots, sp, one, axes) if state is None else state
-      return continuous._run(model, weights, ctx, state, sp, None, n, read, one, axes, g)
+      return continuous._run(model, weights, ctx, state, sp, None, n, read, one, axes, g, kernel)
 
     def timed():
       state = jax.block_until_ready(call(8))
@@ -82,7 +86,8 @@ def main():
 
     timed()
     walls = [timed() for _ in range(3)]
-    hlo = continuous._run.lower(model, weights, ctx, call(8), sp, None, steps, read, one, axes, g).compile().as_text()
+    hlo = continuous._run.lower(model, weights, ctx, call(8), sp, None, steps, read, one, axes, g,
+                                kernel).compile().as_text()
     state = jax.block_until_ready(call(8))
     with tempfile.TemporaryDirectory() as tmp:
       jax.profiler.start_trace(tmp, create_perfetto_trace=True)
@@ -104,7 +109,7 @@ def main():
 
     top = [dict(op=n, ms_per_step=ms, category=category(n), shape=describe(n)[0], source=describe(n)[1])
            for n, ms in ops.most_common(args.top)]
-    out.append(dict(layout=layout, read=read, slots=slots, prompt_len=int(ids.shape[1]), wall_ms_per_step=walls,
+    out.append(dict(layout=variant, read=read, slots=slots, prompt_len=int(ids.shape[1]), wall_ms_per_step=walls,
                     summed_op_ms_per_step=sum(ops.values()), categories=dict(cats), top=top))
     print(json.dumps(out[-1]), flush=True)
   result = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, f32 matmul roof {roof:.0f} GFLOP/s (measured "

@@ -401,6 +401,10 @@ def test_several_devices_refuse_slots_they_cannot_split(llama):
     ("sampling.engine=paged", r"'sampling.engine' must be one of \['auto', 'static', 'continuous'\]"),
     ("sampling.read_growth=cubic", r"'sampling.read_growth' must be one of \['pow2', 'half_octave', 'linear'\]"),
     ("sampling.kv_layout=paged", r"'sampling.kv_layout' must be one of \['layers', 'stacked'\]"),
+    ("sampling.decode_kernel=gpu", r"'sampling.decode_kernel' must be one of \['auto', 'xla', 'cpu'\]"),
+    ("sampling.decode_kernel=cpu", r"'sampling.kv_dtype' must be bfloat16 with sampling.decode_kernel = 'cpu'"),
+    ("sampling.decode_kernel=cpu;sampling.kv_dtype=bfloat16;sampling.kv_layout=stacked",
+     r"'sampling.kv_layout' must be 'layers' with sampling.decode_kernel = 'cpu'"),
     ("sampling.slots=-1", r"'sampling.slots' must be >= 0"),
     ("sampling.slots=100000", r"'sampling.slots' must be <= data.prompts_per_step × sampling.group_size"),
     ("sampling.kv_dtype=int8", r"'sampling.kv_dtype' must be one of \['float32', 'bfloat16', 'float16'\]"),
@@ -414,6 +418,46 @@ def test_bad_engine_settings_are_refused_when_loaded_naming_the_key(override, ma
     C.apply_overrides(presets.preset("toy"), overrides)
   with pytest.raises(ValueError, match="slots must be an integer >= 0"):
     continuous.ContinuousParams(slots=-2)
+
+
+def test_the_cpu_kernel_samples_as_xlas_attention_with_a_bf16_cache(llama):
+  """``decode_kernel``: the CPU kernel (auto picks it for a bf16 cache where it builds) against XLA's ops on the
+  same bf16 cache — the same samples up to bf16 rounding in another order — and against the static engine (its
+  first tokens read no completion KV: equal); what it cannot run is refused by name."""
+  from jaxgrpo import kernels
+  model, params = llama
+  ids, mask = prompts(model.config.vocab_size)
+  sp16 = sampler.SamplingParams(group_size=4, max_new_tokens=T, temperature=1.0, eos_ids=(EOS,), pad_id=0,
+                                kv_dtype="bfloat16")
+  key = jax.random.PRNGKey(5)
+  x, sx = run(model, params, ids, mask, key, sp16, decode_kernel="xla", **SMALL)
+  assert sx.decode_kernel == "xla"
+  if not kernels.available():
+    pytest.skip("the CPU kernel did not build here")
+  c, sc = run(model, params, ids, mask, key, sp16, **SMALL)  # auto
+  assert sc.decode_kernel == "cpu" and sc.host_calls > 2 and len(set(sc.reads)) > 1  # merges, several buckets
+  st16 = sampler.sample_groups(model, params, ids, mask, key, sp16)
+  np.testing.assert_array_equal(np.asarray(st16.tokens)[:, :, 0], np.asarray(c.tokens)[:, :, 0])
+  # on each pair's common prefix, log-probs apart by bf16 rounding: the kernel's gap to the float32-cache engine is
+  # of the size of XLA's bf16 path's (a random tiny model has near-ties: a flipped token then changes the rest)
+  sp32 = dataclasses.replace(sp16, kv_dtype=None)
+  ref, _ = run(model, params, ids, mask, key, sp32, **SMALL)
+
+  def gap(a, b):
+    same = np.cumprod(np.asarray(a.tokens) == np.asarray(b.tokens), -1).astype(bool)
+    valid = same & (np.asarray(a.mask) * np.asarray(b.mask)).astype(bool)
+    return np.abs(np.asarray(a.logprobs) - np.asarray(b.logprobs))[valid]
+
+  assert gap(x, c).max() < 0.05 and gap(c, ref).max() < 0.05
+  assert gap(c, ref).mean() < 2 * gap(x, ref).mean() + 1e-3
+  with pytest.raises(ValueError, match="decode_kernel 'cpu' cannot run: it needs a bfloat16 KV cache"):
+    run(model, params, ids, mask, key, sp32, decode_kernel="cpu", **SMALL)
+  with pytest.raises(ValueError, match="it needs kv_layout 'layers'"):
+    run(model, params, ids, mask, key, sp16, decode_kernel="cpu", kv_layout="stacked", **SMALL)
+  with pytest.raises(ValueError, match="decode_kernel must be one of"):
+    continuous.ContinuousParams(decode_kernel="gpu")
+  _, s32 = run(model, params, ids, mask, key, sp32, **SMALL)  # auto with a float32 cache: XLA's ops
+  assert s32.decode_kernel == "xla"
 
 
 def test_training_with_the_continuous_engine_equals_the_static_engine(tmp_path):

@@ -13,7 +13,8 @@ from meshes import trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "jaxgrpo")
 # Bottom layer first: a module may import from its own layer or a lower one, never a higher one.
-LAYERS = {"core": 0, "parallel": 1, "models": 2, "tasks": 3, "rollout": 4, "train": 5, "analysis": 6, "cli": 7}
+LAYERS = {"core": 0, "kernels": 1, "parallel": 1, "models": 2, "tasks": 3, "rollout": 4, "train": 5, "analysis": 6,
+          "cli": 7}
 
 
 def modules() -> dict[str, str]:

@@ -78,6 +78,7 @@ SAMPLING_OPTIONS: dict[str, Callable[[Any], bool] | None] = {
     "slots": None,  # how many samples decode at once
     "read_growth": None,  # how far past the live length a decode step reads (masked: the same distribution)
     "kv_layout": None,  # where the continuous engine keeps the slots' KV (the same distribution, another sum order)
+    "decode_kernel": None,  # what computes its decode attention (the same distribution, another sum order)
     "kv_dtype": lambda d: d is not None,  # a KV cache in another dtype computes other numbers
     "dtype": lambda d: d is not None,  # a sampler in its own compute dtype (bf16 beside f32) computes other numbers
 }

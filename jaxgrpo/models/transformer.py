@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgrpo import kernels
 from jaxgrpo.models.config import ModelConfig, remat_policy
 
 # KV cache, one buffer for all layers: {"k": [L, B, KV, S, Dh], "v": [L, B, KV, S, Dh]}.
@@ -120,14 +121,18 @@ class SlotMask:
   # > 0: the slots are prompt-major (slot s reads prompt s // group, S = B·group, ``prompt_of`` says the same):
   # each prompt's keys are read once for its `group` slots' queries instead of gathered per slot
   group: int = dataclasses.field(default=0, metadata={"static": True})
-  # a call buffer (``decode_slots``): the layer cache also holds ``ring_k``/``ring_v`` [S, KV, J, Dh], where every
-  # slot wrote its tokens of this host call at column = the call's step; ``k``/``v`` (read-only in the call) hold
-  # what came before.  ``step``: int32[] this step (the column written now); ``ring_from``: int32[S] the first
-  # column of each slot's current sample (its later refill step + 1, or 0), so slot s has
-  # length[s] − (step − ring_from[s]) tokens in ``k``/``v``.  None: no call buffer (the new token goes to
-  # ``k``/``v`` at ``length``)
+  # a call buffer (``decode_slots``): the layer cache also holds ``ring_k`` [S, KV, Dh, J] (keys transposed) and
+  # ``ring_v`` [S, KV, J, Dh], where every slot wrote its tokens of this host call at column = the call's step;
+  # ``k``/``v`` (read-only in the call) hold what came before.  ``step``: int32[] this step (the column written
+  # now); ``ring_from``: int32[S] the first column of each slot's current sample (its later refill step + 1, or 0),
+  # so slot s has length[s] − (step − ring_from[s]) tokens in ``k``/``v``.  None: no call buffer (the new token
+  # goes to ``k``/``v`` at ``length``)
   step: jax.Array | None = None
   ring_from: jax.Array | None = None
+  # with a call buffer: ``k``/``v`` are bf16 in the CPU kernel's layouts (``kernels.pair_keys`` [S, KV, Dh/2, R', 2],
+  # ``kernels.pair_values`` [S, KV, R'/2, Dh, 2], R' = ``read`` rounded up to even) and the completion part of the
+  # attention runs in ``kernels.decode_attention`` (the prompt part in XLA, the two softmax parts combined)
+  kernel: bool = dataclasses.field(default=False, metadata={"static": True})
 
 
 _INIT = nn.initializers.normal(0.02)
@@ -327,20 +332,18 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
   ``dtype`` with float32 accumulation, the softmax in float32 over [prompt | completion | new]; prompt-major slots
   (``slots.group``) stack each group's queries against one copy of its prompt's keys.  With a call buffer
   (``slots.ring_from``, ``decode_slots``): [prompt | completion before the call | the call's tokens], the cache's
-  ``ring_k``/``ring_v`` [S, KV, J, Dh] holding the call's tokens with the new one already written (read in their
-  own dtype), and no separate new key (``k_new``, ``v_new`` None).
+  ``ring_k`` [S, KV, Dh, J] / ``ring_v`` [S, KV, J, Dh] holding the call's tokens with the new one already written
+  (read in their own dtype), and no separate new key (``k_new``, ``v_new`` None); with ``slots.kernel`` the
+  completion part (earlier tokens and call buffer) in ``kernels.decode_attention``.
   """
   neg = jnp.finfo(jnp.float32).min
   read = lambda c: from_bits(c).astype(dtype)
-  ck = read(layer_cache["k"][:, :, :slots.read])  # [S, KV, R, Dh]: the live part only
-  cv = read(layer_cache["v"][:, :, :slots.read])
   before = slots.length
   if slots.ring_from is not None:  # this call's tokens are in the call buffer, the earlier ones in k/v
     before = slots.length - (slots.step - slots.ring_from)
-    rk, rv = layer_cache["ring_k"], layer_cache["ring_v"]  # [S, KV, J, Dh], read as stored (no conversion)
-    j = jnp.arange(rk.shape[2])[None, :]
+    rk, rv = layer_cache["ring_k"], layer_cache["ring_v"]  # [S, KV, Dh, J], [S, KV, J, Dh]: read as stored
+    j = jnp.arange(rk.shape[3])[None, :]
     r_valid = (j >= slots.ring_from[:, None]) & (j <= slots.step)  # [S, J]: the new token's column included
-  c_valid = jnp.arange(slots.read)[None, :] < before[:, None]  # [S, R]
   q = q.astype(dtype)
   n, kv, hg, dh = q.shape
   p_len = layer_cache["prompt_k"].shape[2]
@@ -360,16 +363,30 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
     p_scores = _decode_scores(q, pk)
     p_valid = jnp.take(slots.prompt_valid, slots.prompt_of, axis=0)  # [S, P]
     p_values = lambda probs: _decode_values(probs, pv)
-  parts = [jnp.where(p_valid[:, None, None], p_scores * scale, neg)]
+  p_scores = jnp.where(p_valid[:, None, None], p_scores * scale, neg)
+  if slots.kernel:  # the completion part's softmax statistics from the CPU kernel, combined with the prompt's
+    m_c, l_c, o_c = kernels.decode_attention(q, layer_cache["k"], layer_cache["v"], before, rk, rv,
+                                             slots.ring_from, slots.step, scale)
+    top = jnp.maximum(jnp.max(p_scores, axis=-1), m_c)  # [S, KV, G]; finite: the prompt's scores are
+    e_p = jnp.exp(p_scores - top[..., None])
+    w_c = jnp.exp(m_c - top)  # 0 where the slot read no completion position (m_c = −inf)
+    total = jnp.sum(e_p, axis=-1) + l_c * w_c
+    out = (p_values(e_p) + o_c * w_c[..., None]) / total[..., None]
+    return out.astype(dtype)
+  ck = read(layer_cache["k"][:, :, :slots.read])  # [S, KV, R, Dh]: the live part only
+  cv = read(layer_cache["v"][:, :, :slots.read])
+  c_valid = jnp.arange(slots.read)[None, :] < before[:, None]  # [S, R]
+  parts = [p_scores]
   if slots.read:
     parts.append(jnp.where(c_valid[:, None, None], _decode_scores(q, ck) * scale, neg))
-  if slots.ring_from is not None:
-    parts.append(jnp.where(r_valid[:, None, None], _decode_scores(q.astype(rk.dtype), rk) * scale, neg))
+  if slots.ring_from is not None:  # one [G, Dh] x [Dh, J] dot per slot and head (float32 on CPU: as stored)
+    r_scores = mm("nkgd,nkds->nkgs", q.astype(rk.dtype), rk, jnp.float32)
+    parts.append(jnp.where(r_valid[:, None, None], r_scores * scale, neg))
   if k_new is not None:  # the new token's key apart (without a call buffer)
     s_n = jnp.sum(q.astype(jnp.float32) * k_new.astype(jnp.float32)[:, :, None, :], axis=-1)[..., None]
     parts.append(s_n * scale)  # [S, KV, G, 1]
   probs = jax.nn.softmax(jnp.concatenate(parts, axis=-1), axis=-1)
-  r_len = rk.shape[2] if slots.ring_from is not None else 0
+  r_len = rk.shape[3] if slots.ring_from is not None else 0
   c_end = p_len + slots.read
   out = p_values(probs[..., :p_len])
   if k_new is not None:
@@ -377,7 +394,7 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
   if slots.read:
     out = out + _decode_values(probs[..., p_len:c_end], cv)
   if r_len:
-    out = out + _decode_values(probs[..., c_end:c_end + r_len], rv)
+    out = out + mm("nkgs,nksd->nkgd", probs[..., c_end:c_end + r_len].astype(rv.dtype), rv, jnp.float32)
   return out.astype(dtype)
 
 
@@ -433,9 +450,12 @@ class Attention(nn.Module):
         raise ValueError("a SlotMask (continuous-batching decode) needs the slot cache and one token per slot")
       if mask.ring_from is not None:  # written into the call buffers first, then read with them (``decode_slots``)
         # rounded to the cache dtype, held in the call buffer's (float32 on XLA:CPU: ``decode_slots``)
+        # keys as [S, KV, Dh, 1] into [S, KV, Dh, J] (transposed: the scores are one [G, Dh] x [Dh, J] dot per slot
+        # and head), values as [S, KV, 1, Dh] into [S, KV, J, Dh]
         ring = {n: jax.lax.dynamic_update_slice_in_dim(
-            layer_cache[f"ring_{n}"], new.transpose(0, 2, 1, 3).astype(layer_cache[n].dtype).astype(
-                layer_cache[f"ring_{n}"].dtype), mask.step, axis=2) for n, new in (("k", k), ("v", v))}
+            layer_cache[f"ring_{n}"], new.transpose(order).astype(layer_cache[n].dtype).astype(
+                layer_cache[f"ring_{n}"].dtype), mask.step, axis=axis)
+            for n, new, order, axis in (("k", k, (0, 2, 3, 1), 3), ("v", v, (0, 2, 1, 3), 2))}
         out = _attend_slots(qg[:, 0], None, None, {**layer_cache, "ring_k": ring["k"], "ring_v": ring["v"]}, mask,
                             scale, x.dtype)
         return project_out(out.reshape(b, 1, h, dh)), ring
@@ -644,8 +664,8 @@ def decode_slots(model: Transformer, top: Params, layers: tuple[Params, ...], in
   """One continuous-batching decode step with the layers unrolled and each layer's KV in its own buffers: S slots,
   one token each (``input_ids``, ``positions`` int[S, 1]); ``prompt_cache[l]`` {"prompt_k", "prompt_v"} [B, KV,
   P, Dh]; ``caches[l]`` {"k", "v"} [S, KV, R, Dh] (R = ``mask.read``: what the slots decoded before this host
-  call, read-only here) and {"ring_k", "ring_v"} [S, KV, J, Dh] (this call's tokens: every slot writes its new
-  key/value at column ``mask.step``).
+  call, read-only here; with ``mask.kernel`` in the CPU kernel's pair layouts) and {"ring_k" [S, KV, Dh, J],
+  "ring_v" [S, KV, J, Dh]} (this call's tokens: every slot writes its new key/value at column ``mask.step``).
 
   Why: on XLA:CPU a bf16 buffer that a loop updates is updated through float32 (whole buffer, every step) or, kept
   as uint16 bits, copied to bf16 before every read; the slots' earlier tokens here are a bf16 buffer nobody writes
@@ -670,8 +690,10 @@ def decode_slots(model: Transformer, top: Params, layers: tuple[Params, ...], in
   block = Block(cfg)
   new_caches = []
   for p, pc, c in zip(layers, prompt_cache, caches):
-    if c["k"].shape[2] != mask.read:
-      raise ValueError(f"decode_slots: each layer's cache must hold the read ({mask.read}); got {c['k'].shape}")
+    held = 2 * c["v"].shape[2] if mask.kernel else c["v"].shape[2]  # kernel: [S, KV, R/2, Dh, 2]
+    if held != mask.read + (mask.read % 2 if mask.kernel else 0):
+      raise ValueError(f"decode_slots: each layer's cache must hold the read ({mask.read}"
+                       f"{', rounded up to even' if mask.kernel else ''}); got v {c['v'].shape}")
     x, new = block.apply({"params": p}, x, ({**pc, **c}, None), rope, mask, 0)
     new_caches.append({**c, "ring_k": new["k"], "ring_v": new["v"]})
   x = Norm(cfg).apply({"params": top["final_norm"]}, x)

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgrpo import kernels
 from jaxgrpo.models import policy
 from jaxgrpo.models.transformer import SlotMask, Transformer, decode_slots, from_bits, split_layers, to_storage
 from jaxgrpo.parallel import distributed as dist
@@ -74,6 +75,10 @@ class ContinuousParams:
   # plus a per-call buffer; the layers unrolled: nothing copied per step; 1.22x tokens/s on the word problems in
   # bf16, experiments/README.md §8) | stacked ([L, S, KV, T, Dh], a layer scan copying each layer's read window)
   kv_layout: str = "layers"
+  # the layers layout's decode attention over the slots' completion KV: auto (the C++ kernel of jaxgrpo.kernels on
+  # XLA:CPU with a bf16 KV cache where it builds, else XLA's ops) | xla | cpu (the kernel, refused where it cannot
+  # run).  The kernel reads each slot's live positions only; experiments/README.md §9
+  decode_kernel: str = "auto"
 
   def __post_init__(self):
     for field, low in (("slots", 0), ("steps_per_call", 1), ("read_block", 1), ("min_slots", 1)):
@@ -82,6 +87,8 @@ class ContinuousParams:
         raise ValueError(f"{field} must be an integer >= {low}; got {value!r}")
     if self.kv_layout not in KV_LAYOUTS:
       raise ValueError(f"kv_layout must be one of {KV_LAYOUTS}; got {self.kv_layout!r}")
+    if self.decode_kernel not in DECODE_KERNELS:
+      raise ValueError(f"decode_kernel must be one of {DECODE_KERNELS}; got {self.decode_kernel!r}")
     if self.read_growth not in READ_GROWTHS:
       raise ValueError(f"read_growth must be one of {READ_GROWTHS}; got {self.read_growth!r}")
 
@@ -99,6 +106,7 @@ class EngineStats:
   reads: tuple[int, ...]  # the completion positions read by each call (layers layout: the read + the call buffer)
   groups: tuple[int, ...] = ()  # per call: G where slots were prompt-major (one prompt-KV read per group), else 0
   devices: int = 1  # devices the slots are split over (data-parallel; counts and steps above are over all)
+  decode_kernel: str = "xla"  # what ran the completion part of decode attention: xla | cpu (jaxgrpo.kernels)
 
   @property
   def useful_frac(self) -> float:
@@ -128,8 +136,9 @@ class SlotState:
   """The decode loop's state (S slots, N samples, T = max_new_tokens), donated between calls."""
 
   # stacked layout: {"k", "v"} [L, S, KV, T, Dh] each slot's completion KV (the KV dtype).  layers layout: a tuple
-  # of L {"k", "v": [S, KV, R, Dh] the slot's tokens before this call (the KV dtype, R the call's read), "ring_k",
-  # "ring_v": [S, KV, J, Dh] its tokens of this call (J = steps_per_call; ``_ring_dtype``)}
+  # of L {"k", "v": [S, KV, R, Dh] the slot's tokens before this call (the KV dtype, R the call's read; with the CPU
+  # kernel bf16 in its pair layouts, R rounded up to even: ``kernels.pair_keys``/``pair_values``), "ring_k" [S, KV,
+  # Dh, J], "ring_v" [S, KV, J, Dh]: its tokens of this call (J = steps_per_call; ``_ring_dtype``)}
   cache: dict | tuple
   sample: jax.Array  # int32[S] the sample each slot decodes (−1: idle)
   length: jax.Array  # int32[S] completion tokens the slot's sample has so far
@@ -147,6 +156,7 @@ class SlotState:
 
 READ_GROWTHS = ("pow2", "half_octave", "linear")
 KV_LAYOUTS = ("layers", "stacked")
+DECODE_KERNELS = ("auto", "xla", "cpu")
 
 
 def _bucket(n: int, block: int, cap: int, growth: str) -> int:
@@ -189,16 +199,18 @@ def _prefill_local(model: Transformer, params, prompt_ids, prompt_mask, keys, pr
 
 
 def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, layout: str,
-                 steps: int) -> SlotState:
+                 steps: int, kernel: bool = False) -> SlotState:
   cfg = model.config
   n, t = ctx.keys.shape[0], sp.max_new_tokens
   sample = jnp.where(jnp.arange(slots) < n, jnp.arange(slots), -1).astype(jnp.int32)
   if layout == "layers":  # nothing decoded yet (0 columns) and a call buffer of ``steps`` columns
     dtype = sampler.cache_dtype(model, sp)
-    zeros = lambda r, dt: jnp.zeros((slots, cfg.num_kv_heads, r, cfg.head_dim), dt)
+    zeros = lambda *shape, dt: jnp.zeros((slots, cfg.num_kv_heads, *shape), dt)
     ring = _ring_dtype(dtype)
-    cache = tuple({"k": zeros(0, dtype), "v": zeros(0, dtype), "ring_k": zeros(steps, ring),
-                   "ring_v": zeros(steps, ring)} for _ in range(cfg.num_layers))
+    dh = cfg.head_dim
+    k0, v0 = (zeros(dh // 2, 0, 2, dt=dtype), zeros(0, dh, 2, dt=dtype)) if kernel else (zeros(0, dh, dt=dtype),) * 2
+    cache = tuple({"k": k0, "v": v0, "ring_k": zeros(dh, steps, dt=ring), "ring_v": zeros(steps, dh, dt=ring)}
+                  for _ in range(cfg.num_layers))
   else:
     shape = (cfg.num_layers, slots, cfg.num_kv_heads, t, cfg.head_dim)
     dtype = sampler.storage_dtype(sampler.cache_dtype(model, sp))
@@ -215,7 +227,8 @@ def _start_local(model: Transformer, ctx: PromptContext, slots: int, sp: Samplin
 
 
 def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: SamplingParams,
-               allowed: policy.AllowedIds, steps_per_call: int, read: int, group: int) -> SlotState:
+               allowed: policy.AllowedIds, steps_per_call: int, read: int, group: int,
+               kernel: bool = False) -> SlotState:
   """Up to ``steps_per_call`` decode steps of every slot, refilling ended slots from the queue; ``group`` > 0: the
   slots are prompt-major (slot s runs sample s, of prompt s // group; no queue), so each prompt's KV is read once
   for its slots (``SlotMask.group``)."""
@@ -240,7 +253,7 @@ def _run_local(model: Transformer, params, ctx: PromptContext, state: SlotState,
     prompt = jnp.take(ctx.prompt_of, sid)
     ring = isinstance(s.cache, tuple)
     mask = SlotMask(prompt_of=prompt, prompt_valid=ctx.valid, length=s.length, read=read, group=group,
-                    step=s.steps if ring else None, ring_from=s.ring_from if ring else None)
+                    step=s.steps if ring else None, ring_from=s.ring_from if ring else None, kernel=kernel)
     positions = jnp.take(ctx.length, prompt) + s.length
     if ring:
       next_logits, new_cache = decode_slots(model, *params, tok[:, None], positions[:, None], mask, ctx.cache,
@@ -339,10 +352,10 @@ def _prefill(model: Transformer, params, prompt_ids, prompt_mask, rng, g: int, k
   return _per_device(fn, mesh, axes, 1)(params, take(prompt_ids), take(prompt_mask), keys, jnp.asarray(prompt_of))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "slots", "sp", "mesh", "axes", "layout", "steps"))
+@functools.partial(jax.jit, static_argnames=("model", "slots", "sp", "mesh", "axes", "layout", "steps", "kernel"))
 def _start(model: Transformer, ctx: PromptContext, slots: int, sp: SamplingParams, mesh, axes, layout="stacked",
-           steps: int = 0) -> SlotState:
-  return _per_device(lambda c: _start_local(model, c, slots, sp, layout, steps), mesh, axes, 0)(ctx)
+           steps: int = 0, kernel: bool = False) -> SlotState:
+  return _per_device(lambda c: _start_local(model, c, slots, sp, layout, steps, kernel), mesh, axes, 0)(ctx)
 
 
 def _ring_dtype(dtype) -> jnp.dtype:
@@ -368,11 +381,24 @@ def _merge_local(buf, ring, length, ring_from, steps, read: int):
   return from_bits(jnp.take_along_axis(both, src[:, None, :, None], axis=2)).astype(buf.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("read", "mesh", "axes"))
-def _merge(buf, ring, length, ring_from, steps, read: int, mesh, axes):
-  """``_merge_local`` on every device (one layer's K or V per call: the peak holds one layer twice, not the
+def _merge_layout(buf, ring, length, ring_from, steps, read: int, name: str, kernel: bool):
+  """``_merge_local`` of one layer's keys (``name`` "k": the call buffer transposed, [S, KV, Dh, J]) or values
+  ("v") in their stored layouts: with ``kernel``, the CPU kernel's pair layouts, ``read`` rounded up to even."""
+  if name == "k":
+    ring = ring.swapaxes(-1, -2)
+  if not kernel:
+    return _merge_local(buf, ring, length, ring_from, steps, read)
+  pair, unpair = ((kernels.pair_keys, kernels.unpair_keys) if name == "k" else
+                  (kernels.pair_values, kernels.unpair_values))
+  return pair(_merge_local(unpair(buf), ring, length, ring_from, steps, read + read % 2))
+
+
+@functools.partial(jax.jit, static_argnames=("read", "mesh", "axes", "name", "kernel"))
+def _merge(buf, ring, length, ring_from, steps, read: int, mesh, axes, name: str = "v", kernel: bool = False):
+  """``_merge_layout`` on every device (one layer's K or V per call: the peak holds one layer twice, not the
   cache)."""
-  return _per_device(lambda *a: _merge_local(*a, read), mesh, axes, 0)(buf, ring, length, ring_from, steps)
+  return _per_device(lambda *a: _merge_layout(*a, read, name, kernel), mesh, axes, 0)(buf, ring, length, ring_from,
+                                                                                       steps)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -382,10 +408,11 @@ def _split(model: Transformer, params):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sp", "allowed", "steps_per_call", "read", "group", "mesh",
-                                             "axes"), donate_argnames=("state",))
+                                             "axes", "kernel"), donate_argnames=("state",))
 def _run(model: Transformer, params, ctx: PromptContext, state: SlotState, sp: SamplingParams,
-         allowed: policy.AllowedIds, steps_per_call: int, read: int, mesh, axes, group: int = 0) -> SlotState:
-  fn = lambda params, c, s: _run_local(model, params, c, s, sp, allowed, steps_per_call, read, group)
+         allowed: policy.AllowedIds, steps_per_call: int, read: int, mesh, axes, group: int = 0,
+         kernel: bool = False) -> SlotState:
+  fn = lambda params, c, s: _run_local(model, params, c, s, sp, allowed, steps_per_call, read, group, kernel)
   return _per_device(fn, mesh, axes, 1)(params, ctx, state)
 
 
@@ -402,15 +429,46 @@ def _progress(state: SlotState, mesh, axes) -> jax.Array:
   return jax.lax.with_sharding_constraint(out, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def _merged(state: SlotState, read: int, mesh, axes) -> SlotState:
+def _merged(state: SlotState, read: int, mesh, axes, kernel: bool = False) -> SlotState:
   """The layers layout after a host call: each layer's call buffer merged into its earlier tokens, a buffer of
   ``read`` positions (layer by layer, the old buffers freed as it goes); the call buffer starts over."""
   layers = list(state.cache)
   state = dataclasses.replace(state, cache=())
   for i, c in enumerate(layers):
     layers[i] = {**c, **{n: _merge(c[n], c[f"ring_{n}"], state.length, state.ring_from, state.steps, read, mesh,
-                                   axes) for n in ("k", "v")}}
+                                   axes, n, kernel) for n in ("k", "v")}}
   return dataclasses.replace(state, cache=tuple(layers), ring_from=jnp.zeros_like(state.ring_from))
+
+
+def kernel_refusal(model: Transformer, sp: SamplingParams, cp: ContinuousParams) -> str | None:
+  """Why the CPU decode-attention kernel cannot run these settings (None: it can)."""
+  cfg = model.config
+  if cp.kv_layout != "layers":
+    return f"it needs kv_layout 'layers' (got {cp.kv_layout!r})"
+  if jnp.dtype(sampler.cache_dtype(model, sp)) != jnp.bfloat16:
+    return f"it needs a bfloat16 KV cache (got {jnp.dtype(sampler.cache_dtype(model, sp)).name})"
+  if cfg.windowed:
+    return f"the layers layout has no sliding-window attention ({cfg.family})"
+  if cfg.head_dim % 2 or not 1 <= cfg.num_heads // cfg.num_kv_heads <= kernels.MAX_GROUP:
+    return (f"it needs an even head_dim and 1 to {kernels.MAX_GROUP} query heads per KV head (got head_dim "
+            f"{cfg.head_dim}, {cfg.num_heads} / {cfg.num_kv_heads} heads)")
+  if jax.default_backend() != "cpu":
+    return f"it is an XLA:CPU kernel (the backend is {jax.default_backend()})"
+  if not kernels.available():
+    return "it did not build here (see the warning)"
+  return None
+
+
+def use_kernel(model: Transformer, sp: SamplingParams, cp: ContinuousParams) -> bool:
+  """Whether the decode loop runs the CPU kernel (``cp.decode_kernel``): auto where it can, cpu or refused."""
+  if cp.decode_kernel == "xla" or cp.kv_layout != "layers":
+    if cp.decode_kernel == "cpu":
+      raise ValueError(f"sampling.decode_kernel 'cpu': {kernel_refusal(model, sp, cp)}")
+    return False
+  why = kernel_refusal(model, sp, cp)
+  if why is not None and cp.decode_kernel == "cpu":
+    raise ValueError(f"sampling.decode_kernel 'cpu' cannot run: {why}")
+  return why is None
 
 
 def _devices(mesh, axes) -> int:
@@ -448,7 +506,8 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   params = sampler.decode_params(model, params)
   layout = cp.kv_layout
   ctx = _prefill(model, params, prompt_ids, prompt_mask, rng, g, sp.kv_dtype, mesh, axes, layout)
-  state = _start(model, ctx, slots, sp, mesh, axes, layout, cp.steps_per_call)
+  kernel = use_kernel(model, sp, cp)
+  state = _start(model, ctx, slots, sp, mesh, axes, layout, cp.steps_per_call, kernel)
   if layout == "layers":
     params = _split(model, params)
   # one slot per sample, each device's samples whole groups: slot s keeps sample s (no queue) until a compaction,
@@ -464,10 +523,10 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
     if layout == "layers":  # the tokens before this call (a bucket ≥ the longest live), then the call buffer
       read = _bucket(longest, cp.read_block, t, cp.read_growth) if longest else 0
       if counts:
-        state = _merged(state, read, mesh, axes)
+        state = _merged(state, read, mesh, axes, kernel)
     else:
       read = _bucket(longest + cp.steps_per_call, cp.read_block, t, cp.read_growth)
-    state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read, mesh, axes, group)
+    state = _run(model, params, ctx, state, sp, allowed, cp.steps_per_call, read, mesh, axes, group, kernel)
     groups.append(group)
     counts.append(slots * d)
     reads.append(read + (cp.steps_per_call if layout == "layers" else 0))
@@ -479,7 +538,7 @@ def sample_groups(model: Transformer, params, prompt_ids, prompt_mask, rng: jax.
   out, useful = _outputs(state, b, g, jax.sharding.NamedSharding(mesh, rows))
   stats = EngineStats(samples=b * g, useful_tokens=int(dist.fetch(useful)), slot_steps=slot_steps,
                       decode_steps=decode_steps, host_calls=len(counts), slot_counts=tuple(counts),
-                      reads=tuple(reads), groups=tuple(groups), devices=d)
+                      reads=tuple(reads), groups=tuple(groups), devices=d, decode_kernel="cpu" if kernel else "xla")
   return out, stats
 
 

@@ -29,7 +29,7 @@ from jaxgrpo.tasks import rewards as rewards_lib
 from jaxgrpo.tasks.sources import Example, Source
 
 # The engine's own options (beside ``sampler.SamplingParams``); ``models.policy.SAMPLING_OPTIONS`` decides them too.
-ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots", "read_growth", "kv_layout")
+ENGINE_OPTIONS = ("prompt_multiple", "trim", "engine", "slots", "read_growth", "kv_layout", "decode_kernel")
 ENGINES = ("auto", "static", "continuous")
 
 
@@ -115,18 +115,21 @@ class RolloutEngine:
     slots: the continuous engine's decode slots (0: one per sample).
     read_growth: how the continuous engine's reads grow (``continuous.ContinuousParams.read_growth``).
     kv_layout: where the continuous engine keeps the slots' KV (``continuous.ContinuousParams.kv_layout``).
+    decode_kernel: what runs its decode attention (``continuous.ContinuousParams.decode_kernel``).
   """
 
   def __init__(self, model: Transformer, tokenizer, mesh=None, rules=shard_lib.MeshRules(), *,
                prompt_multiple: int = 8, trim: bool = True, engine: str = "auto", slots: int = 0,
                read_growth: str = continuous.ContinuousParams.read_growth,
-               kv_layout: str = continuous.ContinuousParams.kv_layout):
+               kv_layout: str = continuous.ContinuousParams.kv_layout,
+               decode_kernel: str = continuous.ContinuousParams.decode_kernel):
     if mesh is None:
       mesh = shard_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     if prompt_multiple < 1:
       raise ValueError(f"prompt_multiple must be >= 1; got {prompt_multiple}")
     self.engine = resolve_engine(engine, mesh, model.config.windowed, rules, slots)
-    self.continuous = continuous.ContinuousParams(slots=slots, read_growth=read_growth, kv_layout=kv_layout)
+    self.continuous = continuous.ContinuousParams(slots=slots, read_growth=read_growth, kv_layout=kv_layout,
+                                                  decode_kernel=decode_kernel)
     self.last_stats: continuous.EngineStats | None = None  # what the last continuous call computed
     self.model, self.tokenizer, self.mesh, self.rules = model, tokenizer, mesh, rules
     self.prompt_multiple, self.trim = prompt_multiple, trim

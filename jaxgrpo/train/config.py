@@ -43,6 +43,7 @@ NonFinite = Literal["stop", "skip"]
 SamplerEngine = Literal["auto", "static", "continuous"]
 ReadGrowth = Literal["pow2", "half_octave", "linear"]
 KvLayout = Literal["layers", "stacked"]
+DecodeKernel = Literal["auto", "xla", "cpu"]
 ArithmeticSplit = Literal["expression", "commuted"]
 
 
@@ -138,6 +139,9 @@ class SamplingSpec:
   # buffer, the layers unrolled: nothing copied per decode step) | stacked ([L, S, KV, T, Dh], a layer scan that
   # copies each layer's read window every step; the earlier layout)
   kv_layout: KvLayout = "layers"
+  # the layers layout's decode attention over the completion KV: auto (jaxgrpo.kernels' C++ kernel on XLA:CPU with
+  # a bf16 KV cache where it builds, else XLA's ops) | xla | cpu (the kernel; refused where it cannot run)
+  decode_kernel: DecodeKernel = "auto"
   kv_dtype: str | None = None  # the KV cache's dtype (None: the sampler's compute dtype); bfloat16 halves the cache
 
   def __post_init__(self):
@@ -504,6 +508,14 @@ class TrainConfig:
       _require(self.sampling.slots % shards == 0, "sampling.slots",
                f"a multiple of mesh.data × mesh.fsdp = {shards} (the continuous engine splits its slots evenly "
                "over the devices; 0 = one per sample)", self.sampling.slots)
+    if self.sampling.decode_kernel == "cpu":  # the kernel's own limits that the config decides (the rest: at build)
+      kv = self.sampling.kv_dtype or self.sampling.dtype or self.model.dtype
+      _require(self.sampling.kv_layout == "layers", "sampling.kv_layout",
+               "'layers' with sampling.decode_kernel = 'cpu' (the kernel reads the per-layer buffers)",
+               self.sampling.kv_layout)
+      _require(kv == "bfloat16", "sampling.kv_dtype",
+               "bfloat16 with sampling.decode_kernel = 'cpu' (the kernel reads a bf16 KV cache; null: "
+               "sampling.dtype or model.dtype)", kv)
     o = self.objective
     if self.async_rollouts:  # π_old is the sampler's: it must be the behaviour policy's, or corrected
       policy.old_logp_source(o.optimizer_steps_per_batch, dataclasses.asdict(self.sampling),

@@ -126,7 +126,8 @@ def evaluate_params(model, params, tokenizer, cfg: TrainConfig, task: Source, sp
   task) calls it too."""
   engine = RolloutEngine(model, tokenizer, prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
                          engine=cfg.sampling.engine, slots=cfg.sampling.slots,
-                         read_growth=cfg.sampling.read_growth, kv_layout=cfg.sampling.kv_layout)
+                         read_growth=cfg.sampling.read_growth, kv_layout=cfg.sampling.kv_layout,
+                         decode_kernel=cfg.sampling.decode_kernel)
   sampling = build.sampling_params(cfg.sampling, tokenizer.eos_ids, tokenizer.pad_id)
   return evaluate(engine, sampling_form(model, params), task, task.examples, spec,
                   jax.random.PRNGKey(cfg.seed) if key is None else key, sampling, show_progress=show_progress,

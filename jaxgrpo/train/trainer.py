@@ -87,7 +87,8 @@ class Trainer:
     self.engine = RolloutEngine(self.sampler_model, self.tokenizer, self.mesh, rules,
                                 prompt_multiple=cfg.sampling.prompt_multiple, trim=cfg.sampling.trim,
                                 engine=cfg.sampling.engine, slots=cfg.sampling.slots,
-                                read_growth=cfg.sampling.read_growth, kv_layout=cfg.sampling.kv_layout)
+                                read_growth=cfg.sampling.read_growth, kv_layout=cfg.sampling.kv_layout,
+                                decode_kernel=cfg.sampling.decode_kernel)
     self.source = data_lib.make_source(cfg.data)
     # the exact text of the first prompt, as the model sees it (chat template, system turn, template kwargs)
     self.first_prompt = self.tokenizer.render_prompt(self.source[0].prompt)
