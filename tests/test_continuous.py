@@ -508,3 +508,25 @@ def test_auto_picks_the_engine_the_benchmark_measured_faster():
     assert resolve_engine("auto", two, slots=3) == "static"  # slots not a multiple of the devices
     for fsdp_or_tensor in ((1, 2, 1), (1, 1, 2)):  # weights sharded: a full copy per device is not what was asked
       assert resolve_engine("auto", sharding.make_mesh(*fsdp_or_tensor, devices=jax.devices()[:2])) == "static"
+
+
+def test_the_layer_split_is_reused_only_for_the_very_same_arrays(llama):
+  """``continuous._split_cached``: the same parameter arrays again reuse the per-layer split; a tree with any new
+  leaf (an update, another adapter) is split again; the entry goes with its arrays."""
+  import gc
+  model, params = llama
+  params = sampler.decode_params(model, params)
+  a = continuous._split_cached(model, params)
+  assert continuous._split_cached(model, params) is a
+  changed = jax.tree.map(lambda x: x, params)  # same leaves, new containers: still the same arrays
+  assert continuous._split_cached(model, changed) is a
+  leaf = params["layers"]["attn"]["q_kernel"]
+  edited = {**params, "layers": {**params["layers"], "attn": {**params["layers"]["attn"], "q_kernel": leaf + 0}}}
+  b = continuous._split_cached(model, edited)
+  assert b is not a
+  from jaxgrpo.models.transformer import from_bits
+  np.testing.assert_array_equal(np.asarray(b[1][0]["attn"]["q_kernel"], np.float32),
+                                np.asarray(from_bits(edited["layers"]["attn"]["q_kernel"][0]), np.float32))
+  del edited, b
+  gc.collect()
+  assert continuous._SPLIT == []
