@@ -339,6 +339,8 @@ def _attend_slots(q, k_new, v_new, layer_cache, slots: SlotMask, scale, dtype):
   neg = jnp.finfo(jnp.float32).min
   read = lambda c: from_bits(c).astype(dtype)
   before = slots.length
+  if slots.kernel and slots.ring_from is None:
+    raise ValueError("SlotMask.kernel needs the call buffer (ring_from and step: decode_slots)")
   if slots.ring_from is not None:  # this call's tokens are in the call buffer, the earlier ones in k/v
     before = slots.length - (slots.step - slots.ring_from)
     rk, rv = layer_cache["ring_k"], layer_cache["ring_v"]  # [S, KV, Dh, J], [S, KV, J, Dh]: read as stored
