@@ -532,3 +532,38 @@ def test_the_layer_split_is_reused_only_for_the_very_same_arrays(llama):
   del edited, b
   gc.collect()
   assert continuous._SPLIT == []
+
+
+def test_without_a_compiler_the_engine_keeps_xlas_attention(tmp_path):
+  """No C++ compiler (``CXX`` a failing one, an empty kernel cache): ``kernels.available()`` is False with one
+  warning naming why, ``auto`` samples with XLA's ops, and ``decode_kernel: cpu`` is refused by name."""
+  import subprocess
+  import sys
+  import textwrap
+  script = textwrap.dedent("""
+      import warnings, jax, numpy as np
+      from jaxgrpo import kernels
+      from jaxgrpo.rollout import continuous, sampler
+      from jaxgrpo.train import build, presets
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not kernels.available()
+      assert any("decode-attention kernel is unavailable" in str(w.message) and "failed" in str(w.message)
+                 for w in caught), [str(w.message) for w in caught]
+      model, params, tok = build.build_model(presets.preset("toy").model, 0, None)
+      model = type(model)(model.config.replace(dtype="bfloat16"))
+      ids, mask = np.ones((2, 4), np.int32), np.ones((2, 4), np.int32)
+      sp = sampler.SamplingParams(group_size=2, max_new_tokens=4, temperature=1.0, pad_id=0, kv_dtype="bfloat16")
+      out, stats = continuous.sample_groups(model, params, ids, mask, jax.random.PRNGKey(0), sp)
+      assert stats.decode_kernel == "xla" and stats.useful_tokens > 0
+      try:
+        continuous.sample_groups(model, params, ids, mask, jax.random.PRNGKey(0), sp,
+                                 cp=continuous.ContinuousParams(decode_kernel="cpu"))
+        raise SystemExit("not refused")
+      except ValueError as e:
+        assert "did not build here" in str(e), e
+      print("OK")
+  """)
+  env = {**__import__("os").environ, "CXX": "/bin/false", "JAXGRPO_KERNEL_CACHE": str(tmp_path)}
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
