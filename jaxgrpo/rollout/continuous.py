@@ -21,6 +21,11 @@ preallocated cache (P + T slots), and copies each prompt's KV G times.  This eng
   per K and V, T long, read by a layer scan (the model's own ``SlotMask`` path) that copies each layer's read window
   every step (a stacked cache resized to the bucket between calls measured 0.93–1.00×: the layer slice still
   copies; experiments/bench_decode_cache.py);
+* **decode attention kernel** (``decode_kernel``) — with the layers layout and a bf16 KV cache on XLA:CPU, the
+  attention over the slots' completion KV runs in ``jaxgrpo.kernels.decode_attention`` (C++ through ``jax.ffi``,
+  AVX512-BF16 pair dots, each slot's live positions only; the earlier tokens stored in its pair layouts): 1.20× the
+  tokens/s of XLA's ops on the word problems, 1.12× at fixed length (experiments/README.md §8); ``auto`` falls back
+  to XLA's ops wherever it cannot run;
 * **live-length reads** — each host call reads only the completion positions its samples can reach: the longest
   live completion (``layers``: plus the call buffer; ``stacked``: plus the call's steps), rounded up to
   ``read_block`` or the next 2^k or 3·2^k (``read_growth``; 1.09× the tokens/s of powers of two on SmolLM2's word
