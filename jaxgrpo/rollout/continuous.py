@@ -83,7 +83,7 @@ class ContinuousParams:
   kv_layout: str = "layers"
   # the layers layout's decode attention over the slots' completion KV: auto (the C++ kernel of jaxgrpo.kernels on
   # XLA:CPU with a bf16 KV cache where it builds, else XLA's ops) | xla | cpu (the kernel, refused where it cannot
-  # run).  The kernel reads each slot's live positions only; experiments/README.md §9
+  # run).  The kernel reads each slot's live positions only; experiments/README.md §8
   decode_kernel: str = "auto"
 
   def __post_init__(self):
@@ -474,8 +474,9 @@ def kernel_refusal(model: Transformer, sp: SamplingParams, cp: ContinuousParams)
   cfg = model.config
   if cp.kv_layout != "layers":
     return f"it needs kv_layout 'layers' (got {cp.kv_layout!r})"
-  if jnp.dtype(sampler.cache_dtype(model, sp)) != jnp.bfloat16:
-    return f"it needs a bfloat16 KV cache (got {jnp.dtype(sampler.cache_dtype(model, sp)).name})"
+  cache = jnp.dtype(sampler.cache_dtype(model, sp))
+  if cache != jnp.bfloat16:
+    return f"it needs a bfloat16 KV cache (got {cache.name})"
   if cfg.windowed:
     return f"the layers layout has no sliding-window attention ({cfg.family})"
   if cfg.head_dim % 2 or not 1 <= cfg.num_heads // cfg.num_kv_heads <= kernels.MAX_GROUP:
@@ -490,11 +491,9 @@ def kernel_refusal(model: Transformer, sp: SamplingParams, cp: ContinuousParams)
 
 def use_kernel(model: Transformer, sp: SamplingParams, cp: ContinuousParams) -> bool:
   """Whether the decode loop runs the CPU kernel (``cp.decode_kernel``): auto where it can, cpu or refused."""
-  if cp.decode_kernel == "xla" or cp.kv_layout != "layers":
-    if cp.decode_kernel == "cpu":
-      raise ValueError(f"sampling.decode_kernel 'cpu': {kernel_refusal(model, sp, cp)}")
+  if cp.decode_kernel == "xla":
     return False
-  why = kernel_refusal(model, sp, cp)
+  why = kernel_refusal(model, sp, cp)  # the layout first: a stacked cache never builds the kernel
   if why is not None and cp.decode_kernel == "cpu":
     raise ValueError(f"sampling.decode_kernel 'cpu' cannot run: {why}")
   return why is None
